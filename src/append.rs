@@ -1,0 +1,45 @@
+//! Append conditions and what an append returns.
+
+use crate::event::Position;
+use crate::query::Query;
+
+/// Makes an append fail unless no event matching `fail_if_events_match` is stored after `after`.
+///
+/// `after` is exclusive; with `None`, any matching event in the store fails the append. Use the
+/// `head` of the read the decision was based on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendCondition {
+    /// The boundary that must not have changed.
+    pub fail_if_events_match: Query,
+    /// The position up to which the decision saw the boundary.
+    pub after: Option<Position>,
+}
+
+impl AppendCondition {
+    /// Fails the append if any event matching `query` is stored after `after`.
+    pub fn new(query: Query, after: Option<Position>) -> Self {
+        Self {
+            fail_if_events_match: query,
+            after,
+        }
+    }
+}
+
+/// Where an append's events were stored: positions `first..=last`, consecutive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Position of the first event.
+    pub first: Position,
+    /// Position of the last event.
+    pub last: Position,
+    /// True when the events had been stored by an earlier identical append (same ids, same
+    /// content) and these are that append's positions: nothing was stored twice.
+    pub replayed: bool,
+}
+
+impl Appended {
+    /// The positions, in order.
+    pub fn positions(&self) -> impl Iterator<Item = Position> + use<> {
+        (self.first.get()..=self.last.get()).map(Position::new)
+    }
+}

@@ -1,0 +1,122 @@
+//! Errors of the store, one enum per outcome family.
+
+use std::sync::Arc;
+
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::event::Position;
+use crate::validate::ValidationError;
+
+/// A read, a migration or a connection failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The input was refused before reaching the database.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// PostgreSQL answered with an error or the connection broke.
+    #[error("database error")]
+    Db(#[source] Arc<tokio_postgres::Error>),
+    /// No connection could be had from the pool in time.
+    #[error("could not get a database connection")]
+    Pool(#[source] Arc<deadpool_postgres::PoolError>),
+    /// The connection pool could not be built from the configuration.
+    #[error("invalid database configuration")]
+    Config(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// Applying `migrations/` failed.
+    #[error("migration failed")]
+    Migration(#[source] Arc<refinery::Error>),
+    /// A stored row could not be decoded (someone wrote to the tables by hand).
+    #[error("stored data is malformed: {0}")]
+    Corrupt(String),
+    /// The store's background writer has stopped (the runtime is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// No database to connect to and none could be started (see [`crate::local`]).
+    #[error("no database available: {0}")]
+    NoDatabase(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation may succeed: a lost connection, a server shutting
+    /// down or restarting, a pool timeout, a cancelled statement or a lock timeout.
+    ///
+    /// An append that failed this way may or may not have committed; re-sending the same events
+    /// is safe because event ids make appends idempotent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(e) => is_transient_db_error(e),
+            StoreError::Pool(_) | StoreError::Closed => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Db(Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(Arc::new(e))
+    }
+}
+
+/// The one place where SQLSTATEs are interpreted.
+fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    let Some(code) = e.code() else {
+        // No SQLSTATE: an I/O error on the socket.
+        return e.as_db_error().is_none();
+    };
+    [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::LOCK_NOT_AVAILABLE,
+        SqlState::QUERY_CANCELED,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::CONNECTION_FAILURE,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::IDLE_SESSION_TIMEOUT,
+        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+    ]
+    .contains(code)
+}
+
+/// An append did not store its events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// An event matching the condition's query was stored after the condition's position: the
+    /// decision was based on stale state. Read again and decide again.
+    #[error("append condition failed: an event matching the condition was stored after {}",
+        after.map_or_else(|| "the beginning".to_owned(), |p| format!("position {p}")))]
+    ConditionFailed {
+        /// The condition's `after`.
+        after: Option<Position>,
+    },
+    /// An event id is already stored, with other content or as part of another append.
+    #[error("event id {0} is already stored by another append")]
+    DuplicateEventId(Uuid),
+    /// The input was refused before reaching the database.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The database failed; see [`StoreError::is_transient`].
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AppendError {
+    /// Whether this is a failed append condition.
+    pub fn is_condition_failed(&self) -> bool {
+        matches!(self, AppendError::ConditionFailed { .. })
+    }
+}

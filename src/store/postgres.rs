@@ -1,0 +1,238 @@
+//! The PostgreSQL store: reads by index, appends through a group committer.
+
+mod group_commit;
+mod read_sql;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{EventStore, ReadOptions, ReadResult};
+use crate::append::{AppendCondition, Appended};
+use crate::error::{AppendError, StoreError};
+use crate::event::{Event, Position, SequencedEvent, Tag};
+use crate::query::Query;
+use crate::validate::{Limits, validate_events, validate_query_with};
+use group_commit::GroupCommitter;
+
+/// A DCB event store on PostgreSQL.
+///
+/// Cheap to clone: clones share the pool and the group committer. Appends from all clones and
+/// tasks are collected into batches, each written by one call of `dcb_append` in one transaction.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    limits: Limits,
+    committer: GroupCommitter,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.inner.pool.status())
+            .field("limits", &self.inner.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`PostgresStore`]; every setting has a stated default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PostgresStoreBuilder {
+    url: String,
+    pool_size: usize,
+    wait_timeout: Duration,
+    connect_timeout: Duration,
+    limits: Limits,
+    max_batch: usize,
+    migrate: bool,
+}
+
+impl PostgresStore {
+    /// A builder for a store on the database at `url` (a libpq URL or key=value string).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            pool_size: 16,
+            wait_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+            max_batch: 256,
+            migrate: true,
+        }
+    }
+
+    /// Connects with the defaults and applies the migrations.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL, an unreachable server or a failed migration.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// The connection pool, for callers that need plain SQL next to the store.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The input limits this store enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Applies `migrations/` in order. Idempotent, and safe when several processes call it at
+    /// once: they queue on a session advisory lock.
+    ///
+    /// # Errors
+    ///
+    /// A connection or migration failure.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        crate::migrate::run(&self.inner.pool).await
+    }
+
+    async fn write(
+        &self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Appended, AppendError> {
+        let limits = &self.inner.limits;
+        let payloads = validate_events(&events, limits)?;
+        if let Some(c) = &condition {
+            validate_query_with(&c.fail_if_events_match, limits)?;
+        }
+        self.inner
+            .committer
+            .submit(events, payloads, condition)
+            .await
+    }
+}
+
+impl PostgresStoreBuilder {
+    /// Most connections in the pool (default 16). The group committer uses one at a time.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// How long to wait for a free connection before failing (default 10 s).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for a new connection to open (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Input limits (default [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Most appends written in one transaction (default 256).
+    pub fn max_batch(mut self, max: usize) -> Self {
+        self.max_batch = max.max(1);
+        self
+    }
+
+    /// Whether `connect` applies the migrations (default true).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Opens the pool, applies the migrations unless disabled, and starts the group committer.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL, an unreachable server or a failed migration.
+    pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+        let mut pg = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| StoreError::Config(Arc::new(e)))?;
+        pg.connect_timeout(self.connect_timeout);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .wait_timeout(Some(self.wait_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(Arc::new(e)))?;
+        // Fail now, not at the first command, when the server is unreachable.
+        drop(pool.get().await?);
+        if self.migrate {
+            crate::migrate::run(&pool).await?;
+        }
+        let committer = GroupCommitter::start(pool.clone(), self.max_batch);
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                limits: self.limits,
+                committer,
+            }),
+        })
+    }
+}
+
+impl EventStore for PostgresStore {
+    async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
+        validate_query_with(query, &self.inner.limits)?;
+        let built = read_sql::build(query, &options);
+        let client = self.inner.pool.get().await?;
+        let statement = client.prepare_cached(&built.sql).await?;
+        let rows = client.query(&statement, &built.params()).await?;
+        let mut head = None;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            head = row.try_get::<_, Option<i64>>(0)?.map(Position::new);
+            let Some(position) = row.try_get::<_, Option<i64>>(1)? else {
+                continue;
+            };
+            let tags: Vec<String> = row.try_get(4)?;
+            let tags = tags
+                .iter()
+                .map(|t| t.parse::<Tag>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Corrupt(format!("event at {position}: {e}")))?;
+            events.push(SequencedEvent::from_parts(
+                Position::new(position),
+                row.try_get(2)?,
+                row.try_get(3)?,
+                tags,
+                row.try_get(5)?,
+                row.try_get(6)?,
+            ));
+        }
+        Ok(ReadResult { events, head })
+    }
+
+    async fn append(&self, events: Vec<Event>) -> Result<Appended, AppendError> {
+        self.write(events, None).await
+    }
+
+    async fn append_if(
+        &self,
+        events: Vec<Event>,
+        condition: AppendCondition,
+    ) -> Result<Appended, AppendError> {
+        self.write(events, Some(condition)).await
+    }
+}

@@ -1,0 +1,142 @@
+//! Test support: a fresh database per test, with the real migrations, dropped afterwards.
+
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::local::LocalPostgres;
+use crate::store::PostgresStore;
+
+/// The server shared by the tests of one binary (a throwaway one lives as long as the binary).
+static SERVER: OnceCell<LocalPostgres> = OnceCell::const_new();
+
+/// A database of its own, `test_<random>`, created on the server named by `DATABASE_URL` (or the
+/// local default, see [`crate::local`]), migrated, and dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a fresh database.
+    ///
+    /// # Errors
+    ///
+    /// No server, or the database could not be created or migrated.
+    pub async fn create() -> Result<Self, StoreError> {
+        let server = SERVER.get_or_try_init(LocalPostgres::from_env).await?;
+        let admin_url = server.url().to_owned();
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let admin = connect(&admin_url).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let db = Self {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        };
+        db.store().await?;
+        Ok(db)
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A store on this database (migrations already applied).
+    ///
+    /// # Errors
+    ///
+    /// The database is unreachable.
+    pub async fn store(&self) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect(&self.url).await
+    }
+
+    /// A plain connection, for checking invariants with SQL.
+    ///
+    /// # Errors
+    ///
+    /// The database is unreachable.
+    pub async fn client(&self) -> Result<tokio_postgres::Client, StoreError> {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run inside a runtime: drop the database from a thread with a
+        // runtime of its own.
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let admin = connect(&admin_url).await?;
+                admin.batch_execute(&sql).await?;
+                Ok::<_, StoreError>(())
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// Opens one connection and drives it on a task.
+pub(crate) async fn connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = ?e, "test connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// The same server URL naming another database, in URL or key=value form.
+pub fn with_database(url: &str, database: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return format!("{url} dbname={database}");
+    };
+    let rest_start = scheme_end + 3;
+    let query_start = url[rest_start..]
+        .find('?')
+        .map_or(url.len(), |i| rest_start + i);
+    let path_start = url[rest_start..query_start]
+        .find('/')
+        .map_or(query_start, |i| rest_start + i);
+    format!(
+        "{}/{}{}",
+        &url[..path_start],
+        database,
+        &url[query_start..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_replaces_only_the_database() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h:5/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgresql://h", "x"), "postgresql://h/x");
+        assert_eq!(with_database("host=h user=u", "x"), "host=h user=u dbname=x");
+    }
+}
