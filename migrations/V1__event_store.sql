@@ -24,115 +24,118 @@ CREATE TABLE event_tags (
     PRIMARY KEY (tag, position) INCLUDE (type)
 );
 
--- Appends a batch of requests in one transaction, in order; each request is checked against the
--- store including the requests of this batch before it. Arrays are flattened: a request's events
--- are the next req_event_counts[r] entries of ev_*, an event's tags are ev_tags[start:start+count-1],
--- and likewise for condition items. An item with neither types nor tags stands for Query::all().
+-- Appends a batch of independent requests in one transaction with a handful of set-based
+-- statements. "Independent" is the caller's promise: no request's condition matches an event of
+-- another request of the batch and no two requests share an event id (the group committer defers
+-- such requests to the next batch), so each request is checked against the committed store alone.
 --
--- status per request: 0 appended, 1 condition failed, 2 already stored (idempotent replay:
--- first_position is the original), 3 an event id is stored with other content (dup_id says which).
+-- Arrays are flattened: event k belongs to request ev_req[k] at offset ev_offset[k] (0-based) and
+-- its tags are ev_tags[ev_tag_starts[k] : ev_tag_starts[k] + ev_tag_counts[k] - 1]; condition
+-- item i belongs to request item_req[i], likewise for its types and tags. An item naming neither
+-- types nor tags stands for Query::all(). req_after NULL means "from the beginning".
+--
+-- One row per request, in order: status 0 appended at first_position; 1 condition failed;
+-- 2 already stored by an identical append (idempotent replay; first_position is the original);
+-- 3 an event id is already stored with other content or by another append (dup_id names it).
 CREATE FUNCTION dcb_append(
-    ev_ids uuid[], ev_types text[], ev_tags text[], ev_tag_starts int[], ev_tag_counts int[],
-    ev_payloads jsonb[],
-    req_event_counts int[], req_conditional bool[], req_after bigint[], req_item_counts int[],
-    item_types text[], item_type_starts int[], item_type_counts int[],
+    ev_req int[], ev_offset int[], ev_ids uuid[], ev_types text[], ev_tags text[],
+    ev_tag_starts int[], ev_tag_counts int[], ev_payloads jsonb[],
+    req_event_counts int[], req_conditional bool[], req_after bigint[],
+    item_req int[], item_types text[], item_type_starts int[], item_type_counts int[],
     item_tags text[], item_tag_starts int[], item_tag_counts int[]
 ) RETURNS TABLE (status smallint, first_position bigint, dup_id uuid)
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql
+-- Every statement is index-driven whatever the arrays hold: plan once, not per call.
+SET plan_cache_mode = force_generic_plan
+AS $fn$
 DECLARE
     head bigint;
-    ev int := 1;   -- first event of the current request
-    it int := 1;   -- first condition item of the current request
-    n int;
-    i int;
-    after_pos bigint;
-    conflict bool;
-    stored int;
-    stored_first bigint;
-    want_types text[];
-    want_tags text[];
+    statuses smallint[];
+    firsts bigint[];
+    dups uuid[];
 BEGIN
     -- Serialises every writer of this store until commit: positions follow commit order and each
     -- condition below sees every event committed before it.
     PERFORM pg_advisory_xact_lock(7166468893617058148);
     SELECT coalesce(max(e.position), 0) INTO head FROM events e;
 
-    FOR r IN 1 .. coalesce(array_length(req_event_counts, 1), 0) LOOP
-        n := req_event_counts[r];
-        status := 0;
-        first_position := NULL;
-        dup_id := NULL;
+    WITH stored AS (
+        SELECT v.r, count(*) AS found, min(e.position) AS first_found
+        FROM unnest(ev_ids, ev_req) AS v(id, r)
+        JOIN events e ON e.id = v.id
+        GROUP BY v.r
+    ), mismatched AS (
+        -- A replay must be the same events, in the same order, with the same content.
+        SELECT DISTINCT v.r
+        FROM unnest(ev_req, ev_offset, ev_ids, ev_types, ev_tag_starts, ev_tag_counts, ev_payloads)
+             AS v(r, off, id, type, ts, tc, payload)
+        JOIN stored s ON s.r = v.r
+        LEFT JOIN events e ON e.position = s.first_found + v.off
+        WHERE e.id IS DISTINCT FROM v.id
+           OR e.type <> v.type
+           OR e.tags <> ev_tags[v.ts : v.ts + v.tc - 1]
+           OR e.payload <> v.payload
+    ), conflicting AS (
+        -- Every item is an index range scan starting at the request's `after`.
+        SELECT DISTINCT it.r
+        FROM unnest(item_req, item_type_starts, item_type_counts, item_tag_starts, item_tag_counts)
+             AS it(r, ts, tc, gs, gc)
+        WHERE CASE
+            WHEN gc = 0 AND tc = 0 THEN head > coalesce(req_after[it.r], 0)
+            WHEN gc = 0 THEN EXISTS (
+                SELECT 1 FROM events e
+                WHERE e.type = ANY (item_types[ts : ts + tc - 1])
+                  AND e.position > coalesce(req_after[it.r], 0))
+            ELSE EXISTS (
+                SELECT 1 FROM event_tags t
+                WHERE t.tag = item_tags[gs]
+                  AND t.position > coalesce(req_after[it.r], 0)
+                  AND (tc = 0 OR t.type = ANY (item_types[ts : ts + tc - 1]))
+                  AND (gc = 1 OR EXISTS (
+                        SELECT 1 FROM events x
+                        WHERE x.position = t.position
+                          AND x.tags @> item_tags[gs : gs + gc - 1])))
+        END
+    ), decided AS (
+        SELECT q.r, q.n, s.first_found,
+               CASE WHEN s.r IS NOT NULL THEN
+                        CASE WHEN s.found = q.n AND m.r IS NULL THEN 2 ELSE 3 END
+                    WHEN q.conditional AND c.r IS NOT NULL THEN 1
+                    ELSE 0
+               END::smallint AS st
+        FROM unnest(req_event_counts, req_conditional) WITH ORDINALITY AS q(n, conditional, r)
+        LEFT JOIN stored s ON s.r = q.r
+        LEFT JOIN mismatched m ON m.r = q.r
+        LEFT JOIN conflicting c ON c.r = q.r
+    ), placed AS (
+        SELECT d.r, d.st,
+               CASE d.st
+                   WHEN 0 THEN head - d.n + 1
+                        + sum(CASE WHEN d.st = 0 THEN d.n ELSE 0 END) OVER (ORDER BY d.r)
+                   WHEN 2 THEN d.first_found
+               END AS first,
+               CASE WHEN d.st = 3 THEN
+                   (SELECT e.id FROM events e WHERE e.position = d.first_found)
+               END AS dup
+        FROM decided d
+    )
+    SELECT array_agg(p.st ORDER BY p.r), array_agg(p.first ORDER BY p.r),
+           array_agg(p.dup ORDER BY p.r)
+    INTO statuses, firsts, dups
+    FROM placed p;
 
-        -- Idempotency: the same events stored before, in the same order, are a replay.
-        SELECT count(*), min(e.position) INTO stored, stored_first
-        FROM events e WHERE e.id = ANY (ev_ids[ev : ev + n - 1]);
-        IF stored > 0 THEN
-            SELECT k.id INTO dup_id
-            FROM unnest(ev_ids[ev : ev + n - 1], ev_types[ev : ev + n - 1],
-                        ev_tag_starts[ev : ev + n - 1], ev_tag_counts[ev : ev + n - 1],
-                        ev_payloads[ev : ev + n - 1]) WITH ORDINALITY
-                   AS k(id, type, tag_start, tag_count, payload, ord)
-            LEFT JOIN events e ON e.position = stored_first + k.ord - 1
-            WHERE e.id IS DISTINCT FROM k.id
-               OR e.type <> k.type
-               OR e.tags <> ev_tags[k.tag_start : k.tag_start + k.tag_count - 1]
-               OR e.payload <> k.payload
-            ORDER BY k.ord
-            LIMIT 1;
-            IF stored = n AND dup_id IS NULL THEN
-                status := 2;
-                first_position := stored_first;
-            ELSE
-                status := 3;
-                -- Name an id that is really stored.
-                SELECT e.id INTO dup_id FROM events e
-                WHERE e.id = ANY (ev_ids[ev : ev + n - 1]) ORDER BY e.position LIMIT 1;
-            END IF;
-        ELSIF req_conditional[r] THEN
-            after_pos := coalesce(req_after[r], 0);
-            conflict := false;
-            FOR i IN it .. it + req_item_counts[r] - 1 LOOP
-                want_types := item_types[item_type_starts[i] : item_type_starts[i] + item_type_counts[i] - 1];
-                want_tags := item_tags[item_tag_starts[i] : item_tag_starts[i] + item_tag_counts[i] - 1];
-                IF item_tag_counts[i] = 0 AND item_type_counts[i] = 0 THEN
-                    conflict := head > after_pos;
-                ELSIF item_tag_counts[i] = 0 THEN
-                    conflict := EXISTS (
-                        SELECT 1 FROM events e
-                        WHERE e.type = ANY (want_types) AND e.position > after_pos);
-                ELSE
-                    conflict := EXISTS (
-                        SELECT 1 FROM event_tags t
-                        WHERE t.tag = want_tags[1] AND t.position > after_pos
-                          AND (item_type_counts[i] = 0 OR t.type = ANY (want_types))
-                          AND (item_tag_counts[i] = 1 OR EXISTS (
-                                SELECT 1 FROM events e
-                                WHERE e.position = t.position AND e.tags @> want_tags)));
-                END IF;
-                EXIT WHEN conflict;
-            END LOOP;
-            IF conflict THEN
-                status := 1;
-            END IF;
-        END IF;
+    INSERT INTO events (position, id, type, tags, payload)
+    SELECT firsts[v.r] + v.off, v.id, v.type, ev_tags[v.ts : v.ts + v.tc - 1], v.payload
+    FROM unnest(ev_req, ev_offset, ev_ids, ev_types, ev_tag_starts, ev_tag_counts, ev_payloads)
+         AS v(r, off, id, type, ts, tc, payload)
+    WHERE statuses[v.r] = 0;
 
-        IF status = 0 THEN
-            INSERT INTO events (position, id, type, tags, payload)
-            SELECT head + k, ev_ids[ev + k - 1], ev_types[ev + k - 1],
-                   ev_tags[ev_tag_starts[ev + k - 1] : ev_tag_starts[ev + k - 1] + ev_tag_counts[ev + k - 1] - 1],
-                   ev_payloads[ev + k - 1]
-            FROM generate_series(1, n) AS k;
-            INSERT INTO event_tags (tag, position, type)
-            SELECT tg, head + k, ev_types[ev + k - 1]
-            FROM generate_series(1, n) AS k,
-                 unnest(ev_tags[ev_tag_starts[ev + k - 1] : ev_tag_starts[ev + k - 1] + ev_tag_counts[ev + k - 1] - 1]) AS tg;
-            first_position := head + 1;
-            head := head + n;
-        END IF;
+    INSERT INTO event_tags (tag, position, type)
+    SELECT tg, firsts[v.r] + v.off, v.type
+    FROM unnest(ev_req, ev_offset, ev_types, ev_tag_starts, ev_tag_counts) AS v(r, off, type, ts, tc),
+         unnest(ev_tags[v.ts : v.ts + v.tc - 1]) AS tg
+    WHERE statuses[v.r] = 0;
 
-        RETURN NEXT;
-        ev := ev + n;
-        it := it + req_item_counts[r];
-    END LOOP;
+    RETURN QUERY SELECT unnest(statuses), unnest(firsts), unnest(dups);
 END
 $fn$;

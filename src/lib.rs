@@ -9,6 +9,7 @@
 //! - [`EventStore`] with [`PostgresStore`] (group commit) and [`MemoryStore`] (the reference model).
 //! - [`Limits`], [`ValidationError`]: what input is accepted.
 //! - [`error`]: [`StoreError`] and [`AppendError`].
+//! - [`metrics`]: metric names and descriptions.
 //! - [`local`]: finding or starting a database; [`testing`]: a fresh database per test.
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ mod append;
 pub mod error;
 mod event;
 pub mod local;
+pub mod metrics;
 mod migrate;
 mod query;
 mod store;

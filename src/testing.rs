@@ -27,7 +27,16 @@ impl TestDatabase {
     /// No server, or the database could not be created or migrated.
     pub async fn create() -> Result<Self, StoreError> {
         let server = SERVER.get_or_try_init(LocalPostgres::from_env).await?;
-        let admin_url = server.url().to_owned();
+        Self::create_on(server.url()).await
+    }
+
+    /// Creates and migrates a fresh database on the server at `server_url`.
+    ///
+    /// # Errors
+    ///
+    /// The server is unreachable, or the database could not be created or migrated.
+    pub async fn create_on(server_url: &str) -> Result<Self, StoreError> {
+        let admin_url = server_url.to_owned();
         let name = format!("test_{}", Uuid::new_v4().simple());
         let admin = connect(&admin_url).await?;
         admin

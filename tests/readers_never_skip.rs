@@ -274,8 +274,11 @@ async fn a_writer_that_started_first_and_commits_last_is_not_skipped() {
     let row = tx
         .query_one(
             "SELECT status, first_position, dup_id FROM dcb_append(\
-             $1, $2, $3, $4, $5, $6::text[]::jsonb[], $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18)",
             &[
+                &vec![1_i32],
+                &vec![0_i32],
                 &vec![first_id],
                 &vec!["First"],
                 &vec!["k:v"],
@@ -285,7 +288,7 @@ async fn a_writer_that_started_first_and_commits_last_is_not_skipped() {
                 &vec![1_i32],
                 &vec![false],
                 &vec![None::<i64>],
-                &vec![0_i32],
+                &no_int,
                 &no_text,
                 &no_int,
                 &no_int,

@@ -52,6 +52,7 @@ pub struct PostgresStoreBuilder {
     connect_timeout: Duration,
     limits: Limits,
     max_batch: usize,
+    writers: usize,
     migrate: bool,
 }
 
@@ -65,6 +66,7 @@ impl PostgresStore {
             connect_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             max_batch: 256,
+            writers: 2,
             migrate: true,
         }
     }
@@ -146,6 +148,13 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Group-commit writer tasks, each with its own connection while it commits (default 2: one
+    /// batch commits while the next is on its way).
+    pub fn writers(mut self, writers: usize) -> Self {
+        self.writers = writers.max(1);
+        self
+    }
+
     /// Whether `connect` applies the migrations (default true).
     pub fn migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
@@ -181,7 +190,7 @@ impl PostgresStoreBuilder {
         if self.migrate {
             crate::migrate::run(&pool).await?;
         }
-        let committer = GroupCommitter::start(pool.clone(), self.max_batch);
+        let committer = GroupCommitter::start(pool.clone(), self.max_batch, self.writers);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
@@ -195,6 +204,7 @@ impl PostgresStoreBuilder {
 impl EventStore for PostgresStore {
     async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
         validate_query_with(query, &self.inner.limits)?;
+        let started = std::time::Instant::now();
         let built = read_sql::build(query, &options);
         let client = self.inner.pool.get().await?;
         let statement = client.prepare_cached(&built.sql).await?;
@@ -221,6 +231,7 @@ impl EventStore for PostgresStore {
                 row.try_get(6)?,
             ));
         }
+        metrics::histogram!(crate::metrics::READ_DURATION_SECONDS).record(started.elapsed());
         Ok(ReadResult { events, head })
     }
 

@@ -4,17 +4,25 @@
 //!
 //! Writers are serialised by `dcb_append`'s advisory lock anyway (positions must follow commit
 //! order), so batching is what lets concurrent appenders share a commit instead of queueing for it.
+//! A batch holds only requests independent of each other (see [`take_independent`]), which lets
+//! `dcb_append` check and insert the whole batch with a few set-based statements.
+
+use std::collections::{HashSet, VecDeque};
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
+use crate::metrics as names;
 
 const APPEND_SQL: &str = "SELECT status, first_position, dup_id FROM dcb_append(\
-    $1, $2, $3, $4, $5, $6::text[]::jsonb[], $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+    $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 struct Request {
     events: Vec<Event>,
@@ -29,10 +37,16 @@ pub(super) struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the writer task; it stops when the last handle is dropped.
-    pub(super) fn start(pool: Pool, max_batch: usize) -> Self {
+    /// Starts `writers` writer tasks; they stop when the last handle is dropped.
+    ///
+    /// With two or more, one batch can be on its way (or waiting for the lock) while another
+    /// commits, so the round trip and the reply hand-off overlap the WAL flush.
+    pub(super) fn start(pool: Pool, max_batch: usize, writers: usize) -> Self {
         let (queue, requests) = mpsc::channel(max_batch * 4);
-        tokio::spawn(write_batches(pool, requests, max_batch));
+        let requests = Arc::new(Mutex::new(requests));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(write_batches(pool.clone(), requests.clone(), max_batch));
+        }
         Self { queue }
     }
 
@@ -58,13 +72,39 @@ impl GroupCommitter {
     }
 }
 
-async fn write_batches(pool: Pool, mut requests: mpsc::Receiver<Request>, max_batch: usize) {
-    let mut batch = Vec::with_capacity(max_batch);
-    while requests.recv_many(&mut batch, max_batch).await > 0 {
-        metrics_batch_size(batch.len());
-        match commit(&pool, &batch).await {
+async fn write_batches(
+    pool: Pool,
+    requests: Arc<Mutex<mpsc::Receiver<Request>>>,
+    max_batch: usize,
+) {
+    // Requests deferred from the previous batch come first, in arrival order.
+    let mut pending: VecDeque<Request> = VecDeque::with_capacity(max_batch);
+    loop {
+        {
+            let mut requests = requests.lock().await;
+            if pending.is_empty() {
+                match requests.recv().await {
+                    Some(request) => pending.push_back(request),
+                    None => return,
+                }
+            }
+            // Whatever queued while the previous batch was committing joins this one.
+            while pending.len() < max_batch {
+                match requests.try_recv() {
+                    Ok(request) => pending.push_back(request),
+                    Err(_) => break,
+                }
+            }
+        }
+        let batch = take_independent(&mut pending, max_batch);
+        #[allow(clippy::cast_precision_loss)] // batch sizes are small
+        metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
+        let started = Instant::now();
+        let committed = commit(&pool, &batch).await;
+        metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
+        match committed {
             Ok(outcomes) => {
-                for (request, outcome) in batch.drain(..).zip(outcomes) {
+                for (request, outcome) in batch.into_iter().zip(outcomes) {
                     // The caller may have gone away; its events are stored all the same.
                     let _ = request.reply.send(outcome);
                 }
@@ -72,7 +112,7 @@ async fn write_batches(pool: Pool, mut requests: mpsc::Receiver<Request>, max_ba
             Err(e) => {
                 // The whole batch failed (or its commit is unknown): every caller learns it, and
                 // may re-send, which event ids make idempotent.
-                for request in batch.drain(..) {
+                for request in batch {
                     let _ = request.reply.send(Err(AppendError::Store(e.clone())));
                 }
             }
@@ -80,11 +120,80 @@ async fn write_batches(pool: Pool, mut requests: mpsc::Receiver<Request>, max_ba
     }
 }
 
-fn metrics_batch_size(_size: usize) {}
+/// Takes from `pending`, in order, up to `max` requests that do not depend on each other: none
+/// has a condition matching an event of an earlier one taken, and none shares an event id with
+/// one taken. The rest stay in `pending` for the next batch, where they see the taken ones as
+/// committed. That keeps `dcb_append` set-based: each request is checked against the store alone.
+fn take_independent(pending: &mut VecDeque<Request>, max: usize) -> Vec<Request> {
+    let mut taken: Vec<Request> = Vec::with_capacity(max.min(pending.len()));
+    let mut deferred = VecDeque::new();
+    let mut seen = BatchIndex::default();
+    while let Some(request) = pending.pop_front() {
+        if taken.len() == max {
+            deferred.push_back(request);
+            continue;
+        }
+        if seen.conflicts_with(&request, &taken) {
+            deferred.push_back(request);
+        } else {
+            seen.add(&request);
+            taken.push(request);
+        }
+    }
+    *pending = deferred;
+    taken
+}
+
+/// What the requests taken so far contain, to rule out dependencies without comparing every
+/// pair: an item can only match a taken event if its first tag (or, for type-only items, one of
+/// its types) occurs among the taken events.
+#[derive(Default)]
+struct BatchIndex {
+    ids: HashSet<Uuid>,
+    tags: HashSet<String>,
+    types: HashSet<String>,
+}
+
+impl BatchIndex {
+    fn add(&mut self, request: &Request) {
+        for e in &request.events {
+            self.ids.insert(e.id());
+            self.types.insert(e.event_type().to_owned());
+            self.tags.extend(e.tags().iter().map(ToString::to_string));
+        }
+    }
+
+    fn conflicts_with(&self, request: &Request, taken: &[Request]) -> bool {
+        if request.events.iter().any(|e| self.ids.contains(&e.id())) {
+            return true;
+        }
+        let Some(condition) = &request.condition else {
+            return false;
+        };
+        let query = &condition.fail_if_events_match;
+        if taken.is_empty() {
+            return false;
+        }
+        if query.is_all() {
+            return true;
+        }
+        let may_match = query.items().iter().any(|item| match item.tags().first() {
+            Some(tag) => self.tags.contains(&tag.to_string()),
+            None => item.types().iter().any(|t| self.types.contains(t)),
+        });
+        may_match
+            && taken
+                .iter()
+                .flat_map(|t| &t.events)
+                .any(|e| query.matches(e))
+    }
+}
 
 /// The batch as the flattened arrays `dcb_append` takes.
 #[derive(Default)]
 struct Encoded<'a> {
+    ev_req: Vec<i32>,
+    ev_offset: Vec<i32>,
     ev_ids: Vec<Uuid>,
     ev_types: Vec<&'a str>,
     ev_tags: Vec<String>,
@@ -94,7 +203,7 @@ struct Encoded<'a> {
     req_event_counts: Vec<i32>,
     req_conditional: Vec<bool>,
     req_after: Vec<Option<i64>>,
-    req_item_counts: Vec<i32>,
+    item_req: Vec<i32>,
     item_types: Vec<&'a str>,
     item_type_starts: Vec<i32>,
     item_type_counts: Vec<i32>,
@@ -112,9 +221,12 @@ fn int(n: usize) -> i32 {
 impl<'a> Encoded<'a> {
     fn new(batch: &'a [Request]) -> Self {
         let mut enc = Encoded::default();
-        for request in batch {
+        for (r, request) in batch.iter().enumerate() {
+            let r = int(r + 1);
             enc.req_event_counts.push(int(request.events.len()));
-            for (event, payload) in request.events.iter().zip(&request.payloads) {
+            for (offset, (event, payload)) in request.events.iter().zip(&request.payloads).enumerate() {
+                enc.ev_req.push(r);
+                enc.ev_offset.push(int(offset));
                 enc.ev_ids.push(event.id());
                 enc.ev_types.push(event.event_type());
                 enc.ev_tag_starts.push(int(enc.ev_tags.len() + 1));
@@ -126,7 +238,6 @@ impl<'a> Encoded<'a> {
             let Some(condition) = &request.condition else {
                 enc.req_conditional.push(false);
                 enc.req_after.push(None);
-                enc.req_item_counts.push(0);
                 continue;
             };
             enc.req_conditional.push(true);
@@ -134,15 +245,15 @@ impl<'a> Encoded<'a> {
             let query = &condition.fail_if_events_match;
             if query.is_all() {
                 // An item naming nothing stands for Query::all() in dcb_append.
-                enc.req_item_counts.push(1);
+                enc.item_req.push(r);
                 enc.item_type_starts.push(int(enc.item_types.len() + 1));
                 enc.item_type_counts.push(0);
                 enc.item_tag_starts.push(int(enc.item_tags.len() + 1));
                 enc.item_tag_counts.push(0);
                 continue;
             }
-            enc.req_item_counts.push(int(query.items().len()));
             for item in query.items() {
+                enc.item_req.push(r);
                 enc.item_type_starts.push(int(enc.item_types.len() + 1));
                 enc.item_type_counts.push(int(item.types().len()));
                 enc.item_types.extend(item.types().iter().map(String::as_str));
@@ -168,6 +279,8 @@ async fn commit(
         .query(
             &statement,
             &[
+                &enc.ev_req,
+                &enc.ev_offset,
                 &enc.ev_ids,
                 &enc.ev_types,
                 &enc.ev_tags,
@@ -177,7 +290,7 @@ async fn commit(
                 &enc.req_event_counts,
                 &enc.req_conditional,
                 &enc.req_after,
-                &enc.req_item_counts,
+                &enc.item_req,
                 &enc.item_types,
                 &enc.item_type_starts,
                 &enc.item_type_counts,
@@ -207,7 +320,12 @@ async fn commit(
             }
         };
         outcomes.push(match (status, first) {
-            (0 | 2, Some(first)) => Ok(last(first)),
+            (0, Some(first)) => {
+                metrics::counter!(names::EVENTS_APPENDED_TOTAL)
+                    .increment(request.events.len() as u64);
+                Ok(last(first))
+            }
+            (2, Some(first)) => Ok(last(first)),
             (1, _) => Err(AppendError::ConditionFailed {
                 after: request.condition.as_ref().and_then(|c| c.after),
             }),

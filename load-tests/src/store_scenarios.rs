@@ -1,0 +1,261 @@
+//! Scenarios that drive the event store directly: read -> decide -> append_if.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use dcb_runtime::{
+    AppendCondition, AppendError, Event, EventStore, P, PostgresStore, Query, ReadOptions,
+};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::report::{self, LatencyMs, Report};
+use crate::{RunArgs, StoreSizeArgs, baseline, database, telemetry};
+
+#[derive(Default)]
+struct Counters {
+    committed: AtomicU64,
+    conflicts: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Every decision on a boundary of its own: `thing:<worker>-<n>`, read (empty), then append one
+/// event conditional on the boundary still being empty.
+pub(crate) async fn disjoint(
+    args: RunArgs,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let run = database::open(args.database_url.as_deref()).await?;
+    let store = PostgresStore::builder(run.db.url())
+        .pool_size(args.concurrency + args.writers)
+        .writers(args.writers)
+        .connect()
+        .await?;
+    eprintln!(
+        "disjoint: {} caller(s) for {:?}",
+        args.concurrency, args.duration
+    );
+    let counters = Arc::new(Counters::default());
+    let start = Instant::now();
+    let deadline = start + args.duration;
+    let mut workers = Vec::new();
+    for worker in 0..args.concurrency {
+        let store = store.clone();
+        let counters = counters.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = report::histogram();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let began = Instant::now();
+                let boundary = P("thing", format!("{worker}-{n}"));
+                n += 1;
+                let query = Query::matching()
+                    .any_predicate_of([boundary.clone()])
+                    .finalize()?;
+                let read = store.read(&query, ReadOptions::default()).await?;
+                let decided =
+                    Event::new("ThingCreated", json!({"worker": worker})).with_tag(boundary);
+                match store
+                    .append_if(vec![decided], AppendCondition::new(query, read.head))
+                    .await
+                {
+                    Ok(_) => {
+                        counters.committed.fetch_add(1, Ordering::Relaxed);
+                        report::record(&mut latencies, began.elapsed());
+                    }
+                    Err(AppendError::ConditionFailed { .. }) => {
+                        counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("append failed: {e:?}");
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = report::histogram();
+    for w in workers {
+        latencies.add(w.await??)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let client = run.db.client().await?;
+    let violations: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (SELECT tags[1] FROM events GROUP BY 1 HAVING count(*) > 1) d",
+            &[],
+        )
+        .await?
+        .get(0);
+    let events_in_store: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    let committed = counters.committed.load(Ordering::Relaxed);
+    let conflicts = counters.conflicts.load(Ordering::Relaxed);
+    let errors = counters.errors.load(Ordering::Relaxed);
+    let mut report = Report {
+        scenario: "disjoint".into(),
+        processes: 1,
+        concurrency: args.concurrency,
+        duration_s: elapsed,
+        commands: committed + conflicts + errors,
+        committed,
+        conflicts,
+        errors,
+        throughput_per_s: committed as f64 / elapsed,
+        latency_ms: LatencyMs::of(&latencies),
+        invariant_violations: violations,
+        events_in_store,
+        mean_batch_size: telemetry::histogram_mean(metrics, dcb_runtime::metrics::APPEND_BATCH_SIZE),
+        ..Report::default()
+    };
+    drop(store);
+    if args.baseline {
+        eprintln!("baseline: plain inserts for {:?}", args.duration);
+        let tps = baseline::plain_insert_tps(run.db.url(), args.concurrency, args.duration).await?;
+        report.baseline_tps = Some(tps);
+        report.ratio = Some(report.throughput_per_s / tps);
+    }
+    report.print();
+    report::write_json(args.json.as_deref(), &report)?;
+    if report.invariant_violations > 0 || report.errors > 0 {
+        anyhow::bail!(
+            "{} invariant violations, {} errors",
+            report.invariant_violations,
+            report.errors
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Debug)]
+struct SizePoint {
+    events_stored: i64,
+    read_ms: LatencyMs,
+    append_if_ms: LatencyMs,
+}
+
+#[derive(Serialize, Debug)]
+struct SizeReport {
+    scenario: &'static str,
+    commands_per_size: usize,
+    small: SizePoint,
+    large: SizePoint,
+    /// Mean append_if latency, large store over small store.
+    append_if_ratio: f64,
+    /// Mean read latency, large store over small store.
+    read_ratio: f64,
+}
+
+/// Fills the store with filler events spread over 1,000 `filler:<n>` boundaries (and a hot tag
+/// far back in history) straight in SQL, under the writers' lock, then re-indexes statistics.
+async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result<()> {
+    let have: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
+    let mut remaining = target - have;
+    while remaining > 0 {
+        let chunk = remaining.min(200_000);
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(7166468893617058148);
+                 CREATE TEMP TABLE IF NOT EXISTS fill_from (p bigint);
+                 TRUNCATE fill_from;
+                 INSERT INTO fill_from SELECT coalesce(max(position), 0) FROM events;
+                 INSERT INTO events (position, id, type, tags, payload)
+                 SELECT f.p + g, gen_random_uuid(), 'Filler',
+                        ARRAY['filler:' || (g % 1000), 'era:' || CASE WHEN f.p + g <= 1000 THEN 'old' ELSE 'new' END],
+                        jsonb_build_object('n', f.p + g)
+                 FROM fill_from f, generate_series(1, {chunk}) g;
+                 INSERT INTO event_tags (tag, position, type)
+                 SELECT unnest(e.tags), e.position, e.type
+                 FROM events e, fill_from f WHERE e.position > f.p;
+                 COMMIT;"
+            ))
+            .await?;
+        remaining -= chunk;
+        eprintln!("filled {} / {target}", target - remaining);
+    }
+    client
+        .batch_execute("VACUUM ANALYZE events; VACUUM ANALYZE event_tags;")
+        .await?;
+    Ok(())
+}
+
+/// Times `commands` decisions on boundaries with history: read `filler:<k>` plus its own new
+/// tag, append conditional on both.
+async fn time_decisions(
+    store: &PostgresStore,
+    commands: usize,
+    size: i64,
+) -> anyhow::Result<SizePoint> {
+    let mut reads: Histogram<u64> = report::histogram();
+    let mut appends: Histogram<u64> = report::histogram();
+    for n in 0..commands {
+        let boundary = P("filler", (n % 1000).to_string());
+        let own = P("probe", format!("{size}-{n}"));
+        let query = Query::matching()
+            .any_event_type_of(["Filler", "Probe"])
+            .and_any_predicate_of([boundary.clone()])
+            .or_matching()
+            .any_predicate_of([own.clone(), P("era", "old")])
+            .finalize()?;
+        let began = Instant::now();
+        let read = store
+            .read(&query, ReadOptions::default().backwards().limit(10))
+            .await?;
+        report::record(&mut reads, began.elapsed());
+        let event = Event::new("Probe", json!({"n": n}))
+            .with_tag(boundary)
+            .with_tag(own);
+        let began = Instant::now();
+        store
+            .append_if(vec![event], AppendCondition::new(query, read.head))
+            .await?;
+        report::record(&mut appends, began.elapsed());
+    }
+    Ok(SizePoint {
+        events_stored: size,
+        read_ms: LatencyMs::of(&reads),
+        append_if_ms: LatencyMs::of(&appends),
+    })
+}
+
+/// append_if latency with a small and a large store: conditions must be index lookups.
+pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
+    let run = database::open(args.database_url.as_deref()).await?;
+    let store = PostgresStore::connect(run.db.url()).await?;
+    let client = run.db.client().await?;
+    fill_to(&client, args.small).await?;
+    // Warm up plans and caches before timing.
+    time_decisions(&store, 200, 0).await?;
+    let small = time_decisions(&store, args.commands, args.small).await?;
+    fill_to(&client, args.large).await?;
+    time_decisions(&store, 200, 1).await?;
+    let large = time_decisions(&store, args.commands, args.large).await?;
+    let report = SizeReport {
+        scenario: "store-size",
+        commands_per_size: args.commands,
+        append_if_ratio: large.append_if_ms.mean / small.append_if_ms.mean,
+        read_ratio: large.read_ms.mean / small.read_ms.mean,
+        small,
+        large,
+    };
+    for p in [&report.small, &report.large] {
+        println!(
+            "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms",
+            p.events_stored, p.read_ms.mean, p.read_ms.p99, p.append_if_ms.mean, p.append_if_ms.p99
+        );
+    }
+    println!(
+        "large/small: append_if {:.2}x, read {:.2}x",
+        report.append_if_ratio, report.read_ratio
+    );
+    report::write_json(args.json.as_deref(), &report)
+}
