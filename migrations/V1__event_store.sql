@@ -45,8 +45,11 @@ CREATE FUNCTION dcb_append(
     item_tags text[], item_tag_starts int[], item_tag_counts int[]
 ) RETURNS TABLE (status smallint, first_position bigint, dup_id uuid)
 LANGUAGE plpgsql
--- Every statement is index-driven whatever the arrays hold: plan once, not per call.
+-- Every statement is meant to be index lookups driven by the (small) arrays: plan once, not per
+-- call, and never let a plan made while the tables were small freeze a scan of the whole table
+-- into the cache (the planner trap: a plan whose cost grows with the store).
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $fn$
 DECLARE
     head bigint;
@@ -59,10 +62,11 @@ BEGIN
     PERFORM pg_advisory_xact_lock(7166468893617058148);
     SELECT coalesce(max(e.position), 0) INTO head FROM events e;
 
+    -- LATERAL lookups keep every access to the big tables a parameterised index probe.
     WITH stored AS (
         SELECT v.r, count(*) AS found, min(e.position) AS first_found
         FROM unnest(ev_ids, ev_req) AS v(id, r)
-        JOIN events e ON e.id = v.id
+        CROSS JOIN LATERAL (SELECT x.position FROM events x WHERE x.id = v.id) AS e
         GROUP BY v.r
     ), mismatched AS (
         -- A replay must be the same events, in the same order, with the same content.
@@ -70,11 +74,14 @@ BEGIN
         FROM unnest(ev_req, ev_offset, ev_ids, ev_types, ev_tag_starts, ev_tag_counts, ev_payloads)
              AS v(r, off, id, type, ts, tc, payload)
         JOIN stored s ON s.r = v.r
-        LEFT JOIN events e ON e.position = s.first_found + v.off
+        LEFT JOIN LATERAL (
+            SELECT x.id, x.type, x.tags, x.payload FROM events x
+            WHERE x.position = s.first_found + v.off) AS e ON true
         WHERE e.id IS DISTINCT FROM v.id
            OR e.type <> v.type
            OR e.tags <> ev_tags[v.ts : v.ts + v.tc - 1]
-           OR e.payload <> v.payload
+           -- jsonb equality says 1 = 1.0; the text form keeps what was sent.
+           OR e.payload::text <> v.payload::text
     ), conflicting AS (
         -- Every item is an index range scan starting at the request's `after`.
         SELECT DISTINCT it.r

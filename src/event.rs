@@ -230,7 +230,10 @@ mod tests {
 
     #[test]
     fn payload_tags_take_scalar_fields_and_refuse_the_rest() {
-        let e = Event::new("BookBorrowed", json!({"BookID": "b1", "Copies": 3, "Meta": {}}));
+        let e = Event::new(
+            "BookBorrowed",
+            json!({"BookID": "b1", "Copies": 3, "Meta": {}}),
+        );
         let tagged = e.clone().with_payload_tags(["BookID", "Copies"]).unwrap();
         assert_eq!(tagged.tags(), &[P("BookID", "b1"), P("Copies", "3")]);
         assert_eq!(

@@ -30,5 +30,7 @@ pub use append::{AppendCondition, Appended};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};
-pub use store::{EventStore, MemoryStore, PostgresStore, PostgresStoreBuilder, ReadOptions, ReadResult};
+pub use store::{
+    EventStore, MemoryStore, PostgresStore, PostgresStoreBuilder, ReadOptions, ReadResult,
+};
 pub use validate::{Limits, ValidationError};

@@ -160,7 +160,11 @@ fn run(mut command: Command, what: &str) -> Result<(), StoreError> {
 }
 
 fn start_throwaway() -> Result<LocalPostgres, StoreError> {
-    let bindir = server_bindir().ok_or_else(|| no_server("no server answers at 127.0.0.1:5432 and no PostgreSQL server binaries were found"))?;
+    let bindir = server_bindir().ok_or_else(|| {
+        no_server(
+            "no server answers at 127.0.0.1:5432 and no PostgreSQL server binaries were found",
+        )
+    })?;
     let as_postgres_user = is_root();
     let dir = std::env::temp_dir().join(format!("dcb-pg-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir(&dir).map_err(|e| no_server(&format!("cannot create {dir:?}: {e}")))?;
@@ -191,7 +195,15 @@ fn start_throwaway() -> Result<LocalPostgres, StoreError> {
     let data = t.dir.join("data");
     let mut initdb = t.command(&bindir.join("initdb"));
     initdb
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&data);
     run(initdb, "initdb")?;
     let mut start = t.command(&t.pg_ctl);
@@ -219,7 +231,11 @@ fn spawn_watchdog(t: &Throwaway, data: &Path) {
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
          {as_user}{pg_ctl} stop -m immediate -D '{data}' >/dev/null 2>&1; rm -rf '{dir}'",
         pid = std::process::id(),
-        as_user = if t.as_postgres_user { "runuser -u postgres -- " } else { "" },
+        as_user = if t.as_postgres_user {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        },
         pg_ctl = t.pg_ctl.display(),
         data = data.display(),
         dir = t.dir.display(),

@@ -127,12 +127,7 @@ pub fn with_database(url: &str, database: &str) -> String {
     let path_start = url[rest_start..query_start]
         .find('/')
         .map_or(query_start, |i| rest_start + i);
-    format!(
-        "{}/{}{}",
-        &url[..path_start],
-        database,
-        &url[query_start..]
-    )
+    format!("{}/{}{}", &url[..path_start], database, &url[query_start..])
 }
 
 #[cfg(test)]
@@ -146,6 +141,9 @@ mod tests {
             "postgres://u:p@h:5/x?sslmode=disable"
         );
         assert_eq!(with_database("postgresql://h", "x"), "postgresql://h/x");
-        assert_eq!(with_database("host=h user=u", "x"), "host=h user=u dbname=x");
+        assert_eq!(
+            with_database("host=h user=u", "x"),
+            "host=h user=u dbname=x"
+        );
     }
 }

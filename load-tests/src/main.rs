@@ -74,11 +74,31 @@ struct StoreSizeArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let metrics = telemetry::install()?;
-    match cli.scenario {
-        Scenario::Disjoint(args) => store_scenarios::disjoint(args, &metrics).await,
-        Scenario::StoreSize(args) => store_scenarios::store_size(args).await,
+    let outcome = async {
+        let metrics = telemetry::install()?;
+        match cli.scenario {
+            Scenario::Disjoint(args) => store_scenarios::disjoint(args, &metrics).await,
+            Scenario::StoreSize(args) => store_scenarios::store_size(args).await,
+        }
+    }
+    .await;
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // tokio-postgres' Display says only "db error": print the whole chain with the
+            // server's message.
+            eprintln!("error: {e:#}");
+            for cause in e.chain() {
+                if let Some(db) = cause
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(tokio_postgres::Error::as_db_error)
+                {
+                    eprintln!("  server said: {db}");
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
 }

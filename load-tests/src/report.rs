@@ -57,6 +57,10 @@ pub(crate) struct Report {
     pub(crate) events_in_store: i64,
     /// Mean appends per dcb_append transaction (group commit).
     pub(crate) mean_batch_size: Option<f64>,
+    /// Mean duration of one dcb_append transaction, in ms.
+    pub(crate) mean_append_transaction_ms: Option<f64>,
+    /// Mean duration of one read, in ms.
+    pub(crate) mean_read_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) baseline_tps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,8 +97,13 @@ impl Report {
                 "baseline            {b:.0} plain inserts/s at the same concurrency; ratio {r:.2}x"
             );
         }
-        if let Some(b) = self.mean_batch_size {
-            println!("group commit        {b:.1} appends per transaction on average");
+        if let (Some(b), Some(t)) = (self.mean_batch_size, self.mean_append_transaction_ms) {
+            println!(
+                "group commit        {b:.1} appends per transaction on average, {t:.2} ms each"
+            );
+        }
+        if let Some(r) = self.mean_read_ms {
+            println!("reads               {r:.2} ms on average");
         }
         println!("events in store     {}", self.events_in_store);
         println!(

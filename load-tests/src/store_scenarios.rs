@@ -110,7 +110,20 @@ pub(crate) async fn disjoint(
         latency_ms: LatencyMs::of(&latencies),
         invariant_violations: violations,
         events_in_store,
-        mean_batch_size: telemetry::histogram_mean(metrics, dcb_runtime::metrics::APPEND_BATCH_SIZE),
+        mean_batch_size: telemetry::histogram_mean(
+            metrics,
+            dcb_runtime::metrics::APPEND_BATCH_SIZE,
+        ),
+        mean_append_transaction_ms: telemetry::histogram_mean(
+            metrics,
+            dcb_runtime::metrics::APPEND_DURATION_SECONDS,
+        )
+        .map(|s| s * 1000.0),
+        mean_read_ms: telemetry::histogram_mean(
+            metrics,
+            dcb_runtime::metrics::READ_DURATION_SECONDS,
+        )
+        .map(|s| s * 1000.0),
         ..Report::default()
     };
     drop(store);
@@ -182,9 +195,10 @@ async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result
         remaining -= chunk;
         eprintln!("filled {} / {target}", target - remaining);
     }
-    client
-        .batch_execute("VACUUM ANALYZE events; VACUUM ANALYZE event_tags;")
-        .await?;
+    // One statement per call: VACUUM cannot run in the implicit transaction of a multi-statement
+    // query.
+    client.batch_execute("VACUUM ANALYZE events").await?;
+    client.batch_execute("VACUUM ANALYZE event_tags").await?;
     Ok(())
 }
 

@@ -222,7 +222,9 @@ mod tests {
 
     #[test]
     fn invalid_tags_are_refused_at_finalize() {
-        let e = Query::matching().any_predicate_of([P("a:b", "1")]).finalize();
+        let e = Query::matching()
+            .any_predicate_of([P("a:b", "1")])
+            .finalize();
         assert!(matches!(e, Err(ValidationError::TagKeyHasColon(_))));
     }
 }

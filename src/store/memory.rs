@@ -138,9 +138,22 @@ impl EventStore for MemoryStore {
         };
         let limit = options.limit.unwrap_or(usize::MAX);
         let events: Vec<SequencedEvent> = if options.backwards {
-            inner.events.iter().rev().filter(in_range).take(limit).cloned().collect()
+            inner
+                .events
+                .iter()
+                .rev()
+                .filter(in_range)
+                .take(limit)
+                .cloned()
+                .collect()
         } else {
-            inner.events.iter().filter(in_range).take(limit).cloned().collect()
+            inner
+                .events
+                .iter()
+                .filter(in_range)
+                .take(limit)
+                .cloned()
+                .collect()
         };
         // Positions are 1..=len, so the head is the smaller of len and up_to.
         let head = inner

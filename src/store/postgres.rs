@@ -80,9 +80,9 @@ impl PostgresStore {
         Self::builder(url).connect().await
     }
 
-    /// The connection pool, for callers that need plain SQL next to the store.
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    /// The connection pool's size, available connections and waiting callers.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.inner.pool.status()
     }
 
     /// The input limits this store enforces.
@@ -170,6 +170,13 @@ impl PostgresStoreBuilder {
         let mut pg = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| StoreError::Config(Arc::new(e)))?;
         pg.connect_timeout(self.connect_timeout);
+        // Every statement the store runs is built to be index range scans. Plans cached while the
+        // tables were small must not freeze a full scan in place as the store grows.
+        let options = match pg.get_options() {
+            Some(o) => format!("{o} -c enable_seqscan=off"),
+            None => "-c enable_seqscan=off".to_owned(),
+        };
+        pg.options(options);
         let manager = Manager::from_config(
             pg,
             NoTls,

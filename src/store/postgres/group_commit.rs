@@ -80,17 +80,23 @@ async fn write_batches(
     // Requests deferred from the previous batch come first, in arrival order.
     let mut pending: VecDeque<Request> = VecDeque::with_capacity(max_batch);
     loop {
-        {
-            let mut requests = requests.lock().await;
+        // A writer holding deferred requests must not wait for the queue: another writer may be
+        // parked on it, holding the lock, until new requests arrive.
+        let queue = if pending.is_empty() {
+            Some(requests.lock().await)
+        } else {
+            requests.try_lock().ok()
+        };
+        if let Some(mut queue) = queue {
             if pending.is_empty() {
-                match requests.recv().await {
+                match queue.recv().await {
                     Some(request) => pending.push_back(request),
                     None => return,
                 }
             }
             // Whatever queued while the previous batch was committing joins this one.
             while pending.len() < max_batch {
-                match requests.try_recv() {
+                match queue.try_recv() {
                     Ok(request) => pending.push_back(request),
                     Err(_) => break,
                 }
@@ -224,7 +230,9 @@ impl<'a> Encoded<'a> {
         for (r, request) in batch.iter().enumerate() {
             let r = int(r + 1);
             enc.req_event_counts.push(int(request.events.len()));
-            for (offset, (event, payload)) in request.events.iter().zip(&request.payloads).enumerate() {
+            for (offset, (event, payload)) in
+                request.events.iter().zip(&request.payloads).enumerate()
+            {
                 enc.ev_req.push(r);
                 enc.ev_offset.push(int(offset));
                 enc.ev_ids.push(event.id());
@@ -256,7 +264,8 @@ impl<'a> Encoded<'a> {
                 enc.item_req.push(r);
                 enc.item_type_starts.push(int(enc.item_types.len() + 1));
                 enc.item_type_counts.push(int(item.types().len()));
-                enc.item_types.extend(item.types().iter().map(String::as_str));
+                enc.item_types
+                    .extend(item.types().iter().map(String::as_str));
                 enc.item_tag_starts.push(int(enc.item_tags.len() + 1));
                 enc.item_tag_counts.push(int(item.tags().len()));
                 enc.item_tags

@@ -1,5 +1,6 @@
 //! SQL for reads: one statement per query shape, so the head and the events come from one
-//! snapshot, and each item is an index range scan starting at `after`.
+//! snapshot. Each item becomes index range scans in position order that stop at the limit, so a
+//! limited read costs O(items x limit x log n) however long the boundary's history.
 
 use std::fmt::Write;
 
@@ -15,84 +16,88 @@ pub(super) struct ReadSql {
     after: i64,
     up_to: i64,
     limit: Option<i64>,
-    /// Per item: its types and its tags written `key:value`.
-    items: Vec<(Vec<String>, Vec<String>)>,
+    params: Vec<Param>,
+}
+
+/// Item parameters, in the order of their placeholders.
+enum Param {
+    Text(String),
+    TextArray(Vec<String>),
 }
 
 impl ReadSql {
     pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&self.after, &self.up_to, &self.limit];
-        for (types, tags) in &self.items {
-            if !types.is_empty() {
-                params.push(types);
-            }
-            if let Some(first) = tags.first() {
-                params.push(first);
-            }
-            if tags.len() > 1 {
-                params.push(tags);
-            }
-        }
+        params.extend(self.params.iter().map(|p| match p {
+            Param::Text(t) => t as &(dyn ToSql + Sync),
+            Param::TextArray(a) => a as &(dyn ToSql + Sync),
+        }));
         params
     }
 }
 
-/// Builds the read. Parameters: $1 after, $2 up_to, $3 limit, then per item its types, its
-/// first tag and its whole tag list, each only when the item uses it.
+/// Builds the read. Parameters: $1 after, $2 up_to, $3 limit (NULL: none), then the items'.
 pub(super) fn build(query: &Query, options: &ReadOptions) -> ReadSql {
+    let order = if options.is_backwards() {
+        "DESC"
+    } else {
+        "ASC"
+    };
     let mut sql = String::from(
         "SELECT h.head, e.position, e.id, e.type, e.tags, e.payload, e.recorded_at \
          FROM (SELECT max(position) AS head FROM events WHERE position <= $2) h \
-         LEFT JOIN LATERAL (SELECT ev.* FROM events ev WHERE ",
+         LEFT JOIN LATERAL (",
     );
-    let mut items = Vec::new();
+    let mut params = Vec::new();
     if query.is_all() {
-        sql.push_str("ev.position > $1 AND ev.position <= $2");
+        sql.push_str("SELECT ev.* FROM events ev WHERE ev.position > $1 AND ev.position <= $2");
     } else {
-        sql.push_str("ev.position IN (");
-        let mut next = 4;
-        for (n, item) in query.items().iter().enumerate() {
-            if n > 0 {
-                sql.push_str(" UNION ALL ");
-            }
-            let types: Vec<String> = item.types().to_vec();
+        // The union of each item's first `limit` matches holds the query's first `limit`.
+        let mut scans = Vec::new();
+        for item in query.items() {
             let tags: Vec<String> = item.tags().iter().map(ToString::to_string).collect();
-            if tags.is_empty() {
-                let _ = write!(
-                    sql,
-                    "SELECT position FROM events WHERE type = ANY(${next}) \
-                     AND position > $1 AND position <= $2"
-                );
-                next += 1;
-            } else {
-                let mut item_sql = String::from(
-                    "SELECT t.position FROM event_tags t WHERE t.position > $1 AND t.position <= $2",
-                );
-                if !types.is_empty() {
-                    let _ = write!(item_sql, " AND t.type = ANY(${next})");
-                    next += 1;
+            let Some(first_tag) = tags.first().cloned() else {
+                // Type-only: one ordered scan of (type, position) per type.
+                for t in item.types() {
+                    params.push(Param::Text(t.clone()));
+                    scans.push(format!(
+                        "(SELECT position FROM events WHERE type = ${} \
+                         AND position > $1 AND position <= $2 ORDER BY position {order} LIMIT $3)",
+                        params.len() + 3
+                    ));
                 }
-                let _ = write!(item_sql, " AND t.tag = ${next}");
-                next += 1;
-                if tags.len() > 1 {
-                    let _ = write!(
-                        item_sql,
-                        " AND EXISTS (SELECT 1 FROM events x WHERE x.position = t.position \
-                         AND x.tags @> ${next})"
-                    );
-                    next += 1;
-                }
-                sql.push_str(&item_sql);
+                continue;
+            };
+            params.push(Param::Text(first_tag));
+            let mut scan = format!(
+                "(SELECT t.position FROM event_tags t WHERE t.tag = ${} \
+                 AND t.position > $1 AND t.position <= $2",
+                params.len() + 3
+            );
+            if !item.types().is_empty() {
+                params.push(Param::TextArray(item.types().to_vec()));
+                let _ = write!(scan, " AND t.type = ANY(${})", params.len() + 3);
             }
-            items.push((types, tags));
+            if tags.len() > 1 {
+                params.push(Param::TextArray(tags));
+                let _ = write!(
+                    scan,
+                    " AND EXISTS (SELECT 1 FROM events x WHERE x.position = t.position \
+                     AND x.tags @> ${})",
+                    params.len() + 3
+                );
+            }
+            let _ = write!(scan, " ORDER BY t.position {order} LIMIT $3)");
+            scans.push(scan);
         }
-        sql.push_str(") AND ev.position > $1 AND ev.position <= $2");
+        let _ = write!(
+            sql,
+            "SELECT ev.* FROM ({}) m \
+             CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.position = m.position) ev",
+            scans.join(" UNION ")
+        );
     }
-    sql.push_str(if options.is_backwards() {
-        " ORDER BY ev.position DESC LIMIT $3) e ON true"
-    } else {
-        " ORDER BY ev.position LIMIT $3) e ON true"
-    });
+    let _ = write!(sql, " ORDER BY ev.position {order} LIMIT $3) e ON true");
     ReadSql {
         sql,
         after: options.after_position().map_or(0, Position::get),
@@ -100,6 +105,6 @@ pub(super) fn build(query: &Query, options: &ReadOptions) -> ReadSql {
         limit: options
             .max_events()
             .map(|l| i64::try_from(l).unwrap_or(i64::MAX)),
-        items,
+        params,
     }
 }
