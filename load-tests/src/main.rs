@@ -49,9 +49,6 @@ struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Group-commit writer tasks of the store.
-    #[arg(long, default_value_t = 2)]
-    writers: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -29,8 +29,7 @@ pub(crate) async fn disjoint(
 ) -> anyhow::Result<()> {
     let run = database::open(args.database_url.as_deref()).await?;
     let store = PostgresStore::builder(run.db.url())
-        .pool_size(args.concurrency + args.writers)
-        .writers(args.writers)
+        .pool_size(args.concurrency + 1)
         .connect()
         .await?;
     eprintln!(

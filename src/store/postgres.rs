@@ -52,7 +52,6 @@ pub struct PostgresStoreBuilder {
     connect_timeout: Duration,
     limits: Limits,
     max_batch: usize,
-    writers: usize,
     migrate: bool,
 }
 
@@ -66,7 +65,6 @@ impl PostgresStore {
             connect_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             max_batch: 256,
-            writers: 2,
             migrate: true,
         }
     }
@@ -118,7 +116,7 @@ impl PostgresStore {
 }
 
 impl PostgresStoreBuilder {
-    /// Most connections in the pool (default 16). The group committer uses one at a time.
+    /// Most connections in the pool (default 16). Reads take one each; the group committer one.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
         self
@@ -145,13 +143,6 @@ impl PostgresStoreBuilder {
     /// Most appends written in one transaction (default 256).
     pub fn max_batch(mut self, max: usize) -> Self {
         self.max_batch = max.max(1);
-        self
-    }
-
-    /// Group-commit writer tasks, each with its own connection while it commits (default 2: one
-    /// batch commits while the next is on its way).
-    pub fn writers(mut self, writers: usize) -> Self {
-        self.writers = writers.max(1);
         self
     }
 
@@ -197,7 +188,7 @@ impl PostgresStoreBuilder {
         if self.migrate {
             crate::migrate::run(&pool).await?;
         }
-        let committer = GroupCommitter::start(pool.clone(), self.max_batch, self.writers);
+        let committer = GroupCommitter::start(pool.clone(), self.max_batch);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,

@@ -9,11 +9,10 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::append::{AppendCondition, Appended};
@@ -37,16 +36,13 @@ pub(super) struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts `writers` writer tasks; they stop when the last handle is dropped.
+    /// Starts the writer task; it stops when the last handle is dropped.
     ///
-    /// With two or more, one batch can be on its way (or waiting for the lock) while another
-    /// commits, so the round trip and the reply hand-off overlap the WAL flush.
-    pub(super) fn start(pool: Pool, max_batch: usize, writers: usize) -> Self {
+    /// One writer, because writers queue on `dcb_append`'s lock anyway: a second one only splits
+    /// the batches (measured: 64 appenders, 9.8k appends/s with one writer, 7.4k with two).
+    pub(super) fn start(pool: Pool, max_batch: usize) -> Self {
         let (queue, requests) = mpsc::channel(max_batch * 4);
-        let requests = Arc::new(Mutex::new(requests));
-        for _ in 0..writers.max(1) {
-            tokio::spawn(write_batches(pool.clone(), requests.clone(), max_batch));
-        }
+        tokio::spawn(write_batches(pool, requests, max_batch));
         Self { queue }
     }
 
@@ -72,34 +68,21 @@ impl GroupCommitter {
     }
 }
 
-async fn write_batches(
-    pool: Pool,
-    requests: Arc<Mutex<mpsc::Receiver<Request>>>,
-    max_batch: usize,
-) {
+async fn write_batches(pool: Pool, mut requests: mpsc::Receiver<Request>, max_batch: usize) {
     // Requests deferred from the previous batch come first, in arrival order.
     let mut pending: VecDeque<Request> = VecDeque::with_capacity(max_batch);
     loop {
-        // A writer holding deferred requests must not wait for the queue: another writer may be
-        // parked on it, holding the lock, until new requests arrive.
-        let queue = if pending.is_empty() {
-            Some(requests.lock().await)
-        } else {
-            requests.try_lock().ok()
-        };
-        if let Some(mut queue) = queue {
-            if pending.is_empty() {
-                match queue.recv().await {
-                    Some(request) => pending.push_back(request),
-                    None => return,
-                }
+        if pending.is_empty() {
+            match requests.recv().await {
+                Some(request) => pending.push_back(request),
+                None => return,
             }
-            // Whatever queued while the previous batch was committing joins this one.
-            while pending.len() < max_batch {
-                match queue.try_recv() {
-                    Ok(request) => pending.push_back(request),
-                    Err(_) => break,
-                }
+        }
+        // Whatever queued while the previous batch was committing joins this one.
+        while pending.len() < max_batch {
+            match requests.try_recv() {
+                Ok(request) => pending.push_back(request),
+                Err(_) => break,
             }
         }
         let batch = take_independent(&mut pending, max_batch);
