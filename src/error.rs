@@ -92,7 +92,7 @@ fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// An append did not store its events.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppendError {
     /// An event matching the condition's query was stored after the condition's position: the

@@ -7,6 +7,8 @@
 //!   ([`Query::matching`]).
 //! - [`AppendCondition`], [`Appended`]: conditional appends and their outcome.
 //! - [`EventStore`] with [`PostgresStore`] (group commit) and [`MemoryStore`] (the reference model).
+//! - [`Decision`], [`Projection`]: the decider pattern.
+//! - [`Runtime`]: command actors, group commit, supervisor, back-off ([`RetryPolicy`]).
 //! - [`Limits`], [`ValidationError`]: what input is accepted.
 //! - [`error`]: [`StoreError`] and [`AppendError`].
 //! - [`metrics`]: metric names and descriptions.
@@ -16,21 +18,26 @@
 #![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
 mod append;
+mod decision;
 pub mod error;
 mod event;
 pub mod local;
 pub mod metrics;
 mod migrate;
 mod query;
+mod runtime;
 mod store;
 pub mod testing;
 mod validate;
 
 pub use append::{AppendCondition, Appended};
+pub use decision::{Decision, Projection, default_key, union};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};
+pub use runtime::{Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder};
 pub use store::{
-    EventStore, MemoryStore, PostgresStore, PostgresStoreBuilder, ReadOptions, ReadResult,
+    EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,
+    ReadResult,
 };
 pub use validate::{Limits, ValidationError};

@@ -11,9 +11,89 @@ pub const READ_DURATION_SECONDS: &str = "dcb_read_duration_seconds";
 /// Counter: events stored (replays not counted).
 pub const EVENTS_APPENDED_TOTAL: &str = "dcb_events_appended_total";
 
+/// Counter: commands by `decision` and `outcome` (committed, rejected, conflict_exhausted,
+/// overloaded, timeout, error).
+pub const COMMANDS_TOTAL: &str = "dcb_commands_total";
+/// Counter: conditional appends by `decision` and `result` (committed, conflict, error).
+pub const APPEND_ATTEMPTS_TOTAL: &str = "dcb_append_attempts_total";
+/// Counter: commands decided again after a conflict, by `decision`.
+pub const COMMAND_RETRIES_TOTAL: &str = "dcb_command_retries_total";
+/// Histogram: seconds from `execute` to its answer, by `decision`.
+pub const COMMAND_DURATION_SECONDS: &str = "dcb_command_duration_seconds";
+/// Histogram: seconds of each back-off after a conflict.
+pub const BACKOFF_SECONDS: &str = "dcb_backoff_seconds";
+/// Gauge: commands inside `execute`.
+pub const INFLIGHT_COMMANDS: &str = "dcb_inflight_commands";
+/// Gauge: commands held by command actors (queued, running or backing off), sampled each second.
+pub const QUEUE_DEPTH: &str = "dcb_queue_depth";
+/// Counter: command actors restarted by the supervisor.
+pub const ACTOR_RESTARTS_TOTAL: &str = "dcb_actor_restarts_total";
+/// Gauge: the store's connection pool by `state` (size, available, waiting), sampled each second.
+pub const POOL_CONNECTIONS: &str = "dcb_pool_connections";
+
+/// Every metric name, for checks that an exposition is complete.
+pub const ALL: &[&str] = &[
+    COMMANDS_TOTAL,
+    APPEND_ATTEMPTS_TOTAL,
+    COMMAND_RETRIES_TOTAL,
+    COMMAND_DURATION_SECONDS,
+    READ_DURATION_SECONDS,
+    APPEND_DURATION_SECONDS,
+    BACKOFF_SECONDS,
+    APPEND_BATCH_SIZE,
+    EVENTS_APPENDED_TOTAL,
+    INFLIGHT_COMMANDS,
+    QUEUE_DEPTH,
+    ACTOR_RESTARTS_TOTAL,
+    POOL_CONNECTIONS,
+];
+
+/// Where [`install_prometheus`] listens unless told otherwise: loopback only.
+pub const DEFAULT_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+/// Bucket bounds of the `_seconds` histograms.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Bucket bounds of `dcb_append_batch_size`.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A Prometheus builder with this crate's histogram buckets (histograms, never summaries).
+///
+/// # Errors
+///
+/// Never in practice: the bucket lists are non-empty.
+pub fn prometheus_builder()
+-> Result<metrics_exporter_prometheus::PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(APPEND_BATCH_SIZE.into()), BATCH_BUCKETS)
+}
+
+/// Installs the global Prometheus recorder and serves `/metrics` on `addr` (use
+/// [`DEFAULT_ADDR`] for loopback). Call inside a tokio runtime; returns a handle that renders the
+/// exposition.
+///
+/// # Errors
+///
+/// The address cannot be bound or a recorder is already installed.
+pub fn install_prometheus(
+    addr: std::net::SocketAddr,
+) -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError>
+{
+    let (recorder, exporter) = prometheus_builder()?.with_http_listener(addr).build()?;
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    tokio::spawn(exporter);
+    describe();
+    Ok(handle)
+}
+
 /// Registers descriptions and units, for exporters that show them.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         APPEND_BATCH_SIZE,
         Unit::Count,
@@ -33,5 +113,38 @@ pub fn describe() {
         EVENTS_APPENDED_TOTAL,
         Unit::Count,
         "Events stored by appends."
+    );
+    describe_counter!(
+        COMMANDS_TOTAL,
+        Unit::Count,
+        "Commands by decision and outcome."
+    );
+    describe_counter!(
+        APPEND_ATTEMPTS_TOTAL,
+        Unit::Count,
+        "Conditional appends by decision and result."
+    );
+    describe_counter!(
+        COMMAND_RETRIES_TOTAL,
+        Unit::Count,
+        "Commands decided again after a conflict."
+    );
+    describe_histogram!(
+        COMMAND_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from execute to its answer."
+    );
+    describe_histogram!(BACKOFF_SECONDS, Unit::Seconds, "Back-off after a conflict.");
+    describe_gauge!(INFLIGHT_COMMANDS, Unit::Count, "Commands inside execute.");
+    describe_gauge!(QUEUE_DEPTH, Unit::Count, "Commands held by command actors.");
+    describe_counter!(
+        ACTOR_RESTARTS_TOTAL,
+        Unit::Count,
+        "Command actors restarted by the supervisor."
+    );
+    describe_gauge!(
+        POOL_CONNECTIONS,
+        Unit::Count,
+        "Connection pool by state: size, available, waiting."
     );
 }

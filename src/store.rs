@@ -93,6 +93,17 @@ pub struct ReadResult {
     pub head: Option<Position>,
 }
 
+/// The connection pool of a store, as sampled for the `dcb_pool_connections` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open.
+    pub size: usize,
+    /// Connections idle in the pool.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
 /// Events read page by page.
 const STREAM_PAGE: usize = 1_000;
 
@@ -134,6 +145,11 @@ pub trait EventStore: Send + Sync {
         events: Vec<Event>,
         condition: AppendCondition,
     ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
+
+    /// The connection pool's state, if the store has one.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 
     /// The events matching `query` one by one, read in pages so memory stays bounded however
     /// many match. The stream ends at the head the first page saw, so it is finite and

@@ -147,3 +147,93 @@ mod tests {
         );
     }
 }
+
+/// Starts a given/when/then test of a decision, without a database: `given(history)
+/// .when(command).then([expected events])` or `.then_rejected()`.
+///
+/// The history is stored in order (positions 1, 2, ...) and the decision sees exactly the events
+/// its projection's query matches, as it would from a store.
+pub fn given(history: impl IntoIterator<Item = crate::Event>) -> Given {
+    let events = history
+        .into_iter()
+        .zip(1..)
+        .map(|(event, position)| crate::SequencedEvent {
+            position: crate::Position::new(position),
+            recorded_at: std::time::SystemTime::UNIX_EPOCH,
+            event,
+        })
+        .collect();
+    Given { events }
+}
+
+/// The history of a given/when/then test.
+#[derive(Debug)]
+pub struct Given {
+    events: Vec<crate::SequencedEvent>,
+}
+
+impl Given {
+    /// Folds the history through the decision's projection and decides.
+    pub fn when<D: crate::Decision>(self, decision: D) -> Then<D> {
+        use crate::Projection;
+        let projection = decision.projection();
+        let query = projection.query();
+        let mut state = projection.initial_state();
+        projection.fold(
+            &mut state,
+            self.events.iter().filter(|e| query.matches(&e.event)),
+        );
+        Then {
+            result: decision.decide(&state),
+        }
+    }
+}
+
+/// The outcome of a given/when/then test.
+#[derive(Debug)]
+pub struct Then<D: crate::Decision> {
+    result: Result<Vec<crate::Event>, D::Rejection>,
+}
+
+impl<D: crate::Decision> Then<D>
+where
+    D::Rejection: std::fmt::Debug,
+{
+    /// Asserts the decision produced these events (compared by type, tags and payload; ids are
+    /// fresh on every decision).
+    ///
+    /// # Panics
+    ///
+    /// When the decision rejected the command or produced other events.
+    #[track_caller]
+    pub fn then(self, expected: impl IntoIterator<Item = crate::Event>) {
+        let shape = |e: &crate::Event| {
+            (
+                e.event_type().to_owned(),
+                e.tags().to_vec(),
+                e.payload().clone(),
+            )
+        };
+        let expected: Vec<_> = expected.into_iter().map(|e| shape(&e)).collect();
+        match self.result {
+            Ok(events) => {
+                let got: Vec<_> = events.iter().map(shape).collect();
+                assert_eq!(got, expected, "the decision produced other events");
+            }
+            Err(why) => panic!("expected events, the command was rejected: {why:?}"),
+        }
+    }
+
+    /// Asserts the decision rejected the command and returns why.
+    ///
+    /// # Panics
+    ///
+    /// When the decision produced events.
+    #[track_caller]
+    pub fn then_rejected(self) -> D::Rejection {
+        match self.result {
+            Ok(events) => panic!("expected a rejection, the decision produced {events:?}"),
+            Err(why) => why,
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{EventStore, ReadOptions, ReadResult};
+use super::{EventStore, PoolStatus, ReadOptions, ReadResult};
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent, Tag};
@@ -76,11 +76,6 @@ impl PostgresStore {
     /// A bad URL, an unreachable server or a failed migration.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::builder(url).connect().await
-    }
-
-    /// The connection pool's size, available connections and waiting callers.
-    pub fn pool_status(&self) -> deadpool_postgres::Status {
-        self.inner.pool.status()
     }
 
     /// The input limits this store enforces.
@@ -200,6 +195,15 @@ impl PostgresStoreBuilder {
 }
 
 impl EventStore for PostgresStore {
+    fn pool_status(&self) -> Option<PoolStatus> {
+        let status = self.inner.pool.status();
+        Some(PoolStatus {
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+        })
+    }
+
     async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
         validate_query_with(query, &self.inner.limits)?;
         let started = std::time::Instant::now();

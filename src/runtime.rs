@@ -1,0 +1,408 @@
+//! The decision runtime: command actors (ractor) run decisions against the store, routed by
+//! consistency key, with back-off on conflicts, bounded queues, a supervisor and metrics.
+
+mod command_actor;
+mod job;
+mod supervisor;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+use crate::decision::Decision;
+use crate::error::{AppendError, StoreError};
+use crate::event::{Event, Position};
+use crate::metrics as names;
+use crate::store::{EventStore, PostgresStore};
+use crate::validate::ValidationError;
+use command_actor::CommandMsg;
+use job::{Command, ErasedCommand, Job, JobOutcome};
+use supervisor::{Slot, Supervisor, SupervisorMsg};
+
+/// How conflicts are retried: exponential back-off with full jitter, bounded attempts, and a
+/// deadline for the whole command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Appends tried before giving up with [`ExecuteError::ConflictsExhausted`] (default 10).
+    pub max_attempts: u32,
+    /// Upper bound of the first back-off (default 1 ms); it doubles with each conflict.
+    pub base_delay: Duration,
+    /// Largest back-off (default 100 ms).
+    pub max_delay: Duration,
+    /// Time from submission after which a command answers [`ExecuteError::Timeout`] (default 10 s).
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(100),
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Full jitter: uniform in `[0, min(max_delay, base_delay * 2^(attempt-1))]`.
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let ceiling = exp.min(self.max_delay);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// A committed command: its events and where they were stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// One position per event, in order (empty when the decision decided nothing).
+    pub positions: Vec<Position>,
+    /// The events decided.
+    pub events: Vec<Event>,
+    /// Appends it took (1 without conflict).
+    pub attempts: u32,
+}
+
+/// Why a command did not commit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecuteError<R> {
+    /// The decision refused the command (a business rule).
+    #[error("the command was rejected")]
+    Rejected(R),
+    /// Every attempt met a conflicting append; see [`RetryPolicy::max_attempts`].
+    #[error("gave up after {attempts} conflicting attempts")]
+    ConflictsExhausted {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The command's actor queue was full; nothing was done. Retry later.
+    #[error("the runtime is overloaded")]
+    Overloaded,
+    /// The deadline passed before the command completed; nothing was stored.
+    #[error("the command missed its deadline")]
+    Timeout,
+    /// The decision panicked; its actor was restarted.
+    #[error("the decision panicked: {0}")]
+    Panicked(String),
+    /// The decision produced invalid events.
+    #[error(transparent)]
+    Invalid(ValidationError),
+    /// The decision produced an event whose id is already stored with other content.
+    #[error("event id {0} is already stored")]
+    DuplicateEventId(Uuid),
+    /// The database failed; see [`StoreError::is_transient`].
+    #[error(transparent)]
+    Store(StoreError),
+    /// The runtime is shutting down and takes no new commands.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+}
+
+impl<R> ExecuteError<R> {
+    /// The `outcome` label of `dcb_commands_total` this error counts as.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ExecuteError::Rejected(_) => "rejected",
+            ExecuteError::ConflictsExhausted { .. } => "conflict_exhausted",
+            ExecuteError::Overloaded | ExecuteError::ShuttingDown => "overloaded",
+            ExecuteError::Timeout => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+/// Configures and starts a [`Runtime`].
+#[derive(Debug)]
+#[must_use]
+pub struct RuntimeBuilder<S> {
+    store: S,
+    actors: usize,
+    queue_capacity: usize,
+    policy: RetryPolicy,
+    max_chain: usize,
+}
+
+impl Runtime<PostgresStore> {
+    /// A builder for a runtime on this store. The store's builder sets the pool's size and
+    /// timeouts ([`PostgresStore::builder`]).
+    pub fn builder(store: PostgresStore) -> RuntimeBuilder<PostgresStore> {
+        RuntimeBuilder::new(store)
+    }
+}
+
+impl<S: EventStore + 'static> RuntimeBuilder<S> {
+    /// A builder for a runtime on any store (for example a [`crate::MemoryStore`] in tests).
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            actors: 16,
+            queue_capacity: 1024,
+            policy: RetryPolicy::default(),
+            max_chain: 64,
+        }
+    }
+
+    /// Command actors (default 16); commands are spread over them by consistency key.
+    pub fn actors(mut self, actors: usize) -> Self {
+        self.actors = actors.max(1);
+        self
+    }
+
+    /// Commands one actor may hold, queued or running (default 1024); beyond it `execute`
+    /// answers [`ExecuteError::Overloaded`] at once.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Appends tried per command before [`ExecuteError::ConflictsExhausted`] (default 10).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.policy.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Back-off bounds: the first delay is at most `base`, doubling up to `cap` (defaults 1 ms,
+    /// 100 ms).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.policy.base_delay = base;
+        self.policy.max_delay = cap.max(base);
+        self
+    }
+
+    /// Time a command may take from submission (default 10 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.policy.deadline = deadline;
+        self
+    }
+
+    /// Most queued commands an actor decides and appends together (default 64).
+    pub fn max_chain(mut self, commands: usize) -> Self {
+        self.max_chain = commands.max(1);
+        self
+    }
+
+    /// Starts the supervisor and the command actors.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Closed`] if the actors could not be spawned.
+    pub async fn start(self) -> Result<Runtime<S>, StoreError> {
+        names::describe();
+        let store = Arc::new(self.store);
+        let supervisor = Supervisor {
+            store: store.clone(),
+            policy: self.policy,
+            max_chain: self.max_chain,
+            actors: self.actors,
+        };
+        let (ready, slots) = oneshot::channel();
+        let (supervisor, _) = Actor::spawn(None, supervisor, ready).await.map_err(|e| {
+            tracing::error!(error = %e, "could not start the supervisor");
+            StoreError::Closed
+        })?;
+        let slots = slots.await.map_err(|_| StoreError::Closed)?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                slots,
+                supervisor,
+                capacity: self.queue_capacity,
+                policy: self.policy,
+                closing: AtomicBool::new(false),
+                inflight: AtomicUsize::new(0),
+                idle: Notify::new(),
+                store,
+            }),
+        })
+    }
+}
+
+/// A running decision runtime. Cheap to clone; all clones share the actors.
+pub struct Runtime<S: EventStore + 'static = PostgresStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: EventStore + 'static> Clone for Runtime<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S: EventStore + 'static> std::fmt::Debug for Runtime<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("actors", &self.inner.slots.len())
+            .field("inflight", &self.inner.inflight.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<S> {
+    slots: Arc<[Slot]>,
+    supervisor: ActorRef<SupervisorMsg>,
+    capacity: usize,
+    policy: RetryPolicy,
+    closing: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Notify,
+    store: Arc<S>,
+}
+
+/// Counts a command in flight for as long as it lives.
+struct InFlight<'a, S>(&'a Inner<S>);
+
+impl<'a, S> InFlight<'a, S> {
+    fn enter(inner: &'a Inner<S>) -> Self {
+        inner.inflight.fetch_add(1, Ordering::AcqRel);
+        metrics::gauge!(names::INFLIGHT_COMMANDS).increment(1.0);
+        Self(inner)
+    }
+}
+
+impl<S> Drop for InFlight<'_, S> {
+    fn drop(&mut self) {
+        metrics::gauge!(names::INFLIGHT_COMMANDS).decrement(1.0);
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl<S: EventStore + 'static> Runtime<S> {
+    /// The store the runtime appends to.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// Runs the decision: read its boundary, fold, decide, append if the boundary did not
+    /// change, retrying on conflicts.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecuteError::Rejected`] with the decision's reason; [`ExecuteError::Overloaded`] at once
+    /// when the actor's queue is full; [`ExecuteError::ConflictsExhausted`],
+    /// [`ExecuteError::Timeout`], [`ExecuteError::Panicked`], or a store error.
+    pub async fn execute<D: Decision>(
+        &self,
+        decision: D,
+    ) -> Result<Committed, ExecuteError<D::Rejection>> {
+        let started = Instant::now();
+        let result = self.run(decision, started).await;
+        metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
+            .record(started.elapsed());
+        if let Err(e) = &result {
+            // Outcomes decided inside the actors are counted there.
+            if matches!(e, ExecuteError::Overloaded | ExecuteError::ShuttingDown) {
+                metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => e.outcome())
+                    .increment(1);
+            }
+        }
+        result
+    }
+
+    async fn run<D: Decision>(
+        &self,
+        decision: D,
+        started: Instant,
+    ) -> Result<Committed, ExecuteError<D::Rejection>> {
+        let inner = &*self.inner;
+        if inner.closing.load(Ordering::Acquire) {
+            return Err(ExecuteError::ShuttingDown);
+        }
+        let _inflight = InFlight::enter(inner);
+        let command = Command::new(decision);
+        let slot_count = u64::try_from(inner.slots.len()).unwrap_or(1);
+        let index = usize::try_from(command.key() % slot_count).unwrap_or(0);
+        let slot = &inner.slots[index];
+        let command: Arc<dyn ErasedCommand> = Arc::new(command);
+        let deadline = started + inner.policy.deadline;
+        loop {
+            if Instant::now() >= deadline {
+                metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => "timeout")
+                    .increment(1);
+                return Err(ExecuteError::Timeout);
+            }
+            if slot.queued.fetch_add(1, Ordering::AcqRel) >= inner.capacity {
+                slot.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(ExecuteError::Overloaded);
+            }
+            let (reply, outcome) = oneshot::channel();
+            let job = Job::new(command.clone(), deadline, reply, slot.queued.clone());
+            let actor = slot.actor.borrow().clone();
+            if actor.send_message(CommandMsg::Execute(job)).is_err() {
+                // The actor died and its replacement is not in place yet: wait for it.
+                let mut changed = slot.actor.subscribe();
+                let _ = tokio::time::timeout_at(deadline.into(), changed.changed()).await;
+                continue;
+            }
+            match outcome.await {
+                Ok(JobOutcome::Requeue) | Err(_) => {}
+                Ok(outcome) => return Self::map(outcome),
+            }
+        }
+    }
+
+    fn map<R: 'static>(outcome: JobOutcome) -> Result<Committed, ExecuteError<R>> {
+        match outcome {
+            JobOutcome::Committed {
+                positions,
+                events,
+                attempts,
+            } => Ok(Committed {
+                positions,
+                events,
+                attempts,
+            }),
+            JobOutcome::Rejected(why) => match why.downcast::<R>() {
+                Ok(r) => Err(ExecuteError::Rejected(*r)),
+                Err(_) => Err(ExecuteError::Panicked(
+                    "rejection of an unexpected type".to_owned(),
+                )),
+            },
+            JobOutcome::ConflictsExhausted { attempts } => {
+                Err(ExecuteError::ConflictsExhausted { attempts })
+            }
+            JobOutcome::Timeout => Err(ExecuteError::Timeout),
+            JobOutcome::Panicked(message) => Err(ExecuteError::Panicked(message)),
+            JobOutcome::Failed(e) => Err(match e {
+                AppendError::Invalid(v) => ExecuteError::Invalid(v),
+                AppendError::DuplicateEventId(id) => ExecuteError::DuplicateEventId(id),
+                AppendError::Store(s) => ExecuteError::Store(s),
+                AppendError::ConditionFailed { .. } => {
+                    ExecuteError::ConflictsExhausted { attempts: 0 }
+                }
+            }),
+            JobOutcome::Requeue => Err(ExecuteError::Timeout),
+        }
+    }
+
+    /// Stops taking commands, waits for those in flight to finish, then stops the actors.
+    pub async fn shutdown(&self) {
+        let inner = &*self.inner;
+        inner.closing.store(true, Ordering::Release);
+        loop {
+            // Registered before the check, so a wake-up between the two is not lost.
+            let idle = inner.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if inner.inflight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        let _ = inner
+            .supervisor
+            .stop_and_wait(None, Some(Duration::from_secs(10)))
+            .await;
+    }
+}

@@ -1,0 +1,300 @@
+//! The command actor: runs `read -> fold -> decide -> append` for the commands routed to it.
+//!
+//! Commands queue in the actor. Each turn takes the queued commands (up to `max_chain`) as one
+//! chain: one read of the union of their queries, each decided in order on the state so far
+//! (later ones see the events earlier ones decided), and one atomic conditional append of all
+//! their events, conditioned on the union of their boundaries. A hot boundary thus costs one read
+//! and one append per chain instead of per command. On a conflict the chain backs off (a timer,
+//! never a sleep) and is decided again on fresh state.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::RetryPolicy;
+use super::job::{Decided, Job, JobOutcome};
+use crate::append::AppendCondition;
+use crate::decision::union;
+use crate::error::AppendError;
+use crate::event::{Event, Position, SequencedEvent};
+use crate::metrics as names;
+use crate::query::Query;
+use crate::store::{EventStore, ReadOptions};
+
+/// A job's decision in a chain: its events, or its rejection (boxed, typed by the caller).
+type Verdict = Result<Vec<Event>, Box<dyn std::any::Any + Send>>;
+
+pub(crate) enum CommandMsg {
+    Execute(Job),
+    /// Run the next chain.
+    Process,
+}
+
+pub(crate) struct CommandActor<S> {
+    pub(crate) store: Arc<S>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) max_chain: usize,
+}
+
+pub(crate) struct CommandState {
+    queue: VecDeque<Job>,
+    /// A `Process` message is on its way (now or after a back-off).
+    scheduled: bool,
+    /// Jobs to run one at a time, to tell whose events an append refused.
+    solo: usize,
+}
+
+/// Why the actor stops after a panicking decision: its restart is the supervisor's business.
+#[derive(Debug, thiserror::Error)]
+#[error("a decision panicked: {0}")]
+pub(crate) struct DecisionPanicked(String);
+
+impl<S: EventStore + 'static> Actor for CommandActor<S> {
+    type Msg = CommandMsg;
+    type State = CommandState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(CommandState {
+            queue: VecDeque::new(),
+            scheduled: false,
+            solo: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CommandMsg::Execute(job) => {
+                state.queue.push_back(job);
+                if !state.scheduled {
+                    state.scheduled = true;
+                    myself.send_message(CommandMsg::Process)?;
+                }
+            }
+            CommandMsg::Process => {
+                state.scheduled = false;
+                let backoff = self.run_chain(state).await?;
+                if !state.queue.is_empty() {
+                    state.scheduled = true;
+                    match backoff {
+                        Some(delay) => {
+                            myself.send_after(delay, || CommandMsg::Process);
+                        }
+                        None => myself.send_message(CommandMsg::Process)?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn record_outcome(name: &'static str, outcome: &'static str) {
+    metrics::counter!(names::COMMANDS_TOTAL, "decision" => name, "outcome" => outcome).increment(1);
+}
+
+fn record_attempt(name: &'static str, result: &'static str) {
+    metrics::counter!(names::APPEND_ATTEMPTS_TOTAL, "decision" => name, "result" => result)
+        .increment(1);
+}
+
+impl<S: EventStore + 'static> CommandActor<S> {
+    /// Takes the next chain from the queue, answering expired jobs with `Timeout`.
+    fn take_chain(&self, state: &mut CommandState) -> Vec<Job> {
+        let now = Instant::now();
+        let max = if state.solo > 0 {
+            state.solo -= 1;
+            1
+        } else {
+            self.max_chain
+        };
+        let mut chain = Vec::new();
+        while chain.len() < max {
+            let Some(job) = state.queue.pop_front() else {
+                break;
+            };
+            if job.deadline <= now {
+                record_outcome(job.command.name(), "timeout");
+                job.answer(JobOutcome::Timeout);
+            } else {
+                chain.push(job);
+            }
+        }
+        chain
+    }
+
+    /// Runs one chain; returns the back-off delay when it must be retried later.
+    async fn run_chain(
+        &self,
+        state: &mut CommandState,
+    ) -> Result<Option<Duration>, ActorProcessingErr> {
+        let chain = self.take_chain(state);
+        let Some(first) = chain.first() else {
+            return Ok(None);
+        };
+        let read_query = chain[1..]
+            .iter()
+            .fold(first.command.read_query().clone(), |q, j| {
+                union(&q, j.command.read_query())
+            });
+        let read = match self.store.read(&read_query, ReadOptions::default()).await {
+            Ok(read) => read,
+            Err(e) => {
+                for job in chain {
+                    record_outcome(job.command.name(), "error");
+                    job.answer(JobOutcome::Failed(AppendError::Store(e.clone())));
+                }
+                return Ok(None);
+            }
+        };
+
+        // Decide in order; each sees the events decided before it in this chain.
+        let mut seen = read.events;
+        let mut next_position = read.head.map_or(0, Position::get) + 1;
+        let now = SystemTime::now();
+        let mut decided: Vec<(Job, Verdict)> = Vec::with_capacity(chain.len());
+        for job in chain {
+            match job.command.decide(&seen) {
+                Decided::Events(events) => {
+                    for event in &events {
+                        seen.push(SequencedEvent {
+                            position: Position::new(next_position),
+                            recorded_at: now,
+                            event: event.clone(),
+                        });
+                        next_position += 1;
+                    }
+                    decided.push((job, Ok(events)));
+                }
+                Decided::Rejected(why) => decided.push((job, Err(why))),
+                Decided::Panicked(message) => {
+                    record_outcome(job.command.name(), "error");
+                    job.answer(JobOutcome::Panicked(message.clone()));
+                    // The other jobs are dropped with this actor and re-submitted by their
+                    // callers (they never ran); the supervisor starts a fresh actor.
+                    return Err(Box::new(DecisionPanicked(message)));
+                }
+            }
+        }
+
+        let events: Vec<Event> = decided
+            .iter()
+            .filter_map(|(_, d)| d.as_ref().ok())
+            .flatten()
+            .cloned()
+            .collect();
+        if events.is_empty() {
+            // Nothing to append: every answer stands on the state as read.
+            for (job, outcome) in decided {
+                finish(job, outcome, Vec::new());
+            }
+            return Ok(None);
+        }
+        let condition: Query = decided
+            .iter()
+            .map(|(job, _)| job.command.condition_query())
+            .fold(None::<Query>, |acc, q| {
+                Some(acc.map_or_else(|| q.clone(), |a| union(&a, q)))
+            })
+            .unwrap_or_else(Query::all);
+        let appended = self
+            .store
+            .append_if(events, AppendCondition::new(condition, read.head))
+            .await;
+        match appended {
+            Ok(appended) => {
+                let mut next = appended.first.get();
+                for (job, outcome) in decided {
+                    let count = outcome.as_ref().map_or(0, Vec::len);
+                    let positions = (next..next + i64::try_from(count).unwrap_or(0))
+                        .map(Position::new)
+                        .collect();
+                    next += i64::try_from(count).unwrap_or(0);
+                    finish(job, outcome, positions);
+                }
+                Ok(None)
+            }
+            Err(AppendError::ConditionFailed { .. }) => Ok(self.back_off(state, decided)),
+            Err(e) if decided.len() > 1 => {
+                // Whose events were refused? Run these again one at a time to find out.
+                state.solo += decided.len();
+                for (job, _) in decided.into_iter().rev() {
+                    state.queue.push_front(job);
+                }
+                tracing::debug!(error = ?e, "chain append failed; retrying its commands singly");
+                Ok(None)
+            }
+            Err(e) => {
+                for (job, _) in decided {
+                    record_attempt(job.command.name(), "error");
+                    record_outcome(job.command.name(), "error");
+                    job.answer(JobOutcome::Failed(e.clone()));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Counts the conflict, gives up on jobs out of attempts, and puts the rest back at the
+    /// front of the queue to run again after a jittered exponential delay.
+    fn back_off(&self, state: &mut CommandState, decided: Vec<(Job, Verdict)>) -> Option<Duration> {
+        let mut retry = Vec::new();
+        let mut attempt = 0;
+        for (mut job, _) in decided {
+            let name = job.command.name();
+            record_attempt(name, "conflict");
+            job.attempts += 1;
+            if job.attempts >= self.policy.max_attempts {
+                record_outcome(name, "conflict_exhausted");
+                let attempts = job.attempts;
+                job.answer(JobOutcome::ConflictsExhausted { attempts });
+            } else {
+                metrics::counter!(names::COMMAND_RETRIES_TOTAL, "decision" => name).increment(1);
+                attempt = attempt.max(job.attempts);
+                retry.push(job);
+            }
+        }
+        if retry.is_empty() {
+            return None;
+        }
+        for job in retry.into_iter().rev() {
+            state.queue.push_front(job);
+        }
+        let delay = self.policy.delay(attempt);
+        metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
+        Some(delay)
+    }
+}
+
+fn finish(job: Job, outcome: Verdict, positions: Vec<Position>) {
+    let name = job.command.name();
+    match outcome {
+        Ok(events) => {
+            if !events.is_empty() {
+                record_attempt(name, "committed");
+            }
+            record_outcome(name, "committed");
+            let attempts = job.attempts + 1;
+            job.answer(JobOutcome::Committed {
+                positions,
+                events,
+                attempts,
+            });
+        }
+        Err(why) => {
+            record_outcome(name, "rejected");
+            job.answer(JobOutcome::Rejected(why));
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The runtime under contention: many callers on few boundaries, invariants counted from the
+//! `events` table afterwards.
+
+#[path = "support/enrollment.rs"]
+mod enrollment;
+
+use std::sync::Arc;
+
+use dcb_runtime::testing::TestDatabase;
+use dcb_runtime::{EventStore, ExecuteError, Runtime};
+use enrollment::{Refusal, Subscribe, course_defined};
+
+const COURSES: usize = 5;
+const CAPACITY: u64 = 150;
+const COMMANDS: usize = 1_000;
+const CALLERS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_commands_on_five_boundaries_never_overbook() {
+    let db = TestDatabase::create().await.expect("database");
+    let store = db.store().await.expect("store");
+    for c in 0..COURSES {
+        store
+            .append(vec![course_defined(&format!("c{c}"), CAPACITY as u32)])
+            .await
+            .expect("define course");
+    }
+    let runtime = Runtime::builder(store)
+        .actors(8)
+        .start()
+        .await
+        .expect("runtime");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..CALLERS {
+        let runtime = runtime.clone();
+        let next = next.clone();
+        callers.push(tokio::spawn(async move {
+            let (mut committed, mut full) = (0u64, 0u64);
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= COMMANDS {
+                    return (committed, full);
+                }
+                let command = Subscribe {
+                    course: format!("c{}", n % COURSES),
+                    student: format!("s{n}"),
+                };
+                match runtime.execute(command).await {
+                    Ok(c) => {
+                        assert_eq!(c.positions.len(), 1);
+                        committed += 1;
+                    }
+                    Err(ExecuteError::Rejected(Refusal::CourseFull)) => full += 1,
+                    Err(e) => panic!("unexpected outcome: {e:?}"),
+                }
+            }
+        }));
+    }
+    let (mut committed, mut full) = (0, 0);
+    for c in callers {
+        let (a, b) = c.await.expect("caller");
+        committed += a;
+        full += b;
+    }
+    assert_eq!(committed + full, COMMANDS as u64);
+    // 1,000 commands for 750 seats: exactly 750 commit.
+    assert_eq!(committed, COURSES as u64 * CAPACITY);
+
+    let client = db.client().await.expect("client");
+    let rows = client
+        .query(
+            "SELECT payload->>'course_id', count(*) FROM events \
+             WHERE type = 'StudentSubscribed' GROUP BY 1",
+            &[],
+        )
+        .await
+        .expect("count");
+    assert_eq!(rows.len(), COURSES);
+    for row in rows {
+        let count: i64 = row.get(1);
+        assert_eq!(count, CAPACITY as i64, "course {}", row.get::<_, String>(0));
+    }
+    let store = runtime.store().clone();
+    runtime.shutdown().await;
+    let all = store
+        .read(&dcb_runtime::Query::all(), Default::default())
+        .await
+        .expect("read");
+    assert_eq!(all.events.len(), COURSES + COURSES * CAPACITY as usize);
+}
