@@ -8,8 +8,9 @@ use crate::query::Query;
 
 /// State folded from the events matching a query.
 pub trait Projection: Send + Sync + 'static {
-    /// What the projection knows.
-    type State: Send + 'static;
+    /// What the projection knows. `Clone` lets a command actor keep the state of a warm
+    /// boundary and fold only the events appended since.
+    type State: Clone + Send + 'static;
 
     /// The events this projection depends on.
     fn query(&self) -> Query;

@@ -7,14 +7,15 @@
 //! and one append per chain instead of per command. On a conflict the chain backs off (a timer,
 //! never a sleep) and is decided again on fresh state.
 
-use std::collections::VecDeque;
+use std::any::TypeId;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::RetryPolicy;
-use super::job::{Decided, Job, JobOutcome};
+use super::job::{Decided, ErasedCommand, Job, JobOutcome, State};
 use crate::append::AppendCondition;
 use crate::decision::union;
 use crate::error::AppendError;
@@ -38,8 +39,34 @@ pub(crate) struct CommandActor<S> {
     pub(crate) max_chain: usize,
 }
 
+/// Warm boundaries kept per actor; beyond this the cache starts over.
+const CACHED_BOUNDARIES: usize = 4_096;
+
+/// The commands of a chain that fold the same state.
+struct Group {
+    kind: TypeId,
+    query: Query,
+    /// Any command of the group: it knows how to fold and clone the state.
+    owner: Arc<dyn ErasedCommand>,
+    state: Option<State>,
+    /// Position up to which `state` has folded the store (`None`: from the beginning).
+    head: Option<Position>,
+}
+
+/// A projection panicked while folding the chain's shared state: every command of the chain
+/// fails with it, and the actor is restarted.
+fn fail(chain: Vec<Job>, message: String) -> ActorProcessingErr {
+    for job in chain {
+        record_outcome(job.command.name(), "error");
+        job.answer(JobOutcome::Panicked(message.clone()));
+    }
+    Box::new(DecisionPanicked(message))
+}
+
 pub(crate) struct CommandState {
     queue: VecDeque<Job>,
+    /// Folded state and head of recent boundaries, by projection type and query.
+    cache: HashMap<(TypeId, Query), (State, Option<Position>)>,
     /// A `Process` message is on its way (now or after a back-off).
     scheduled: bool,
     /// Jobs to run one at a time, to tell whose events an append refused.
@@ -65,6 +92,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             queue: VecDeque::new(),
             scheduled: false,
             solo: 0,
+            cache: HashMap::new(),
         })
     }
 
@@ -140,15 +168,56 @@ impl<S: EventStore + 'static> CommandActor<S> {
         state: &mut CommandState,
     ) -> Result<Option<Duration>, ActorProcessingErr> {
         let chain = self.take_chain(state);
-        let Some(first) = chain.first() else {
+        if chain.is_empty() {
             return Ok(None);
-        };
-        let read_query = chain[1..]
-            .iter()
-            .fold(first.command.read_query().clone(), |q, j| {
-                union(&q, j.command.read_query())
+        }
+
+        // One state per (projection type, query) in the chain, warm from the cache if possible.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of = Vec::with_capacity(chain.len());
+        for job in &chain {
+            let command = &job.command;
+            let found = groups.iter().position(|g| {
+                g.kind == command.state_kind() && &g.query == command.read_query()
             });
-        let read = match self.store.read(&read_query, ReadOptions::default()).await {
+            let index = found.unwrap_or_else(|| {
+                let key = (command.state_kind(), command.read_query().clone());
+                let (warm, head) = state.cache.remove(&key).map_or((None, None), |(s, h)| (Some(s), h));
+                groups.push(Group {
+                    kind: key.0,
+                    query: key.1,
+                    owner: command.clone(),
+                    state: warm,
+                    head,
+                });
+                groups.len() - 1
+            });
+            group_of.push(index);
+        }
+        for group in &mut groups {
+            if group.state.is_none() {
+                match group.owner.initial_state() {
+                    Ok(initial) => group.state = Some(initial),
+                    Err(message) => return Err(fail(chain, message)),
+                }
+            }
+        }
+
+        // One read of the union, from the oldest head any group has seen.
+        let read_query = groups[1..]
+            .iter()
+            .fold(groups[0].query.clone(), |q, g| union(&q, &g.query));
+        // A group that never read needs everything.
+        let after = groups
+            .iter()
+            .map(|g| g.head)
+            .collect::<Option<Vec<_>>>()
+            .and_then(|heads| heads.into_iter().min());
+        let read = match self
+            .store
+            .read(&read_query, ReadOptions::default().after_opt(after))
+            .await
+        {
             Ok(read) => read,
             Err(e) => {
                 for job in chain {
@@ -158,22 +227,56 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 return Ok(None);
             }
         };
+        for group in &mut groups {
+            let seen = group.head.map_or(0, Position::get);
+            let new = &read.events[read.events.partition_point(|e| e.position.get() <= seen)..];
+            let folded = group.state.as_mut().map(|s| group.owner.fold(s, new));
+            if let Some(Err(message)) = folded {
+                return Err(fail(chain, message));
+            }
+            // What is committed up to the read's head is worth keeping, whatever comes next.
+            if let Some(warm) = &group.state {
+                let copy = match group.owner.clone_state(warm) {
+                    Ok(copy) => copy,
+                    Err(message) => return Err(fail(chain, message)),
+                };
+                if state.cache.len() >= CACHED_BOUNDARIES {
+                    state.cache.clear();
+                }
+                state
+                    .cache
+                    .insert((group.kind, group.query.clone()), (copy, read.head));
+            }
+        }
 
-        // Decide in order; each sees the events decided before it in this chain.
-        let mut seen = read.events;
+        // Decide in order; the events each decides are folded into every state they match, so
+        // later commands see them.
         let mut next_position = read.head.map_or(0, Position::get) + 1;
         let now = SystemTime::now();
         let mut decided: Vec<(Job, Verdict)> = Vec::with_capacity(chain.len());
-        for job in chain {
-            match job.command.decide(&seen) {
+        for (job, group) in chain.into_iter().zip(group_of) {
+            let current = groups[group].state.as_ref().expect("initialised above");
+            match job.command.decide(current) {
                 Decided::Events(events) => {
-                    for event in &events {
-                        seen.push(SequencedEvent {
-                            position: Position::new(next_position),
-                            recorded_at: now,
-                            event: event.clone(),
-                        });
-                        next_position += 1;
+                    let provisional: Vec<SequencedEvent> = events
+                        .iter()
+                        .map(|event| {
+                            next_position += 1;
+                            SequencedEvent {
+                                position: Position::new(next_position - 1),
+                                recorded_at: now,
+                                event: event.clone(),
+                            }
+                        })
+                        .collect();
+                    for g in &mut groups {
+                        if let Some(s) = g.state.as_mut() {
+                            if let Err(message) = g.owner.fold(s, &provisional) {
+                                record_outcome(job.command.name(), "error");
+                                job.answer(JobOutcome::Panicked(message.clone()));
+                                return Err(Box::new(DecisionPanicked(message)));
+                            }
+                        }
                     }
                     decided.push((job, Ok(events)));
                 }

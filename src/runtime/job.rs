@@ -1,6 +1,6 @@
 //! A command on its way through the runtime, with the decision's types erased.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,13 +13,21 @@ use crate::error::AppendError;
 use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
 
-/// What a command actor can do with any decision.
+/// A projection's state, with its type erased.
+pub(crate) type State = Box<dyn Any + Send>;
+
+/// What a command actor can do with any decision. Everything that runs user code catches panics.
 pub(crate) trait ErasedCommand: Send + Sync {
     fn name(&self) -> &'static str;
     fn read_query(&self) -> &Query;
     fn condition_query(&self) -> &Query;
-    /// Folds the events matching its read query (the caller may pass more) and decides.
-    fn decide(&self, events: &[SequencedEvent]) -> Decided;
+    /// Commands with the same state kind and read query fold the same state.
+    fn state_kind(&self) -> TypeId;
+    fn initial_state(&self) -> Result<State, String>;
+    fn clone_state(&self, state: &State) -> Result<State, String>;
+    /// Applies the events matching its read query (the caller may pass more).
+    fn fold(&self, state: &mut State, events: &[SequencedEvent]) -> Result<(), String>;
+    fn decide(&self, state: &State) -> Decided;
 }
 
 /// The outcome of `decide`, with the rejection boxed and a panic caught.
@@ -31,16 +39,19 @@ pub(crate) enum Decided {
 
 pub(crate) struct Command<D: Decision> {
     decision: D,
+    projection: D::Projection,
     read_query: Query,
     condition_query: Query,
 }
 
 impl<D: Decision> Command<D> {
     pub(crate) fn new(decision: D) -> Self {
-        let read_query = decision.projection().query();
+        let projection = decision.projection();
+        let read_query = projection.query();
         let condition_query = decision.condition_query(&read_query);
         Self {
             decision,
+            projection,
             read_query,
             condition_query,
         }
@@ -49,6 +60,18 @@ impl<D: Decision> Command<D> {
     pub(crate) fn key(&self) -> u64 {
         self.decision.consistency_key(&self.read_query)
     }
+}
+
+type ProjectionState<D> = <<D as Decision>::Projection as Projection>::State;
+
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|panic| panic_message(panic.as_ref()))
+}
+
+fn typed<D: Decision>(state: &State) -> &ProjectionState<D> {
+    state
+        .downcast_ref::<ProjectionState<D>>()
+        .expect("states are grouped by state kind")
 }
 
 impl<D: Decision> ErasedCommand for Command<D> {
@@ -64,21 +87,36 @@ impl<D: Decision> ErasedCommand for Command<D> {
         &self.condition_query
     }
 
-    fn decide(&self, events: &[SequencedEvent]) -> Decided {
-        // A panicking decision fails its own command; the actor that ran it is restarted.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let projection = self.decision.projection();
-            let mut state = projection.initial_state();
-            projection.fold(
-                &mut state,
+    fn state_kind(&self) -> TypeId {
+        TypeId::of::<D::Projection>()
+    }
+
+    fn initial_state(&self) -> Result<State, String> {
+        guarded(|| Box::new(self.projection.initial_state()) as State)
+    }
+
+    fn clone_state(&self, state: &State) -> Result<State, String> {
+        guarded(|| Box::new(typed::<D>(state).clone()) as State)
+    }
+
+    fn fold(&self, state: &mut State, events: &[SequencedEvent]) -> Result<(), String> {
+        let state = state
+            .downcast_mut::<ProjectionState<D>>()
+            .expect("states are grouped by state kind");
+        guarded(|| {
+            self.projection.fold(
+                state,
                 events.iter().filter(|e| self.read_query.matches(&e.event)),
             );
-            self.decision.decide(&state)
-        }));
-        match outcome {
+        })
+    }
+
+    fn decide(&self, state: &State) -> Decided {
+        // A panicking decision fails its own command; the actor that ran it is restarted.
+        match guarded(|| self.decision.decide(typed::<D>(state))) {
             Ok(Ok(events)) => Decided::Events(events),
             Ok(Err(rejection)) => Decided::Rejected(Box::new(rejection)),
-            Err(panic) => Decided::Panicked(panic_message(panic.as_ref())),
+            Err(message) => Decided::Panicked(message),
         }
     }
 }

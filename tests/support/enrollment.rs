@@ -24,7 +24,7 @@ pub fn subscribed(course: &str, student: &str) -> Event {
 /// The course: its capacity (if defined) and how many have subscribed.
 pub struct Course(pub String);
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct CourseState {
     pub capacity: Option<u64>,
     pub subscribed: u64,
