@@ -3,6 +3,8 @@
 mod baseline;
 mod database;
 mod report;
+mod runtime_scenarios;
+mod scenarios;
 mod store_scenarios;
 mod telemetry;
 
@@ -22,11 +24,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
-    /// Every decision on its own new boundary: read + conditional append, the no-contention
-    /// baseline of the store.
+    /// Every command on its own new boundary through the runtime: the no-contention baseline.
     Disjoint(RunArgs),
+    /// Every command on ONE boundary: the next gapless invoice number (the hottest boundary).
+    Invoice(RunArgs),
+    /// Students subscribe to `--keys` courses of capacity 10 (a capacity rule under contention).
+    Enrollment(RunArgs),
+    /// The store alone, without the runtime: read + conditional append on distinct boundaries.
+    StoreDisjoint(RunArgs),
     /// Latency of read + conditional append with 10,000 and with 1,000,000 events stored.
     StoreSize(StoreSizeArgs),
+    /// Only the plain-insert rate (one event row plus its tags per transaction) at each of the
+    /// given concurrencies, to find PostgreSQL's best.
+    Baseline(BaselineArgs),
 }
 
 /// Options shared by the timed scenarios.
@@ -36,8 +46,14 @@ struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Concurrent callers.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Command actors of the runtime.
+    #[arg(long, default_value_t = 16)]
+    actors: usize,
+    /// Boundaries to spread commands over (courses in `enrollment`).
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
     /// Database server (libpq URL); else DATABASE_URL; else the local default. The run uses a
     /// fresh database on that server and drops it afterwards.
     #[arg(long)]
@@ -49,6 +65,19 @@ struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct BaselineArgs {
+    /// How long to measure each concurrency.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrencies to measure, e.g. 1,8,16,64.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,64")]
+    concurrency: Vec<usize>,
+    /// Database server (libpq URL); else DATABASE_URL; else the local default.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -76,8 +105,25 @@ async fn main() -> std::process::ExitCode {
     let outcome = async {
         let metrics = telemetry::install()?;
         match cli.scenario {
-            Scenario::Disjoint(args) => store_scenarios::disjoint(args, &metrics).await,
+            Scenario::Disjoint(args) => {
+                runtime_scenarios::run(scenarios::Scenario::Disjoint, args, &metrics).await
+            }
+            Scenario::Invoice(args) => {
+                runtime_scenarios::run(scenarios::Scenario::Invoice, args, &metrics).await
+            }
+            Scenario::Enrollment(args) => {
+                runtime_scenarios::run(scenarios::Scenario::Enrollment, args, &metrics).await
+            }
+            Scenario::StoreDisjoint(args) => store_scenarios::disjoint(args, &metrics).await,
             Scenario::StoreSize(args) => store_scenarios::store_size(args).await,
+            Scenario::Baseline(args) => {
+                let run = database::open(args.database_url.as_deref()).await?;
+                for c in args.concurrency {
+                    let tps = baseline::plain_insert_tps(run.db.url(), c, args.duration).await?;
+                    println!("concurrency {c:>4}: {tps:>8.0} plain inserts/s");
+                }
+                Ok(())
+            }
         }
     }
     .await;

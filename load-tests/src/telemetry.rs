@@ -1,20 +1,9 @@
 //! The run's own Prometheus recorder: what the library records, read back for the report.
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
-];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(
-            Matcher::Full(dcb_runtime::metrics::APPEND_BATCH_SIZE.into()),
-            BATCH_BUCKETS,
-        )?
-        .install_recorder()?;
+    let handle = dcb_runtime::metrics::prometheus_builder()?.install_recorder()?;
     dcb_runtime::metrics::describe();
     Ok(handle)
 }
@@ -29,4 +18,23 @@ pub(crate) fn histogram_mean(handle: &PrometheusHandle, name: &str) -> Option<f6
     };
     let (sum, count) = (value("_sum")?, value("_count")?);
     (count > 0.0).then(|| sum / count)
+}
+
+/// The sum of a counter's series in the rendered exposition, optionally those with a label value.
+pub(crate) fn counter_sum(
+    handle: &PrometheusHandle,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> u64 {
+    let text = handle.render();
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| label.is_none_or(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let total = total as u64;
+    total
 }

@@ -177,12 +177,15 @@ impl<S: EventStore + 'static> CommandActor<S> {
         let mut group_of = Vec::with_capacity(chain.len());
         for job in &chain {
             let command = &job.command;
-            let found = groups.iter().position(|g| {
-                g.kind == command.state_kind() && &g.query == command.read_query()
-            });
+            let found = groups
+                .iter()
+                .position(|g| g.kind == command.state_kind() && &g.query == command.read_query());
             let index = found.unwrap_or_else(|| {
                 let key = (command.state_kind(), command.read_query().clone());
-                let (warm, head) = state.cache.remove(&key).map_or((None, None), |(s, h)| (Some(s), h));
+                let (warm, head) = state
+                    .cache
+                    .remove(&key)
+                    .map_or((None, None), |(s, h)| (Some(s), h));
                 groups.push(Group {
                     kind: key.0,
                     query: key.1,
@@ -270,12 +273,11 @@ impl<S: EventStore + 'static> CommandActor<S> {
                         })
                         .collect();
                     for g in &mut groups {
-                        if let Some(s) = g.state.as_mut() {
-                            if let Err(message) = g.owner.fold(s, &provisional) {
-                                record_outcome(job.command.name(), "error");
-                                job.answer(JobOutcome::Panicked(message.clone()));
-                                return Err(Box::new(DecisionPanicked(message)));
-                            }
+                        let folded = g.state.as_mut().map(|s| g.owner.fold(s, &provisional));
+                        if let Some(Err(message)) = folded {
+                            record_outcome(job.command.name(), "error");
+                            job.answer(JobOutcome::Panicked(message.clone()));
+                            return Err(Box::new(DecisionPanicked(message)));
                         }
                     }
                     decided.push((job, Ok(events)));
