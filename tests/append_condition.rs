@@ -36,7 +36,9 @@ async fn after_is_exclusive() {
         .append_if(vec![ev("B", &[])], cond(q, Some(0)))
         .await
         .unwrap_err();
-    assert!(matches!(err, AppendError::ConditionFailed { after: Some(p) } if p == Position::new(0)));
+    assert!(
+        matches!(err, AppendError::ConditionFailed { after: Some(p) } if p == Position::new(0))
+    );
 }
 
 #[tokio::test]
@@ -82,16 +84,33 @@ async fn a_match_on_any_one_item_fails_the_whole_condition() {
                 .await
                 .unwrap();
         }
-        s.append_if(vec![ev("Probe", &[])], AppendCondition::new(query.clone(), s_head(&s).await))
-            .await
-            .unwrap_or_else(|e| panic!("near misses must not conflict (item {i}): {e}"));
+        s.append_if(
+            vec![ev("Probe", &[])],
+            AppendCondition::new(query.clone(), s_head(&s).await),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("near misses must not conflict (item {i}): {e}"));
         s.append(vec![event]).await.unwrap();
         let err = s
-            .append_if(vec![ev("Probe", &[])], AppendCondition::new(query.clone(), head))
+            .append_if(
+                vec![ev("Probe", &[])],
+                AppendCondition::new(query.clone(), head),
+            )
             .await
             .unwrap_err();
-        assert!(err.is_condition_failed(), "item {i} must fail the condition");
-        assert!(items[i].matches(&s.read(&Query::all(), ReadOptions::default().backwards().limit(1)).await.unwrap().events[0].event));
+        assert!(
+            err.is_condition_failed(),
+            "item {i} must fail the condition"
+        );
+        assert!(
+            items[i].matches(
+                &s.read(&Query::all(), ReadOptions::default().backwards().limit(1))
+                    .await
+                    .unwrap()
+                    .events[0]
+                    .event
+            )
+        );
     }
 }
 
