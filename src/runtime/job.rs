@@ -174,7 +174,13 @@ impl Job {
     }
 
     pub(crate) fn answer(mut self, outcome: JobOutcome) {
+        self.reply_with(outcome);
+    }
+
+    /// Leaves the queue first, so a caller answered at full capacity can submit again at once.
+    fn reply_with(&mut self, outcome: JobOutcome) {
         if let Some(reply) = self.reply.take() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             // The caller may have given up waiting; nothing to do then.
             let _ = reply.send(outcome);
         }
@@ -183,9 +189,6 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(JobOutcome::Requeue);
-        }
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.reply_with(JobOutcome::Requeue);
     }
 }
