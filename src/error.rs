@@ -103,8 +103,9 @@ pub enum AppendError {
         /// The condition's `after`.
         after: Option<Position>,
     },
-    /// An event id is already stored, with other content or as part of another append.
-    #[error("event id {0} is already stored by another append")]
+    /// An event id is already stored with other content, or only some of the append's events
+    /// are (re-sending exactly events already stored, same ids, content and order, is a replay).
+    #[error("event id {0} is already stored with other content")]
     DuplicateEventId(Uuid),
     /// The input was refused before reaching the database.
     #[error(transparent)]

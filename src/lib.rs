@@ -40,4 +40,4 @@ pub use store::{
     EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,
     ReadResult,
 };
-pub use validate::{Limits, ValidationError};
+pub use validate::{Limits, MAX_READABLE_DEPTH, ValidationError};

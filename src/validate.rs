@@ -21,11 +21,15 @@ pub struct Limits {
     pub max_tags_per_event: usize,
     /// Largest payload, as serialized JSON, in bytes (default 1 MiB).
     pub max_payload_bytes: usize,
-    /// Deepest nesting of arrays and objects in a payload (default 64).
+    /// Deepest nesting of arrays and objects in a payload (default 64; values above
+    /// [`MAX_READABLE_DEPTH`] count as that, since deeper JSON could be stored but never read back).
     pub max_payload_depth: usize,
     /// Most events in one append (default 10,000).
     pub max_events_per_append: usize,
 }
+
+/// The deepest nesting that reads back: serde_json's parser refuses JSON nested deeper than 128.
+pub const MAX_READABLE_DEPTH: usize = 127;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -171,6 +175,7 @@ pub(crate) fn validate_tag(tag: &Tag, limits: &Limits) -> Result<(), ValidationE
 
 /// Walks the payload without recursion (a hostile payload must not overflow the stack).
 fn validate_payload(payload: &Value, limits: &Limits) -> Result<(), ValidationError> {
+    let max_depth = limits.max_payload_depth.min(MAX_READABLE_DEPTH);
     let mut stack = vec![(payload, 0usize)];
     while let Some((value, depth)) = stack.pop() {
         match value {
@@ -178,18 +183,14 @@ fn validate_payload(payload: &Value, limits: &Limits) -> Result<(), ValidationEr
                 return Err(ValidationError::NulByte { field: "payload" });
             }
             Value::Array(items) => {
-                if depth >= limits.max_payload_depth {
-                    return Err(ValidationError::PayloadTooDeep {
-                        limit: limits.max_payload_depth,
-                    });
+                if depth >= max_depth {
+                    return Err(ValidationError::PayloadTooDeep { limit: max_depth });
                 }
                 stack.extend(items.iter().map(|v| (v, depth + 1)));
             }
             Value::Object(map) => {
-                if depth >= limits.max_payload_depth {
-                    return Err(ValidationError::PayloadTooDeep {
-                        limit: limits.max_payload_depth,
-                    });
+                if depth >= max_depth {
+                    return Err(ValidationError::PayloadTooDeep { limit: max_depth });
                 }
                 for (key, v) in map {
                     if key.contains('\0') {
@@ -276,4 +277,31 @@ pub(crate) fn validate_query_with(query: &Query, limits: &Limits) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(Value::Null, |inner, _| Value::Array(vec![inner]))
+    }
+
+    #[test]
+    fn the_deepest_accepted_payload_parses_back() {
+        let limits = Limits {
+            max_payload_depth: 1_000,
+            ..Limits::default()
+        };
+        let deepest = nested(MAX_READABLE_DEPTH);
+        assert_eq!(validate_payload(&deepest, &limits), Ok(()));
+        let text = serde_json::to_string(&deepest).unwrap();
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+        assert_eq!(
+            validate_payload(&nested(MAX_READABLE_DEPTH + 1), &limits),
+            Err(ValidationError::PayloadTooDeep {
+                limit: MAX_READABLE_DEPTH
+            })
+        );
+    }
 }

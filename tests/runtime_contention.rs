@@ -17,6 +17,10 @@ const CALLERS: usize = 64;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_commands_on_five_boundaries_never_overbook() {
+    let metrics = dcb_runtime::metrics::prometheus_builder()
+        .expect("buckets")
+        .install_recorder()
+        .expect("the only recorder of this test binary");
     let db = TestDatabase::create().await.expect("database");
     let store = db.store().await.expect("store");
     for c in 0..COURSES {
@@ -81,6 +85,27 @@ async fn a_thousand_commands_on_five_boundaries_never_overbook() {
         let count: i64 = row.get(1);
         assert_eq!(count, CAPACITY as i64, "course {}", row.get::<_, String>(0));
     }
+    // Key routing puts every command of a course on one actor: they queue instead of conflicting.
+    let exposition = metrics.render();
+    let attempts = |result: &str| -> f64 {
+        exposition
+            .lines()
+            .filter(|l| {
+                l.starts_with("dcb_append_attempts_total{")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (conflicts, appended) = (attempts("conflict"), attempts("committed"));
+    assert_eq!(
+        appended, committed as f64,
+        "one committed append attempt per commit"
+    );
+    assert!(
+        conflicts / appended < 0.05,
+        "{conflicts} failed conditions for {appended} commits"
+    );
     let store = runtime.store().clone();
     runtime.shutdown().await;
     let all = store
