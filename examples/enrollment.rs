@@ -18,7 +18,11 @@ struct Course(String);
 impl Projection for Course {
     type State = (Option<u64>, u64);
     fn query(&self) -> Query {
-        QueryItem::new(["CourseDefined", "StudentSubscribed"], [P("course", &*self.0)]).into()
+        QueryItem::new(
+            ["CourseDefined", "StudentSubscribed"],
+            [P("course", &*self.0)],
+        )
+        .into()
     }
     fn initial_state(&self) -> Self::State {
         (None, 0)
@@ -43,7 +47,11 @@ impl Projection for Student {
         Vec::new()
     }
     fn evolve(&self, courses: &mut Vec<String>, event: &SequencedEvent) {
-        courses.extend(event.event.payload()["course_id"].as_str().map(str::to_owned));
+        courses.extend(
+            event.event.payload()["course_id"]
+                .as_str()
+                .map(str::to_owned),
+        );
     }
 }
 
@@ -101,8 +109,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for course in ["algebra", "biology", "chemistry"] {
         store
             .append(vec![
-                Event::new("CourseDefined", json!({"course_id": course, "capacity": 10}))
-                    .tagged("course", course),
+                Event::new(
+                    "CourseDefined",
+                    json!({"course_id": course, "capacity": 10}),
+                )
+                .tagged("course", course),
             ])
             .await?;
     }
@@ -147,7 +158,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     runtime.shutdown().await;
-    let stored = db.store().await?.read(&Query::all(), Default::default()).await?;
+    let stored = db
+        .store()
+        .await?
+        .read(&Query::all(), Default::default())
+        .await?;
     println!("{} events in the store", stored.events.len());
     Ok(())
 }

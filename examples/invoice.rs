@@ -39,7 +39,10 @@ impl Decision for CreateInvoice {
     }
 
     fn decide(&self, last: &u64) -> Result<Vec<Event>, Infallible> {
-        Ok(vec![Event::new("InvoiceCreated", json!({"number": last + 1}))])
+        Ok(vec![Event::new(
+            "InvoiceCreated",
+            json!({"number": last + 1}),
+        )])
     }
 }
 
