@@ -34,16 +34,18 @@ CREATE TABLE event_tags (
 -- item i belongs to request item_req[i], likewise for its types and tags. An item naming neither
 -- types nor tags stands for Query::all(). req_after NULL means "from the beginning".
 --
--- One row per request, in order: status 0 appended at first_position; 1 condition failed;
--- 2 already stored by an identical append (idempotent replay; first_position is the original);
--- 3 an event id is already stored with other content or by another append (dup_id names it).
+-- Answers three arrays with one entry per request, in order: statuses[r] is 0 appended at
+-- firsts[r]; 1 condition failed; 2 already stored by an identical append (idempotent replay;
+-- firsts[r] is the original position); 3 an event id is already stored with other content or only
+-- part of the request is (dups[r] names a stored id).
 CREATE FUNCTION dcb_append(
     ev_req int[], ev_offset int[], ev_ids uuid[], ev_types text[], ev_tags text[],
     ev_tag_starts int[], ev_tag_counts int[], ev_payloads jsonb[],
     req_event_counts int[], req_conditional bool[], req_after bigint[],
     item_req int[], item_types text[], item_type_starts int[], item_type_counts int[],
-    item_tags text[], item_tag_starts int[], item_tag_counts int[]
-) RETURNS TABLE (status smallint, first_position bigint, dup_id uuid)
+    item_tags text[], item_tag_starts int[], item_tag_counts int[],
+    OUT statuses smallint[], OUT firsts bigint[], OUT dups uuid[]
+)
 LANGUAGE plpgsql
 -- Every statement is meant to be index lookups driven by the (small) arrays: plan once, not per
 -- call, and never let a plan made while the tables were small freeze a scan of the whole table
@@ -51,19 +53,16 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 AS $fn$
-DECLARE
-    head bigint;
-    statuses smallint[];
-    firsts bigint[];
-    dups uuid[];
 BEGIN
     -- Serialises every writer of this store until commit: positions follow commit order and each
     -- condition below sees every event committed before it.
     PERFORM pg_advisory_xact_lock(7166468893617058148);
-    SELECT coalesce(max(e.position), 0) INTO head FROM events e;
 
-    -- LATERAL lookups keep every access to the big tables a parameterised index probe.
-    WITH stored AS (
+    -- One statement decides every request (few statements per batch, not per request); LATERAL
+    -- lookups keep every access to the big tables a parameterised index probe.
+    WITH h AS (
+        SELECT coalesce(max(e.position), 0) AS head FROM events e
+    ), stored AS (
         SELECT v.r, count(*) AS found, min(e.position) AS first_found
         FROM unnest(ev_ids, ev_req) AS v(id, r)
         CROSS JOIN LATERAL (SELECT x.position FROM events x WHERE x.id = v.id) AS e
@@ -88,7 +87,7 @@ BEGIN
         FROM unnest(item_req, item_type_starts, item_type_counts, item_tag_starts, item_tag_counts)
              AS it(r, ts, tc, gs, gc)
         WHERE CASE
-            WHEN gc = 0 AND tc = 0 THEN head > coalesce(req_after[it.r], 0)
+            WHEN gc = 0 AND tc = 0 THEN (SELECT head FROM h) > coalesce(req_after[it.r], 0)
             WHEN gc = 0 THEN EXISTS (
                 SELECT 1 FROM events e
                 WHERE e.type = ANY (item_types[ts : ts + tc - 1])
@@ -117,7 +116,7 @@ BEGIN
     ), placed AS (
         SELECT d.r, d.st,
                CASE d.st
-                   WHEN 0 THEN head - d.n + 1
+                   WHEN 0 THEN (SELECT head FROM h) - d.n + 1
                         + sum(CASE WHEN d.st = 0 THEN d.n ELSE 0 END) OVER (ORDER BY d.r)
                    WHEN 2 THEN d.first_found
                END AS first,
@@ -131,18 +130,15 @@ BEGIN
     INTO statuses, firsts, dups
     FROM placed p;
 
-    INSERT INTO events (position, id, type, tags, payload)
-    SELECT firsts[v.r] + v.off, v.id, v.type, ev_tags[v.ts : v.ts + v.tc - 1], v.payload
-    FROM unnest(ev_req, ev_offset, ev_ids, ev_types, ev_tag_starts, ev_tag_counts, ev_payloads)
-         AS v(r, off, id, type, ts, tc, payload)
-    WHERE statuses[v.r] = 0;
-
+    WITH stored_events AS (
+        INSERT INTO events (position, id, type, tags, payload)
+        SELECT firsts[v.r] + v.off, v.id, v.type, ev_tags[v.ts : v.ts + v.tc - 1], v.payload
+        FROM unnest(ev_req, ev_offset, ev_ids, ev_types, ev_tag_starts, ev_tag_counts, ev_payloads)
+             AS v(r, off, id, type, ts, tc, payload)
+        WHERE statuses[v.r] = 0
+        RETURNING position, type, tags
+    )
     INSERT INTO event_tags (tag, position, type)
-    SELECT tg, firsts[v.r] + v.off, v.type
-    FROM unnest(ev_req, ev_offset, ev_types, ev_tag_starts, ev_tag_counts) AS v(r, off, type, ts, tc),
-         unnest(ev_tags[v.ts : v.ts + v.tc - 1]) AS tg
-    WHERE statuses[v.r] = 0;
-
-    RETURN QUERY SELECT unnest(statuses), unnest(firsts), unnest(dups);
+    SELECT unnest(s.tags), s.position, s.type FROM stored_events s;
 END
 $fn$;

@@ -273,7 +273,7 @@ async fn a_writer_that_started_first_and_commits_last_is_not_skipped() {
     let no_int: Vec<i32> = Vec::new();
     let row = tx
         .query_one(
-            "SELECT status, first_position, dup_id FROM dcb_append(\
+            "SELECT statuses, firsts, dups FROM dcb_append(\
              $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, \
              $17, $18)",
             &[
@@ -299,8 +299,8 @@ async fn a_writer_that_started_first_and_commits_last_is_not_skipped() {
         )
         .await
         .expect("dcb_append in the open transaction");
-    assert_eq!(row.get::<_, i16>(0), 0, "appended");
-    let first_position: i64 = row.get(1);
+    assert_eq!(row.get::<_, Vec<i16>>(0), [0], "appended");
+    let first_position: i64 = row.get::<_, Vec<i64>>(1)[0];
 
     // The second writer starts after the first and must queue behind its lock.
     let second = Event::new("Second", json!({"n": 2})).tagged("k", "v");

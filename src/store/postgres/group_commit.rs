@@ -20,7 +20,7 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
 
-const APPEND_SQL: &str = "SELECT status, first_position, dup_id FROM dcb_append(\
+const APPEND_SQL: &str = "SELECT statuses, firsts, dups FROM dcb_append(\
     $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 struct Request {
@@ -292,17 +292,21 @@ async fn commit(
             ],
         )
         .await?;
-    if rows.len() != batch.len() {
+    let row = rows
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("dcb_append answered no row".to_owned()))?;
+    let statuses: Vec<i16> = row.try_get(0)?;
+    let firsts: Vec<Option<i64>> = row.try_get(1)?;
+    let dups: Vec<Option<Uuid>> = row.try_get(2)?;
+    if statuses.len() != batch.len() || firsts.len() != batch.len() || dups.len() != batch.len() {
         return Err(StoreError::Corrupt(format!(
-            "dcb_append answered {} rows for {} requests",
-            rows.len(),
+            "dcb_append answered {} statuses for {} requests",
+            statuses.len(),
             batch.len()
         )));
     }
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (row, request) in rows.iter().zip(batch) {
-        let status: i16 = row.try_get(0)?;
-        let first: Option<i64> = row.try_get(1)?;
+    for (((status, first), dup), request) in statuses.into_iter().zip(firsts).zip(dups).zip(batch) {
         let last = |first: i64| {
             let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
             Appended {
@@ -311,17 +315,17 @@ async fn commit(
                 replayed: status == 2,
             }
         };
-        outcomes.push(match (status, first) {
-            (0, Some(first)) => {
+        outcomes.push(match (status, first, dup) {
+            (0, Some(first), _) => {
                 metrics::counter!(names::EVENTS_APPENDED_TOTAL)
                     .increment(request.events.len() as u64);
                 Ok(last(first))
             }
-            (2, Some(first)) => Ok(last(first)),
-            (1, _) => Err(AppendError::ConditionFailed {
+            (2, Some(first), _) => Ok(last(first)),
+            (1, _, _) => Err(AppendError::ConditionFailed {
                 after: request.condition.as_ref().and_then(|c| c.after),
             }),
-            (3, _) => Err(AppendError::DuplicateEventId(row.try_get(2)?)),
+            (3, _, Some(id)) => Err(AppendError::DuplicateEventId(id)),
             _ => {
                 return Err(StoreError::Corrupt(format!(
                     "dcb_append answered status {status}"
