@@ -156,11 +156,14 @@ impl PostgresStoreBuilder {
         let mut pg = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| StoreError::Config(Arc::new(e)))?;
         pg.connect_timeout(self.connect_timeout);
-        // Every statement the store runs is built to be index range scans. Plans cached while the
-        // tables were small must not freeze a full scan in place as the store grows.
+        // Every statement the store runs is built to be index range scans, so one generic plan per
+        // statement serves all parameters (planning a read can cost more than running it), and a
+        // plan made while the tables were small must not freeze a full scan in place as the
+        // store grows.
+        const SESSION: &str = "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan";
         let options = match pg.get_options() {
-            Some(o) => format!("{o} -c enable_seqscan=off"),
-            None => "-c enable_seqscan=off".to_owned(),
+            Some(o) => format!("{o} {SESSION}"),
+            None => SESSION.to_owned(),
         };
         pg.options(options);
         let manager = Manager::from_config(

@@ -52,10 +52,23 @@ pub(super) fn build(query: &Query, options: &ReadOptions) -> ReadSql {
     if query.is_all() {
         sql.push_str("SELECT ev.* FROM events ev WHERE ev.position > $1 AND ev.position <= $2");
     } else {
-        // The union of each item's first `limit` matches holds the query's first `limit`.
+        // The union of each scan's first `limit` matches holds the query's first `limit`.
         let mut scans = Vec::new();
+        // Items of one tag and the same types share one scan (`tag = ANY`): a chain of commands
+        // on many boundaries reads in a statement whose shape does not grow with the chain.
+        let mut single_tag: Vec<(&[String], Vec<String>)> = Vec::new();
         for item in query.items() {
             let tags: Vec<String> = item.tags().iter().map(ToString::to_string).collect();
+            if tags.len() == 1 {
+                match single_tag
+                    .iter_mut()
+                    .find(|(types, _)| *types == item.types())
+                {
+                    Some((_, group)) => group.extend(tags),
+                    None => single_tag.push((item.types(), tags)),
+                }
+                continue;
+            }
             let Some(first_tag) = tags.first().cloned() else {
                 // Type-only: one ordered scan of (type, position) per type.
                 for t in item.types() {
@@ -78,14 +91,35 @@ pub(super) fn build(query: &Query, options: &ReadOptions) -> ReadSql {
                 params.push(Param::TextArray(item.types().to_vec()));
                 let _ = write!(scan, " AND t.type = ANY(${})", params.len() + 3);
             }
-            if tags.len() > 1 {
-                params.push(Param::TextArray(tags));
-                let _ = write!(
-                    scan,
-                    " AND EXISTS (SELECT 1 FROM events x WHERE x.position = t.position \
-                     AND x.tags @> ${})",
+            params.push(Param::TextArray(tags));
+            let _ = write!(
+                scan,
+                " AND EXISTS (SELECT 1 FROM events x WHERE x.position = t.position \
+                 AND x.tags @> ${}) ORDER BY t.position {order} LIMIT $3)",
+                params.len() + 3
+            );
+            scans.push(scan);
+        }
+        for (types, mut tags) in single_tag {
+            // One tag keeps `=`, an ordered index scan that stops at the limit.
+            let mut scan = if tags.len() == 1 {
+                params.push(Param::Text(tags.remove(0)));
+                format!(
+                    "(SELECT t.position FROM event_tags t WHERE t.tag = ${}",
                     params.len() + 3
-                );
+                )
+            } else {
+                tags.dedup();
+                params.push(Param::TextArray(tags));
+                format!(
+                    "(SELECT t.position FROM event_tags t WHERE t.tag = ANY(${})",
+                    params.len() + 3
+                )
+            };
+            scan.push_str(" AND t.position > $1 AND t.position <= $2");
+            if !types.is_empty() {
+                params.push(Param::TextArray(types.to_vec()));
+                let _ = write!(scan, " AND t.type = ANY(${})", params.len() + 3);
             }
             let _ = write!(scan, " ORDER BY t.position {order} LIMIT $3)");
             scans.push(scan);
