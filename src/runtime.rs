@@ -338,11 +338,12 @@ impl<S: EventStore + 'static> Runtime<S> {
             }
             let (reply, outcome) = oneshot::channel();
             let job = Job::new(command.clone(), deadline, reply, slot.queued.clone());
-            let actor = slot.actor.borrow().clone();
+            // Subscribed before reading the actor, so a replacement made after the read wakes us.
+            let mut current = slot.actor.subscribe();
+            let actor = current.borrow_and_update().clone();
             if actor.send_message(CommandMsg::Execute(job)).is_err() {
                 // The actor died and its replacement is not in place yet: wait for it.
-                let mut changed = slot.actor.subscribe();
-                let _ = tokio::time::timeout_at(deadline.into(), changed.changed()).await;
+                let _ = tokio::time::timeout_at(deadline.into(), current.changed()).await;
                 continue;
             }
             match outcome.await {
