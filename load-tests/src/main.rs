@@ -8,6 +8,7 @@ mod scenarios;
 mod store_scenarios;
 mod telemetry;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,6 +66,9 @@ struct RunArgs {
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` on this address (e.g. 127.0.0.1:9464) while the run lasts.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -103,7 +107,14 @@ struct StoreSizeArgs {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = async {
-        let metrics = telemetry::install()?;
+        let metrics_addr = match &cli.scenario {
+            Scenario::Disjoint(args)
+            | Scenario::Invoice(args)
+            | Scenario::Enrollment(args)
+            | Scenario::StoreDisjoint(args) => args.metrics_addr,
+            Scenario::StoreSize(_) | Scenario::Baseline(_) => None,
+        };
+        let metrics = telemetry::install(metrics_addr)?;
         match cli.scenario {
             Scenario::Disjoint(args) => {
                 runtime_scenarios::run(scenarios::Scenario::Disjoint, args, &metrics).await

@@ -1,10 +1,20 @@
 //! The run's own Prometheus recorder: what the library records, read back for the report.
 
+use std::net::SocketAddr;
+
 use metrics_exporter_prometheus::PrometheusHandle;
 
-pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
-    let handle = dcb_runtime::metrics::prometheus_builder()?.install_recorder()?;
-    dcb_runtime::metrics::describe();
+/// Installs the one global recorder; with `addr`, it also serves `/metrics` there for as long as
+/// the process runs (call inside the tokio runtime).
+pub(crate) fn install(addr: Option<SocketAddr>) -> anyhow::Result<PrometheusHandle> {
+    let Some(addr) = addr else {
+        let handle = dcb_runtime::metrics::prometheus_builder()?.install_recorder()?;
+        dcb_runtime::metrics::describe();
+        return Ok(handle);
+    };
+    let handle = dcb_runtime::metrics::install_prometheus(addr)
+        .map_err(|e| anyhow::anyhow!("cannot serve /metrics on {addr}: {e}"))?;
+    eprintln!("serving Prometheus metrics on http://{addr}/metrics");
     Ok(handle)
 }
 
