@@ -4,7 +4,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+
+use crate::{RunArgs, baseline, telemetry};
 
 /// Latencies in microseconds, 1 µs to 60 s at 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -68,6 +71,49 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// Adds what the library's own metrics measured: batch sizes, transaction and read times.
+    pub(crate) fn with_store_metrics(mut self, metrics: &PrometheusHandle) -> Self {
+        use dcb_runtime::metrics::{
+            APPEND_BATCH_SIZE, APPEND_DURATION_SECONDS, READ_DURATION_SECONDS,
+        };
+        self.mean_batch_size = telemetry::histogram_mean(metrics, APPEND_BATCH_SIZE);
+        self.mean_append_transaction_ms =
+            telemetry::histogram_mean(metrics, APPEND_DURATION_SECONDS).map(|s| s * 1000.0);
+        self.mean_read_ms =
+            telemetry::histogram_mean(metrics, READ_DURATION_SECONDS).map(|s| s * 1000.0);
+        self
+    }
+
+    /// Counts the store's events, measures the baseline if asked, prints the summary, writes the
+    /// JSON report, and fails the run on invariant violations or errors.
+    pub(crate) async fn conclude(
+        mut self,
+        args: &RunArgs,
+        db: &dcb_runtime::testing::TestDatabase,
+    ) -> anyhow::Result<()> {
+        let client = db.client().await?;
+        self.events_in_store = client
+            .query_one("SELECT count(*) FROM events", &[])
+            .await?
+            .get(0);
+        if args.baseline {
+            eprintln!("baseline: plain inserts for {:?}", args.duration);
+            let tps = baseline::plain_insert_tps(db.url(), args.concurrency, args.duration).await?;
+            self.baseline_tps = Some(tps);
+            self.ratio = Some(self.throughput_per_s / tps);
+        }
+        self.print();
+        write_json(args.json.as_deref(), &self)?;
+        if self.invariant_violations > 0 || self.errors > 0 {
+            anyhow::bail!(
+                "{} invariant violations, {} errors",
+                self.invariant_violations,
+                self.errors
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) fn print(&self) {
         println!("scenario            {}", self.scenario);
         println!(

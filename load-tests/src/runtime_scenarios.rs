@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::report::{self, LatencyMs, Report};
 use crate::scenarios::{self, Scenario};
-use crate::{RunArgs, baseline, database, telemetry};
+use crate::{RunArgs, database, telemetry};
 
 #[derive(Default)]
 struct Counters {
@@ -91,16 +91,12 @@ pub(crate) async fn run(
     runtime.shutdown().await;
     let client = run.db.client().await?;
     let violations = scenarios::violations(scenario, &client).await?;
-    let events_in_store: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await?
-        .get(0);
     let committed = counters.committed.load(Ordering::Relaxed);
     let rejected = counters.rejected.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
     let counter =
         |name: &str, label: Option<(&str, &str)>| telemetry::counter_sum(metrics, name, label);
-    let mut report = Report {
+    Report {
         scenario: scenario.name().into(),
         processes: 1,
         concurrency: args.concurrency,
@@ -117,39 +113,11 @@ pub(crate) async fn run(
         throughput_per_s: committed as f64 / elapsed,
         latency_ms: LatencyMs::of(&latencies),
         invariant_violations: violations,
-        events_in_store,
-        mean_batch_size: telemetry::histogram_mean(
-            metrics,
-            dcb_runtime::metrics::APPEND_BATCH_SIZE,
-        ),
-        mean_append_transaction_ms: telemetry::histogram_mean(
-            metrics,
-            dcb_runtime::metrics::APPEND_DURATION_SECONDS,
-        )
-        .map(|s| s * 1000.0),
-        mean_read_ms: telemetry::histogram_mean(
-            metrics,
-            dcb_runtime::metrics::READ_DURATION_SECONDS,
-        )
-        .map(|s| s * 1000.0),
         ..Report::default()
-    };
-    if args.baseline {
-        eprintln!("baseline: plain inserts for {:?}", args.duration);
-        let tps = baseline::plain_insert_tps(run.db.url(), args.concurrency, args.duration).await?;
-        report.baseline_tps = Some(tps);
-        report.ratio = Some(report.throughput_per_s / tps);
     }
-    report.print();
-    report::write_json(args.json.as_deref(), &report)?;
-    if report.invariant_violations > 0 || report.errors > 0 {
-        anyhow::bail!(
-            "{} invariant violations, {} errors",
-            report.invariant_violations,
-            report.errors
-        );
-    }
-    Ok(())
+    .with_store_metrics(metrics)
+    .conclude(&args, &run.db)
+    .await
 }
 
 enum Outcome {

@@ -12,7 +12,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::report::{self, LatencyMs, Report};
-use crate::{RunArgs, StoreSizeArgs, baseline, database, telemetry};
+use crate::scenarios::{self, Scenario};
+use crate::{RunArgs, StoreSizeArgs, database};
 
 #[derive(Default)]
 struct Counters {
@@ -82,22 +83,13 @@ pub(crate) async fn disjoint(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let client = run.db.client().await?;
-    let violations: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT tags[1] FROM events GROUP BY 1 HAVING count(*) > 1) d",
-            &[],
-        )
-        .await?
-        .get(0);
-    let events_in_store: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
-        .await?
-        .get(0);
+    let violations = scenarios::violations(Scenario::Disjoint, &client).await?;
     let committed = counters.committed.load(Ordering::Relaxed);
     let conflicts = counters.conflicts.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
-    let mut report = Report {
-        scenario: "disjoint".into(),
+    drop(store);
+    Report {
+        scenario: "store-disjoint".into(),
         processes: 1,
         concurrency: args.concurrency,
         duration_s: elapsed,
@@ -108,40 +100,11 @@ pub(crate) async fn disjoint(
         throughput_per_s: committed as f64 / elapsed,
         latency_ms: LatencyMs::of(&latencies),
         invariant_violations: violations,
-        events_in_store,
-        mean_batch_size: telemetry::histogram_mean(
-            metrics,
-            dcb_runtime::metrics::APPEND_BATCH_SIZE,
-        ),
-        mean_append_transaction_ms: telemetry::histogram_mean(
-            metrics,
-            dcb_runtime::metrics::APPEND_DURATION_SECONDS,
-        )
-        .map(|s| s * 1000.0),
-        mean_read_ms: telemetry::histogram_mean(
-            metrics,
-            dcb_runtime::metrics::READ_DURATION_SECONDS,
-        )
-        .map(|s| s * 1000.0),
         ..Report::default()
-    };
-    drop(store);
-    if args.baseline {
-        eprintln!("baseline: plain inserts for {:?}", args.duration);
-        let tps = baseline::plain_insert_tps(run.db.url(), args.concurrency, args.duration).await?;
-        report.baseline_tps = Some(tps);
-        report.ratio = Some(report.throughput_per_s / tps);
     }
-    report.print();
-    report::write_json(args.json.as_deref(), &report)?;
-    if report.invariant_violations > 0 || report.errors > 0 {
-        anyhow::bail!(
-            "{} invariant violations, {} errors",
-            report.invariant_violations,
-            report.errors
-        );
-    }
-    Ok(())
+    .with_store_metrics(metrics)
+    .conclude(&args, &run.db)
+    .await
 }
 
 #[derive(Serialize, Debug)]
