@@ -263,7 +263,7 @@ struct InFlight<'a, S>(&'a Inner<S>);
 
 impl<'a, S> InFlight<'a, S> {
     fn enter(inner: &'a Inner<S>) -> Self {
-        inner.inflight.fetch_add(1, Ordering::AcqRel);
+        inner.inflight.fetch_add(1, Ordering::SeqCst);
         metrics::gauge!(names::INFLIGHT_COMMANDS).increment(1.0);
         Self(inner)
     }
@@ -272,13 +272,18 @@ impl<'a, S> InFlight<'a, S> {
 impl<S> Drop for InFlight<'_, S> {
     fn drop(&mut self) {
         metrics::gauge!(names::INFLIGHT_COMMANDS).decrement(1.0);
-        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
     }
 }
 
 impl<S: EventStore + 'static> Runtime<S> {
+    /// Commands inside `execute` right now (the `dcb_inflight_commands` gauge).
+    pub fn inflight(&self) -> usize {
+        self.inner.inflight.load(Ordering::SeqCst)
+    }
+
     /// The store the runtime appends to.
     pub fn store(&self) -> &S {
         &self.inner.store
@@ -316,10 +321,12 @@ impl<S: EventStore + 'static> Runtime<S> {
         started: Instant,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let inner = &*self.inner;
-        if inner.closing.load(Ordering::Acquire) {
+        // Counted in flight before looking at `closing` (both SeqCst, as in `shutdown`): either
+        // shutdown sees this command and waits for it, or this command sees shutdown and leaves.
+        let _inflight = InFlight::enter(inner);
+        if inner.closing.load(Ordering::SeqCst) {
             return Err(ExecuteError::ShuttingDown);
         }
-        let _inflight = InFlight::enter(inner);
         let command = Command::new(decision);
         let slot_count = u64::try_from(inner.slots.len()).unwrap_or(1);
         let index = usize::try_from(command.key() % slot_count).unwrap_or(0);
@@ -390,13 +397,13 @@ impl<S: EventStore + 'static> Runtime<S> {
     /// Stops taking commands, waits for those in flight to finish, then stops the actors.
     pub async fn shutdown(&self) {
         let inner = &*self.inner;
-        inner.closing.store(true, Ordering::Release);
+        inner.closing.store(true, Ordering::SeqCst);
         loop {
             // Registered before the check, so a wake-up between the two is not lost.
             let idle = inner.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if inner.inflight.load(Ordering::Acquire) == 0 {
+            if inner.inflight.load(Ordering::SeqCst) == 0 {
                 break;
             }
             idle.await;
