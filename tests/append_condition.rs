@@ -162,3 +162,29 @@ async fn reads_return_matches_in_order_with_the_head() {
     let positions: Vec<i64> = r.events.iter().map(|e| e.position.get()).collect();
     assert_eq!(positions, [9, 7]);
 }
+
+#[tokio::test]
+async fn an_event_matching_several_items_is_read_once() {
+    let (_db, s) = store().await;
+    s.append(vec![ev("T", &[("account", "a0"), ("account", "a1")])])
+        .await
+        .unwrap();
+    s.append(vec![ev("T", &[("account", "a1")])]).await.unwrap();
+    let both = Query::from(QueryItem::new(["T"], [P("account", "a0")]))
+        .or(QueryItem::new(["T"], [P("account", "a1")]));
+    for options in [
+        ReadOptions::default(),
+        ReadOptions::default().limit(1),
+        ReadOptions::default().backwards(),
+    ] {
+        let read = s.read(&both, options).await.unwrap();
+        let mut positions: Vec<i64> = read.events.iter().map(|e| e.position.get()).collect();
+        positions.sort_unstable();
+        let expected: &[i64] = if options.max_events() == Some(1) {
+            &[1]
+        } else {
+            &[1, 2]
+        };
+        assert_eq!(positions, expected, "{options:?}");
+    }
+}

@@ -111,8 +111,9 @@ pub(super) fn build(query: &Query, options: &ReadOptions) -> ReadSql {
             } else {
                 tags.dedup();
                 params.push(Param::TextArray(tags));
+                // An event carrying several of these tags has a row for each: count it once.
                 format!(
-                    "(SELECT t.position FROM event_tags t WHERE t.tag = ANY(${})",
+                    "(SELECT DISTINCT t.position FROM event_tags t WHERE t.tag = ANY(${})",
                     params.len() + 3
                 )
             };
