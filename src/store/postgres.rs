@@ -186,7 +186,7 @@ impl PostgresStoreBuilder {
         if self.migrate {
             crate::migrate::run(&pool).await?;
         }
-        let committer = GroupCommitter::start(pool.clone(), self.max_batch);
+        let committer = GroupCommitter::start(pool.clone(), self.max_batch).await?;
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
