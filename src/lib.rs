@@ -6,9 +6,9 @@
 //! - [`Query`], [`QueryItem`]: consistency boundaries, with the seed's fluent filter
 //!   ([`Query::matching`]).
 //! - [`AppendCondition`], [`Appended`]: conditional appends and their outcome.
-//! - [`EventStore`] with [`PostgresStore`] (group commit) and [`MemoryStore`] (the reference model).
+//! - [`EventStore`] with [`PostgresStore`] (group commit by its appender actor) and [`MemoryStore`] (the reference model).
 //! - [`Decision`], [`Projection`]: the decider pattern.
-//! - [`Runtime`]: command actors, group commit, supervisor, back-off ([`RetryPolicy`]).
+//! - [`Runtime`]: command actors (chains, warm boundaries), supervisor, back-off ([`RetryPolicy`]).
 //! - [`Limits`], [`ValidationError`]: what input is accepted.
 //! - [`error`]: [`StoreError`] and [`AppendError`].
 //! - [`metrics`]: metric names and descriptions.
