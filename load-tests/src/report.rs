@@ -1,13 +1,15 @@
 //! Latency recording and the final report (human summary and JSON).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::{RunArgs, baseline, telemetry};
+use crate::progress::Sample;
+use crate::run::ShareResult;
+use crate::telemetry::{Snapshot, ratio};
 
 /// Latencies in microseconds, 1 µs to 60 s at 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -46,16 +48,33 @@ impl LatencyMs {
 pub(crate) struct Report {
     pub(crate) scenario: String,
     pub(crate) processes: usize,
+    /// Concurrent callers, in all processes together.
     pub(crate) concurrency: usize,
+    /// Command actors per process.
+    pub(crate) actors: usize,
+    pub(crate) keys: usize,
+    pub(crate) skew: f64,
+    pub(crate) seed: u64,
     pub(crate) duration_s: f64,
+    /// Commands sent: committed + rejected + errors.
     pub(crate) commands: u64,
     pub(crate) committed: u64,
+    /// Refused by a business rule (a valid answer, not an error).
     pub(crate) rejected: u64,
+    /// Failed append conditions (each one retried or, after the last attempt, an error).
     pub(crate) conflicts: u64,
     pub(crate) retries: u64,
     pub(crate) errors: u64,
+    /// Errors by the `outcome` label of `dcb_commands_total`.
+    pub(crate) errors_by_outcome: BTreeMap<String, u64>,
+    /// Committed commands per second.
     pub(crate) throughput_per_s: f64,
+    /// Committed plus rejected commands per second.
+    pub(crate) decisions_per_s: f64,
+    /// Failed append conditions per append attempt.
+    pub(crate) conflict_rate: f64,
     pub(crate) latency_ms: LatencyMs,
+    /// Counted with SQL over the `events` table after the run.
     pub(crate) invariant_violations: i64,
     pub(crate) events_in_store: i64,
     /// Mean appends per dcb_append transaction (group commit).
@@ -68,90 +87,119 @@ pub(crate) struct Report {
     pub(crate) baseline_tps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ratio: Option<f64>,
+    /// One sample per second (per process when several ran: summed rates, worst p99).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) timeline: Vec<Sample>,
+    #[serde(skip)]
+    pub(crate) first_errors: Vec<String>,
 }
 
 impl Report {
-    /// Adds what the library's own metrics measured: batch sizes, transaction and read times.
-    pub(crate) fn with_store_metrics(mut self, metrics: &PrometheusHandle) -> Self {
-        use dcb_runtime::metrics::{
-            APPEND_BATCH_SIZE, APPEND_DURATION_SECONDS, READ_DURATION_SECONDS,
+    /// Merges what each process did. Throughput is over the longest process's duration.
+    pub(crate) fn merge(scenario: &str, shares: Vec<ShareResult>) -> Self {
+        let mut latencies = histogram();
+        let mut metrics = Snapshot::default();
+        let mut report = Report {
+            scenario: scenario.to_owned(),
+            processes: shares.len(),
+            ..Report::default()
         };
-        self.mean_batch_size = telemetry::histogram_mean(metrics, APPEND_BATCH_SIZE);
+        for share in shares {
+            report.committed += share.committed;
+            report.rejected += share.rejected;
+            report.errors += share.errors;
+            for (outcome, n) in share.errors_by_outcome {
+                *report.errors_by_outcome.entry(outcome).or_insert(0) += n;
+            }
+            report.first_errors.extend(share.first_errors);
+            report.duration_s = report.duration_s.max(share.duration_s);
+            for (value, count) in share.latency_us {
+                latencies.saturating_record_n(value, count);
+            }
+            metrics = metrics.plus(share.metrics);
+            merge_timeline(&mut report.timeline, &share.timeline);
+        }
+        report.commands = report.committed + report.rejected + report.errors;
+        report.throughput_per_s = report.committed as f64 / report.duration_s.max(1e-9);
+        report.decisions_per_s =
+            (report.committed + report.rejected) as f64 / report.duration_s.max(1e-9);
+        report.latency_ms = LatencyMs::of(&latencies);
+        report.with_metrics(metrics)
+    }
+
+    /// Adds what the library's own metrics counted.
+    pub(crate) fn with_metrics(mut self, m: Snapshot) -> Self {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let whole = |x: f64| x.round().max(0.0) as u64;
+        self.conflicts = whole(m.conflicts);
+        self.retries = whole(m.retries);
+        self.conflict_rate = m.conflict_rate();
+        self.mean_batch_size = ratio(m.batch_sum, m.batch_count);
         self.mean_append_transaction_ms =
-            telemetry::histogram_mean(metrics, APPEND_DURATION_SECONDS).map(|s| s * 1000.0);
-        self.mean_read_ms =
-            telemetry::histogram_mean(metrics, READ_DURATION_SECONDS).map(|s| s * 1000.0);
+            ratio(m.append_seconds_sum, m.append_count).map(|s| s * 1000.0);
+        self.mean_read_ms = ratio(m.read_seconds_sum, m.read_count).map(|s| s * 1000.0);
         self
     }
 
-    /// Counts the store's events, measures the baseline if asked, prints the summary, writes the
-    /// JSON report, and fails the run on invariant violations or errors.
-    pub(crate) async fn conclude(
-        mut self,
-        args: &RunArgs,
-        db: &dcb_runtime::testing::TestDatabase,
-    ) -> anyhow::Result<()> {
-        let client = db.client().await?;
-        self.events_in_store = client
-            .query_one("SELECT count(*) FROM events", &[])
-            .await?
-            .get(0);
-        if args.baseline {
-            eprintln!("baseline: plain inserts for {:?}", args.duration);
-            let tps = baseline::plain_insert_tps(db.url(), args.concurrency, args.duration).await?;
-            self.baseline_tps = Some(tps);
-            self.ratio = Some(self.throughput_per_s / tps);
-        }
-        self.print();
-        write_json(args.json.as_deref(), &self)?;
-        if self.invariant_violations > 0 || self.errors > 0 {
-            anyhow::bail!(
+    /// Whether the run failed: a violated invariant or an error.
+    pub(crate) fn failure(&self) -> Option<String> {
+        (self.invariant_violations > 0 || self.errors > 0).then(|| {
+            format!(
                 "{} invariant violations, {} errors",
-                self.invariant_violations,
-                self.errors
-            );
-        }
-        Ok(())
+                self.invariant_violations, self.errors
+            )
+        })
     }
 
     pub(crate) fn print(&self) {
-        println!("scenario            {}", self.scenario);
+        println!("scenario             {}", self.scenario);
         println!(
-            "concurrency         {} caller(s) in {} process(es)",
-            self.concurrency, self.processes
+            "concurrency          {} caller(s) in {} process(es), {} actor(s) each; {} key(s), skew {}",
+            self.concurrency, self.processes, self.actors, self.keys, self.skew
         );
-        println!("duration            {:.1} s", self.duration_s);
         println!(
-            "commands            {} ({} committed, {} rejected, {} errors)",
+            "duration             {:.1} s (seed {})",
+            self.duration_s, self.seed
+        );
+        println!(
+            "commands             {} ({} committed, {} rejected by a rule, {} errors)",
             self.commands, self.committed, self.rejected, self.errors
         );
+        for (outcome, n) in &self.errors_by_outcome {
+            println!("  errors: {outcome:<12} {n}");
+        }
+        for message in &self.first_errors {
+            println!("  e.g. {message}");
+        }
         println!(
-            "conflicts           {} failed append conditions, {} retries",
-            self.conflicts, self.retries
+            "conflicts            {} failed append conditions ({:.1} % of appends), {} retries",
+            self.conflicts,
+            self.conflict_rate * 100.0,
+            self.retries
         );
         println!(
-            "throughput          {:.0} committed/s",
-            self.throughput_per_s
+            "throughput           {:.0} committed/s ({:.0} decided/s)",
+            self.throughput_per_s, self.decisions_per_s
         );
         let l = self.latency_ms;
         println!(
-            "latency (ms)        p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
+            "latency (ms)         p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
             l.p50, l.p95, l.p99, l.max
         );
         if let (Some(b), Some(r)) = (self.baseline_tps, self.ratio) {
             println!(
-                "baseline            {b:.0} plain inserts/s at the same concurrency; ratio {r:.2}x"
+                "baseline             {b:.0} plain inserts/s at the same concurrency; ratio {r:.2}x"
             );
         }
         if let (Some(b), Some(t)) = (self.mean_batch_size, self.mean_append_transaction_ms) {
             println!(
-                "group commit        {b:.1} appends per transaction on average, {t:.2} ms each"
+                "group commit         {b:.1} appends per transaction on average, {t:.2} ms each"
             );
         }
         if let Some(r) = self.mean_read_ms {
-            println!("reads               {r:.2} ms on average");
+            println!("reads                {r:.2} ms on average");
         }
-        println!("events in store     {}", self.events_in_store);
+        println!("events in store      {}", self.events_in_store);
         println!(
             "invariant violations {} (counted with SQL over the events table)",
             self.invariant_violations
@@ -159,11 +207,29 @@ impl Report {
     }
 }
 
+/// Adds `other`'s samples to `into`, second by second: rates and counts add up, p99 is the worse.
+fn merge_timeline(into: &mut Vec<Sample>, other: &[Sample]) {
+    for (i, s) in other.iter().enumerate() {
+        match into.get_mut(i) {
+            None => into.push(*s),
+            Some(t) => {
+                t.t_s = t.t_s.max(s.t_s);
+                t.committed_per_s += s.committed_per_s;
+                t.decided_per_s += s.decided_per_s;
+                t.conflicts += s.conflicts;
+                t.append_attempts += s.append_attempts;
+                t.p99_ms = t.p99_ms.max(s.p99_ms);
+            }
+        }
+    }
+}
+
 pub(crate) fn write_json(path: Option<&Path>, value: &impl Serialize) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(value)?;
     match path {
         Some(p) => {
-            std::fs::write(p, json + "\n")?;
+            std::fs::write(p, json + "\n")
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
             eprintln!("report written to {}", p.display());
         }
         None => println!("{json}"),

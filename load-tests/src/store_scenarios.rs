@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::report::{self, LatencyMs, Report};
-use crate::scenarios::{self, Scenario};
+use crate::telemetry::Snapshot;
 use crate::{RunArgs, StoreSizeArgs, database};
 
 #[derive(Default)]
@@ -25,9 +25,10 @@ struct Counters {
 /// Every decision on a boundary of its own: `thing:<worker>-<n>`, read (empty), then append one
 /// event conditional on the boundary still being empty.
 pub(crate) async fn disjoint(
-    args: RunArgs,
+    args: &RunArgs,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Report> {
+    let before = Snapshot::take(metrics);
     let run = database::open(args.database_url.as_deref()).await?;
     let store = PostgresStore::builder(run.db.url())
         .pool_size(args.concurrency + 1)
@@ -83,12 +84,13 @@ pub(crate) async fn disjoint(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let client = run.db.client().await?;
-    let violations = scenarios::violations(Scenario::Disjoint, &client).await?;
+    let violations = dcb_scenarios::count(&client, dcb_scenarios::disjoint::INVARIANT_SQL).await?;
+    let events_in_store = dcb_scenarios::count(&client, "SELECT count(*) FROM events").await?;
     let committed = counters.committed.load(Ordering::Relaxed);
     let conflicts = counters.conflicts.load(Ordering::Relaxed);
     let errors = counters.errors.load(Ordering::Relaxed);
     drop(store);
-    Report {
+    let mut report = Report {
         scenario: "store-disjoint".into(),
         processes: 1,
         concurrency: args.concurrency,
@@ -99,12 +101,22 @@ pub(crate) async fn disjoint(
         errors,
         throughput_per_s: committed as f64 / elapsed,
         latency_ms: LatencyMs::of(&latencies),
+        decisions_per_s: committed as f64 / elapsed,
         invariant_violations: violations,
+        events_in_store,
         ..Report::default()
     }
-    .with_store_metrics(metrics)
-    .conclude(&args, &run.db)
-    .await
+    .with_metrics(Snapshot::take(metrics).since(before));
+    // The store counts its own conflicts (there are no runtime retries here).
+    report.conflicts = conflicts;
+    if args.baseline {
+        eprintln!("baseline: plain inserts for {:?}", args.duration);
+        let tps = crate::baseline::plain_insert_tps(run.db.url(), args.concurrency, args.duration)
+            .await?;
+        report.baseline_tps = Some(tps);
+        report.ratio = Some(report.throughput_per_s / tps);
+    }
+    Ok(report)
 }
 
 #[derive(Serialize, Debug)]

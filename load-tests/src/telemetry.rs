@@ -2,7 +2,12 @@
 
 use std::net::SocketAddr;
 
+use dcb_runtime::metrics::{
+    APPEND_ATTEMPTS_TOTAL, APPEND_BATCH_SIZE, APPEND_DURATION_SECONDS, COMMAND_RETRIES_TOTAL,
+    READ_DURATION_SECONDS,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
 
 /// Installs the one global recorder; with `addr`, it also serves `/metrics` there for as long as
 /// the process runs (call inside the tokio runtime).
@@ -18,33 +23,98 @@ pub(crate) fn install(addr: Option<SocketAddr>) -> anyhow::Result<PrometheusHand
     Ok(handle)
 }
 
-/// `sum / count` of a histogram in the rendered exposition, if it was recorded.
-pub(crate) fn histogram_mean(handle: &PrometheusHandle, name: &str) -> Option<f64> {
-    let text = handle.render();
+/// The library's counters and histogram sums at one moment. The recorder lives as long as the
+/// process (a sweep runs several scenarios in one), so a run reports the difference of two.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Snapshot {
+    pub(crate) conflicts: f64,
+    pub(crate) append_attempts: f64,
+    pub(crate) retries: f64,
+    pub(crate) batch_sum: f64,
+    pub(crate) batch_count: f64,
+    pub(crate) append_seconds_sum: f64,
+    pub(crate) append_count: f64,
+    pub(crate) read_seconds_sum: f64,
+    pub(crate) read_count: f64,
+}
+
+impl Snapshot {
+    pub(crate) fn take(handle: &PrometheusHandle) -> Self {
+        let text = handle.render();
+        let (batch_sum, batch_count) = histogram_sum_count(&text, APPEND_BATCH_SIZE);
+        let (append_seconds_sum, append_count) =
+            histogram_sum_count(&text, APPEND_DURATION_SECONDS);
+        let (read_seconds_sum, read_count) = histogram_sum_count(&text, READ_DURATION_SECONDS);
+        Self {
+            conflicts: counter_sum(&text, APPEND_ATTEMPTS_TOTAL, Some(("result", "conflict"))),
+            append_attempts: counter_sum(&text, APPEND_ATTEMPTS_TOTAL, None),
+            retries: counter_sum(&text, COMMAND_RETRIES_TOTAL, None),
+            batch_sum,
+            batch_count,
+            append_seconds_sum,
+            append_count,
+            read_seconds_sum,
+            read_count,
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            conflicts: self.conflicts - earlier.conflicts,
+            append_attempts: self.append_attempts - earlier.append_attempts,
+            retries: self.retries - earlier.retries,
+            batch_sum: self.batch_sum - earlier.batch_sum,
+            batch_count: self.batch_count - earlier.batch_count,
+            append_seconds_sum: self.append_seconds_sum - earlier.append_seconds_sum,
+            append_count: self.append_count - earlier.append_count,
+            read_seconds_sum: self.read_seconds_sum - earlier.read_seconds_sum,
+            read_count: self.read_count - earlier.read_count,
+        }
+    }
+
+    /// The sum of two processes' differences.
+    pub(crate) fn plus(self, other: Self) -> Self {
+        Self {
+            conflicts: self.conflicts + other.conflicts,
+            append_attempts: self.append_attempts + other.append_attempts,
+            retries: self.retries + other.retries,
+            batch_sum: self.batch_sum + other.batch_sum,
+            batch_count: self.batch_count + other.batch_count,
+            append_seconds_sum: self.append_seconds_sum + other.append_seconds_sum,
+            append_count: self.append_count + other.append_count,
+            read_seconds_sum: self.read_seconds_sum + other.read_seconds_sum,
+            read_count: self.read_count + other.read_count,
+        }
+    }
+
+    /// Failed append conditions per append attempt.
+    pub(crate) fn conflict_rate(&self) -> f64 {
+        ratio(self.conflicts, self.append_attempts).unwrap_or(0.0)
+    }
+}
+
+pub(crate) fn ratio(part: f64, whole: f64) -> Option<f64> {
+    (whole > 0.0).then(|| part / whole)
+}
+
+/// `(sum, count)` of an unlabelled histogram in a rendered exposition (0 if not recorded yet).
+fn histogram_sum_count(text: &str, name: &str) -> (f64, f64) {
     let value = |suffix: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}{suffix} ")))
             .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
-    let (sum, count) = (value("_sum")?, value("_count")?);
-    (count > 0.0).then(|| sum / count)
+    (value("_sum"), value("_count"))
 }
 
-/// The sum of a counter's series in the rendered exposition, optionally those with a label value.
-pub(crate) fn counter_sum(
-    handle: &PrometheusHandle,
-    name: &str,
-    label: Option<(&str, &str)>,
-) -> u64 {
-    let text = handle.render();
-    let total: f64 = text
-        .lines()
+/// The sum of a counter's series in a rendered exposition, optionally those with a label value.
+fn counter_sum(text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter(|l| l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| label.is_none_or(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let total = total as u64;
-    total
+        .sum()
 }

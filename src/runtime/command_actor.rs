@@ -4,8 +4,9 @@
 //! chain: one read of the union of their queries, each decided in order on the state so far
 //! (later ones see the events earlier ones decided), and one atomic conditional append of all
 //! their events, conditioned on the union of their boundaries. A hot boundary thus costs one read
-//! and one append per chain instead of per command. On a conflict the chain backs off (a timer,
-//! never a sleep) and is decided again on fresh state.
+//! and one append per chain instead of per command. On a conflict the chain's commands back off
+//! (a timer, never a sleep) and are decided again on fresh state, one at a time, so that one
+//! contended boundary does not fail the others again.
 
 use std::any::TypeId;
 use std::collections::{HashMap, VecDeque};
@@ -372,6 +373,12 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
         if retry.is_empty() {
             return None;
+        }
+        // The chain's condition was the union of all its boundaries: retried together, one
+        // command's contended boundary would fail the others again (chains only grow while
+        // they wait). Retry them one at a time, each conditioned on its own boundary only.
+        if retry.len() > 1 {
+            state.solo += retry.len();
         }
         for job in retry.into_iter().rev() {
             state.queue.push_front(job);

@@ -1,0 +1,88 @@
+//! `--processes N`: the run split over N OS processes against the same database, results merged.
+//!
+//! The parent creates and prepares the database, then starts N copies of this binary with the
+//! hidden `--child-of <url>`; each runs its share of callers (and commands) with its own runtime
+//! and pool, and prints its [`ShareResult`] as JSON on stdout.
+
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::RunArgs;
+use crate::run::ShareResult;
+use crate::workload::Kind;
+
+/// `total` split into `parts` shares differing by at most one.
+pub(crate) fn split(total: u64, parts: usize, index: usize) -> u64 {
+    let parts = parts as u64;
+    let index = index as u64;
+    total / parts + u64::from(index < total % parts)
+}
+
+/// Runs the scenario in `args.processes` child processes and collects their results.
+pub(crate) async fn run_children(
+    kind: Kind,
+    args: &RunArgs,
+    url: &str,
+) -> anyhow::Result<Vec<ShareResult>> {
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::with_capacity(args.processes);
+    for index in 0..args.processes {
+        let callers = split(args.concurrency as u64, args.processes, index);
+        let mut cmd = Command::new(&exe);
+        cmd.arg(kind.name())
+            .args(["--child-of", url])
+            .args(["--process-index", &index.to_string()])
+            .args(["--concurrency", &callers.to_string()])
+            .args([
+                "--duration",
+                &humantime::format_duration(args.duration).to_string(),
+            ])
+            .args(["--actors", &args.actors.to_string()])
+            .args(["--keys", &args.keys.to_string()])
+            .args(["--skew", &args.skew.to_string()])
+            .args(["--seed", &args.seed().to_string()]);
+        if let Some(n) = args.commands {
+            cmd.args(["--commands", &split(n, args.processes, index).to_string()]);
+        }
+        // Only the first process can serve /metrics on the address.
+        if let (0, Some(addr)) = (index, args.metrics_addr) {
+            cmd.args(["--metrics-addr", &addr.to_string()]);
+        }
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        children.push(cmd.spawn()?);
+    }
+    eprintln!("{} process(es) running", children.len());
+    let mut results = Vec::with_capacity(children.len());
+    for (index, child) in children.into_iter().enumerate() {
+        let output = child.wait_with_output().await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "process {index} failed ({}); its messages are above",
+            output.status
+        );
+        let result: ShareResult = serde_json::from_slice(&output.stdout)
+            .map_err(|e| anyhow::anyhow!("process {index} printed no valid result ({e})"))?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn shares_add_up_and_differ_by_at_most_one() {
+        for total in [0u64, 1, 7, 32, 33, 1000] {
+            for parts in 1..6 {
+                let shares: Vec<u64> = (0..parts).map(|i| split(total, parts, i)).collect();
+                assert_eq!(shares.iter().sum::<u64>(), total, "{total} / {parts}");
+                let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+                assert!(max - min <= 1, "{shares:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! One process's share of a run: its callers, its runtime, its counts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use dcb_runtime::{PostgresStore, Runtime};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+
+use crate::RunArgs;
+use crate::keys::KeyPicker;
+use crate::progress::{Display, Goal, Live, Sample, Sampler};
+use crate::report;
+use crate::telemetry::Snapshot;
+use crate::workload::{Kind, Outcome, Workload};
+
+/// What one process is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Share {
+    pub(crate) process: usize,
+    pub(crate) callers: usize,
+    /// Commands to send in all (else run for the duration).
+    pub(crate) commands: Option<u64>,
+}
+
+/// What one process did: merged by the parent when several processes run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ShareResult {
+    pub(crate) committed: u64,
+    pub(crate) rejected: u64,
+    pub(crate) errors: u64,
+    /// Errors by the `outcome` label they count under in `dcb_commands_total`.
+    pub(crate) errors_by_outcome: BTreeMap<String, u64>,
+    /// The first few error messages, for the summary.
+    pub(crate) first_errors: Vec<String>,
+    pub(crate) duration_s: f64,
+    /// Command latencies in µs as `(value, count)` pairs.
+    pub(crate) latency_us: Vec<(u64, u64)>,
+    pub(crate) metrics: Snapshot,
+    pub(crate) timeline: Vec<Sample>,
+}
+
+const ERRORS_KEPT: usize = 5;
+
+/// Runs `share` of `kind` against the prepared database at `url`.
+pub(crate) async fn run_share(
+    kind: Kind,
+    args: &RunArgs,
+    url: &str,
+    share: Share,
+    metrics: &PrometheusHandle,
+    display: Display,
+) -> anyhow::Result<ShareResult> {
+    let store = PostgresStore::builder(url)
+        .pool_size(args.actors + 4)
+        .connect()
+        .await?;
+    let runtime = Runtime::builder(store)
+        .actors(args.actors)
+        .queue_capacity(share.callers.max(1024))
+        .start()
+        .await?;
+    let keys = KeyPicker::new(args.keys, args.skew)?;
+    let workload = Arc::new(Workload::new(kind, keys, args.keys, share.process));
+    let live = Arc::new(Live::new());
+    let issued = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new((BTreeMap::new(), Vec::new())));
+    let before = Snapshot::take(metrics);
+    let goal = match share.commands {
+        Some(n) => Goal::Commands(n),
+        None => Goal::Duration(args.duration),
+    };
+    let sampler = Sampler::start(live.clone(), metrics.clone(), display, goal);
+    let start = Instant::now();
+    let deadline = start + args.duration;
+    let mut callers = Vec::with_capacity(share.callers);
+    for caller in 0..share.callers {
+        let (runtime, workload, live, issued, errors) = (
+            runtime.clone(),
+            workload.clone(),
+            live.clone(),
+            issued.clone(),
+            errors.clone(),
+        );
+        let mut rng = fastrand::Rng::with_seed(caller_seed(args.seed(), share.process, caller));
+        let commands = share.commands;
+        callers.push(tokio::spawn(async move {
+            let mut latencies = report::histogram();
+            for n in 0.. {
+                let more = match commands {
+                    Some(limit) => issued.fetch_add(1, Ordering::Relaxed) < limit,
+                    None => Instant::now() < deadline,
+                };
+                if !more {
+                    break;
+                }
+                let began = Instant::now();
+                let outcome = workload.step(&runtime, &mut rng, caller, n).await;
+                let took = began.elapsed();
+                report::record(&mut latencies, took);
+                report::record(&mut live.interval.lock().expect("interval lock"), took);
+                match outcome {
+                    Outcome::Committed => live.committed.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Rejected => live.rejected.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Error(label, message) => {
+                        let mut errors = errors.lock().expect("errors lock");
+                        *errors.0.entry(label.to_owned()).or_insert(0u64) += 1;
+                        if errors.1.len() < ERRORS_KEPT {
+                            errors.1.push(message);
+                        }
+                        live.errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            latencies
+        }));
+    }
+    let mut latencies = report::histogram();
+    for caller in callers {
+        latencies.add(caller.await?)?;
+    }
+    let duration_s = start.elapsed().as_secs_f64();
+    let timeline = sampler.finish().await;
+    runtime.shutdown().await;
+    let (errors_by_outcome, first_errors) = std::mem::take(&mut *errors.lock().expect("errors"));
+    Ok(ShareResult {
+        committed: live.committed.load(Ordering::Relaxed),
+        rejected: live.rejected.load(Ordering::Relaxed),
+        errors: live.errors.load(Ordering::Relaxed),
+        errors_by_outcome,
+        first_errors,
+        duration_s,
+        latency_us: latencies
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect(),
+        metrics: Snapshot::take(metrics).since(before),
+        timeline,
+    })
+}
+
+/// A distinct, reproducible random stream per caller of each process.
+fn caller_seed(seed: u64, process: usize, caller: usize) -> u64 {
+    let mut x = seed ^ ((process as u64) << 40) ^ (caller as u64);
+    // splitmix64's finaliser: neighbouring inputs give unrelated seeds.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

@@ -1,0 +1,181 @@
+//! What each scenario's callers do: the commands they send, the set-up they need and the
+//! invariant checked afterwards (the decisions themselves live in `dcb-scenarios`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use dcb_runtime::{Committed, ExecuteError, PostgresStore, Runtime};
+use dcb_scenarios::{disjoint, enrollment, invoice, lending, transfer};
+
+use crate::keys::KeyPicker;
+
+/// The scenarios that run through the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Kind {
+    /// Every command on its own new boundary: the no-contention baseline.
+    Disjoint,
+    /// Every command on one global boundary: the next gapless invoice number.
+    Invoice,
+    /// Students subscribe to `--keys` courses (capacity, one seat each, at most 5 courses).
+    Enrollment,
+    /// Readers borrow and return `--keys` books (one reader per book, 3 books per reader).
+    Lending,
+    /// Transfers between `--keys` accounts (no balance below zero).
+    Transfer,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Disjoint => "disjoint",
+            Kind::Invoice => "invoice",
+            Kind::Enrollment => "enrollment",
+            Kind::Lending => "lending",
+            Kind::Transfer => "transfer",
+        }
+    }
+
+    /// The SQL counting violations of the scenario's invariant in the `events` table.
+    pub(crate) fn invariant_sql(self) -> &'static str {
+        match self {
+            Kind::Disjoint => disjoint::INVARIANT_SQL,
+            Kind::Invoice => invoice::INVARIANT_SQL,
+            Kind::Enrollment => enrollment::INVARIANT_SQL,
+            Kind::Lending => lending::INVARIANT_SQL,
+            Kind::Transfer => transfer::INVARIANT_SQL,
+        }
+    }
+
+    /// Appends what the scenario starts from: courses, books and readers, accounts.
+    pub(crate) async fn prepare(self, store: &PostgresStore, keys: usize) -> anyhow::Result<()> {
+        let events = match self {
+            Kind::Disjoint | Kind::Invoice => return Ok(()),
+            Kind::Enrollment => enrollment::courses(keys, COURSE_CAPACITY),
+            Kind::Lending => lending::library(keys, readers(keys)),
+            Kind::Transfer => transfer::accounts(keys, OPENING_BALANCE),
+        };
+        dcb_scenarios::append_in_chunks(store, events).await?;
+        Ok(())
+    }
+}
+
+/// Seats per course in `enrollment`.
+pub(crate) const COURSE_CAPACITY: u64 = 10;
+/// Opening balance of each account in `transfer`.
+pub(crate) const OPENING_BALANCE: i64 = 1_000;
+
+/// Readers in `lending`: as many as books, so both the one-reader-per-book and the
+/// three-books-per-reader rules bite.
+fn readers(books: usize) -> usize {
+    books
+}
+
+/// Students in `enrollment`: twice the courses, so courses fill up (capacity) and students reach
+/// their 5 courses at about the same time.
+fn students(courses: usize) -> usize {
+    courses * 2
+}
+
+/// How one command ended.
+pub(crate) enum Outcome {
+    Committed,
+    Rejected,
+    /// Counted under the `outcome` label of `dcb_commands_total`, with the error's text.
+    Error(&'static str, String),
+}
+
+/// The commands of one scenario in one process.
+pub(crate) struct Workload {
+    kind: Kind,
+    keys: KeyPicker,
+    key_count: usize,
+    process: usize,
+    /// `lending`: which reader this process last saw borrow each book, so that callers return
+    /// books as well as borrow them (another process's loans are unknown here: their returns
+    /// are refused, which is fine).
+    loans: Mutex<HashMap<usize, usize>>,
+}
+
+impl Workload {
+    pub(crate) fn new(kind: Kind, keys: KeyPicker, key_count: usize, process: usize) -> Self {
+        Self {
+            kind,
+            keys,
+            key_count,
+            process,
+            loans: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends one command: the caller's `n`-th.
+    pub(crate) async fn step(
+        &self,
+        runtime: &Runtime,
+        rng: &mut fastrand::Rng,
+        caller: usize,
+        n: u64,
+    ) -> Outcome {
+        match self.kind {
+            Kind::Disjoint => {
+                let id = format!("p{}-c{caller}-{n}", self.process);
+                classify(runtime.execute(disjoint::Create::new(id)).await)
+            }
+            Kind::Invoice => classify(runtime.execute(invoice::NextInvoice).await),
+            Kind::Enrollment => {
+                let course = format!("c{}", self.keys.pick(rng));
+                let student = format!("s{}", rng.usize(..students(self.key_count)));
+                classify(
+                    runtime
+                        .execute(enrollment::Subscribe::new(course, student))
+                        .await,
+                )
+            }
+            Kind::Lending => self.lend(runtime, rng).await,
+            Kind::Transfer => {
+                let (from, to) = self.keys.pick_pair(rng);
+                let amount = rng.i64(1..=100);
+                let transfer =
+                    transfer::Transfer::new(format!("a{from}"), format!("a{to}"), amount);
+                classify(runtime.execute(transfer).await)
+            }
+        }
+    }
+
+    /// Returns the book when this process saw it lent out, else borrows it for a random reader.
+    async fn lend(&self, runtime: &Runtime, rng: &mut fastrand::Rng) -> Outcome {
+        let book = self.keys.pick(rng);
+        let lent_to = self.loans.lock().expect("loans lock").get(&book).copied();
+        let (reader, result) = match lent_to {
+            Some(reader) => {
+                let cmd = lending::Return::new(format!("b{book}"), format!("r{reader}"));
+                (reader, runtime.execute(cmd).await)
+            }
+            None => {
+                let reader = rng.usize(..readers(self.key_count));
+                let cmd = lending::Borrow::new(format!("b{book}"), format!("r{reader}"));
+                (reader, runtime.execute(cmd).await)
+            }
+        };
+        let mut loans = self.loans.lock().expect("loans lock");
+        match (&result, lent_to) {
+            (Ok(_), None) => {
+                loans.insert(book, reader);
+            }
+            // Returned, or someone else's return already happened: forget the loan either way.
+            (Ok(_) | Err(ExecuteError::Rejected(lending::Refused::NotLentToYou)), Some(_)) => {
+                loans.remove(&book);
+            }
+            _ => {}
+        }
+        classify(result)
+    }
+}
+
+fn classify<R: std::fmt::Debug>(result: Result<Committed, ExecuteError<R>>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Committed,
+        Err(ExecuteError::Rejected(_)) => Outcome::Rejected,
+        Err(e) => Outcome::Error(e.outcome(), e.to_string()),
+    }
+}
