@@ -197,6 +197,8 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
     /// [`StoreError::Closed`] if the actors could not be spawned.
     pub async fn start(self) -> Result<Runtime<S>, StoreError> {
         names::describe();
+        // A restart counter that never moved is still a series: "0 restarts", not "no data".
+        metrics::counter!(names::ACTOR_RESTARTS_TOTAL).increment(0);
         let store = Arc::new(self.store);
         let supervisor = Supervisor {
             store: store.clone(),

@@ -13,10 +13,7 @@ type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 
 /// Three panels over time: committed/s, conflict rate (%), p99 latency (ms).
 pub(crate) fn timeline(path: &Path, title: &str, samples: &[Sample]) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !samples.is_empty(),
-        "no chart: the run was shorter than one sample (1 s)"
-    );
+    anyhow::ensure!(!samples.is_empty(), "no chart: the run recorded no sample");
     let points = |f: &dyn Fn(&Sample) -> f64| samples.iter().map(|s| (s.t_s, f(s))).collect();
     let panels: [Series; 3] = [
         ("committed / s", points(&|s| s.committed_per_s), BLUE),
@@ -146,7 +143,11 @@ where
             let mut c = chart
                 .build_cartesian_2d((x_min.max(1.0)..x_max * 1.2).log_scale(), 0.0..y_max)
                 .map_err(err)?;
-            c.configure_mesh().x_desc(x_label).draw().map_err(err)?;
+            c.configure_mesh()
+                .light_line_style(WHITE)
+                .x_desc(x_label)
+                .draw()
+                .map_err(err)?;
             c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(err)?;
             c.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
@@ -155,7 +156,11 @@ where
             let mut c = chart
                 .build_cartesian_2d(0.0..x_max, 0.0..y_max)
                 .map_err(err)?;
-            c.configure_mesh().x_desc(x_label).draw().map_err(err)?;
+            c.configure_mesh()
+                .light_line_style(WHITE)
+                .x_desc(x_label)
+                .draw()
+                .map_err(err)?;
             c.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(err)?;
         }

@@ -98,10 +98,11 @@ impl Sampler {
             let mut last = (start, 0, 0, Snapshot::take(&metrics));
             let mut samples = Vec::new();
             loop {
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    _ = &mut stopped => break,
-                }
+                // The last sample covers the partial second before the stop.
+                let last_one = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = &mut stopped => true,
+                };
                 let now = Instant::now();
                 let (committed, decided) = (live.committed.load(Ordering::Relaxed), live.decided());
                 let snapshot = Snapshot::take(&metrics);
@@ -123,6 +124,9 @@ impl Sampler {
                 };
                 last = (now, committed, decided, snapshot);
                 samples.push(sample);
+                if last_one {
+                    break;
+                }
                 if display == Display::Auto {
                     show(bar.as_ref(), &sample, &live, goal);
                 }

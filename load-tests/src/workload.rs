@@ -162,8 +162,11 @@ impl Workload {
             (Ok(_), None) => {
                 loans.insert(book, reader);
             }
-            // Returned, or someone else's return already happened: forget the loan either way.
-            (Ok(_) | Err(ExecuteError::Rejected(lending::Refused::NotLentToYou)), Some(_)) => {
+            // Returned, or someone else's return already happened: forget this loan, unless
+            // another caller has lent the book again meanwhile.
+            (Ok(_) | Err(ExecuteError::Rejected(lending::Refused::NotLentToYou)), Some(_))
+                if loans.get(&book) == Some(&reader) =>
+            {
                 loans.remove(&book);
             }
             _ => {}

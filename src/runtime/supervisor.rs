@@ -74,6 +74,8 @@ impl<S: EventStore + 'static> Actor for Supervisor<S> {
         }
         let slots: Arc<[Slot]> = slots.into();
         let _ = ready.send(slots.clone());
+        // The gauges exist from the start (not a second later), then follow every second.
+        sample(self.store.as_ref(), &slots);
         let sampler = myself.send_interval(Duration::from_secs(1), || SupervisorMsg::Sample);
         Ok(SupervisorState {
             slots,

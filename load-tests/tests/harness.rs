@@ -1,0 +1,212 @@
+//! The load-test binary end to end, against the real database: every scenario runs a few
+//! seconds with 32 callers and the report, counted from the `events` table, shows no violated
+//! invariant and no error; the options do what they say.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn load_tests() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_load-tests"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dcb-harness-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join(name)
+}
+
+/// Runs the binary; on failure, shows everything it printed.
+fn run(args: &[&str]) -> Output {
+    let output = load_tests()
+        .args(args)
+        .output()
+        .expect("the load-tests binary runs");
+    assert!(
+        output.status.success(),
+        "load-tests {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn report(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("the JSON report was written");
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+/// Runs `scenario` for 3 s with 32 callers plus `extra`, and checks the report.
+fn scenario(scenario: &str, extra: &[&str]) -> Value {
+    let json = scratch(&format!("{scenario}-{}.json", extra.join("_")));
+    let json_arg = json.to_str().expect("utf-8 temp path");
+    let mut args = vec![
+        scenario,
+        "--duration",
+        "3s",
+        "--concurrency",
+        "32",
+        "--keys",
+        "50",
+        "--json",
+        json_arg,
+    ];
+    args.extend_from_slice(extra);
+    run(&args);
+    let r = report(&json);
+    for field in [
+        "scenario",
+        "processes",
+        "concurrency",
+        "duration_s",
+        "commands",
+        "committed",
+        "rejected",
+        "conflicts",
+        "retries",
+        "errors",
+        "throughput_per_s",
+        "latency_ms",
+        "invariant_violations",
+        "events_in_store",
+    ] {
+        assert!(r.get(field).is_some(), "the report lacks {field}: {r}");
+    }
+    assert_eq!(r["scenario"], scenario);
+    assert_eq!(r["invariant_violations"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(
+        r["committed"].as_u64().unwrap() > 0,
+        "nothing committed: {r}"
+    );
+    let commands = r["commands"].as_u64().unwrap();
+    let parts = ["committed", "rejected", "errors"].map(|f| r[f].as_u64().unwrap());
+    assert_eq!(commands, parts.iter().sum::<u64>(), "{r}");
+    for p in ["p50", "p95", "p99", "max"] {
+        assert!(r["latency_ms"][p].as_f64().unwrap() > 0.0, "{r}");
+    }
+    r
+}
+
+#[test]
+fn disjoint_stores_one_event_per_command() {
+    let r = scenario("disjoint", &[]);
+    assert_eq!(r["events_in_store"], r["committed"], "{r}");
+    assert_eq!(r["rejected"], 0, "{r}");
+}
+
+#[test]
+fn invoice_numbers_are_gapless() {
+    let r = scenario("invoice", &[]);
+    assert_eq!(r["events_in_store"], r["committed"], "{r}");
+}
+
+#[test]
+fn enrollment_respects_capacity() {
+    let r = scenario("enrollment", &[]);
+    // 50 courses of 10 seats: at most 500 subscriptions, plus the 50 course definitions.
+    assert!(r["committed"].as_u64().unwrap() <= 500, "{r}");
+}
+
+#[test]
+fn lending_never_lends_a_book_twice() {
+    scenario("lending", &["--skew", "1.0"]);
+}
+
+#[test]
+fn transfer_never_overdraws_in_two_processes() {
+    let r = scenario("transfer", &["--processes", "2"]);
+    assert_eq!(r["processes"], 2, "{r}");
+    assert_eq!(r["concurrency"], 32, "{r}");
+    // Every committed transfer is one event, after the 50 accounts were opened.
+    assert_eq!(
+        r["events_in_store"].as_u64().unwrap(),
+        r["committed"].as_u64().unwrap() + 50,
+        "{r}"
+    );
+}
+
+#[test]
+fn commands_sends_exactly_that_many_over_processes_and_the_chart_is_drawn() {
+    let json = scratch("commands.json");
+    let chart = scratch("commands.svg");
+    run(&[
+        "enrollment",
+        "--commands",
+        "301",
+        "--concurrency",
+        "7",
+        "--processes",
+        "2",
+        "--seed",
+        "42",
+        "--json",
+        json.to_str().unwrap(),
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    let r = report(&json);
+    assert_eq!(r["commands"], 301, "{r}");
+    assert_eq!(r["seed"], 42, "{r}");
+    assert_eq!(r["invariant_violations"], 0, "{r}");
+    // Even a run shorter than a second has its (partial) sample, and so a chart.
+    assert!(!r["timeline"].as_array().unwrap().is_empty(), "{r}");
+    let svg = std::fs::read_to_string(&chart).expect("the chart was written");
+    assert!(
+        svg.contains("<svg") && svg.contains("committed / s"),
+        "{svg:.300}"
+    );
+}
+
+#[test]
+fn sweep_charts_throughput_against_concurrency() {
+    let json = scratch("sweep.json");
+    let chart = scratch("sweep.svg");
+    run(&[
+        "sweep",
+        "disjoint",
+        "--levels",
+        "1,4",
+        "--duration",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    let reports = report(&json);
+    let levels: Vec<u64> = reports
+        .as_array()
+        .expect("one report per level")
+        .iter()
+        .map(|r| r["concurrency"].as_u64().unwrap())
+        .collect();
+    assert_eq!(levels, [1, 4]);
+    let svg = std::fs::read_to_string(&chart).expect("the sweep chart was written");
+    assert!(
+        svg.contains("<svg") && svg.contains("concurrent callers"),
+        "{svg:.300}"
+    );
+}
+
+#[test]
+fn bad_options_are_refused_with_a_message() {
+    for args in [
+        &["lending", "--skew", "-1"][..],
+        &["lending", "--keys", "0"],
+        &["lending", "--concurrency", "1", "--processes", "2"],
+        &["lending", "--duration", "soon"],
+        &["lending", "--chart", "/tmp/x.gif", "--commands", "1"],
+    ] {
+        let output = load_tests().args(args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains("error"),
+            "{args:?}: no error message: {stderr}"
+        );
+    }
+}
