@@ -180,6 +180,34 @@ impl Event {
     }
 }
 
+/// Takes the payload apart without recursion. serde_json drops a `Value` recursively, so a
+/// payload nested some ten thousand levels deep (which the store refuses, but only after taking
+/// ownership of it) would overflow the stack where the event is dropped.
+impl Drop for Event {
+    fn drop(&mut self) {
+        fn is_nested(v: &Value) -> bool {
+            matches!(v, Value::Array(a) if !a.is_empty())
+                || matches!(v, Value::Object(o) if !o.is_empty())
+        }
+        // Only non-empty containers go on the stack; scalars and empty containers are dropped
+        // in place, so a flat payload costs no allocation.
+        fn take_apart(value: Value, nested: &mut Vec<Value>) {
+            match value {
+                Value::Array(items) => nested.extend(items.into_iter().filter(is_nested)),
+                Value::Object(map) => {
+                    nested.extend(map.into_iter().map(|(_, v)| v).filter(is_nested))
+                }
+                _ => {}
+            }
+        }
+        let mut nested = Vec::new();
+        take_apart(std::mem::take(&mut self.payload), &mut nested);
+        while let Some(value) = nested.pop() {
+            take_apart(value, &mut nested);
+        }
+    }
+}
+
 /// A stored event: the event, its position and the time its transaction started.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequencedEvent {
@@ -244,6 +272,20 @@ mod tests {
             e.with_payload_tags(["Meta"]),
             Err(ValidationError::TagFieldNotScalar("Meta".into()))
         );
+    }
+
+    #[test]
+    fn an_event_with_a_payload_nested_far_too_deep_drops_without_overflowing() {
+        // Built iteratively, dropped by the event: serde_json's recursive drop of this value
+        // overflows a test thread's 2 MiB stack.
+        let deep = (0..200_000).fold(Value::Null, |inner, i| {
+            if i % 2 == 0 {
+                Value::Array(vec![inner, json!(i)])
+            } else {
+                Value::Object(serde_json::Map::from_iter([("k".to_owned(), inner)]))
+            }
+        });
+        drop(Event::new("Deep", deep));
     }
 
     #[test]
