@@ -9,6 +9,11 @@ use serde_json::json;
 pub const INVARIANT_SQL: &str = "SELECT count(*) FROM (SELECT tags[1] FROM events \
      WHERE type = 'ThingCreated' GROUP BY 1 HAVING count(*) > 1) twice";
 
+/// The event creating the thing `id`.
+pub fn thing_created(id: &str) -> Event {
+    Event::new("ThingCreated", json!({})).tagged("thing", id)
+}
+
 /// Creates the thing `id` unless it exists.
 pub struct Create {
     id: String,
@@ -54,8 +59,6 @@ impl Decision for Create {
         if *exists {
             return Err(AlreadyExists);
         }
-        Ok(vec![
-            Event::new("ThingCreated", json!({})).tagged("thing", &*self.id),
-        ])
+        Ok(vec![thing_created(&self.id)])
     }
 }

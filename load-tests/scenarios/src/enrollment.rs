@@ -10,16 +10,24 @@ use serde_json::json;
 /// How many courses a student may hold.
 pub const MAX_COURSES: usize = 5;
 
-/// Violations: subscriptions beyond a course's capacity or to a course never defined, a student
-/// subscribed twice to a course, and students holding more than [`MAX_COURSES`] courses.
+/// Violations, replaying each course in position order: subscriptions to a course not defined
+/// before them, subscriptions beyond the capacity in force (each one counts; every subscription
+/// stored takes a seat, as the decision counts them), pairs of a student and a course subscribed
+/// more than once, and students holding more than [`MAX_COURSES`] courses.
 pub const INVARIANT_SQL: &str = "\
-WITH subs AS (SELECT payload->>'course_id' AS course, payload->>'student_id' AS student \
-              FROM events WHERE type = 'StudentSubscribed'), \
-     courses AS (SELECT payload->>'course_id' AS course, (payload->>'capacity')::bigint AS capacity \
-                 FROM events WHERE type = 'CourseDefined') \
-SELECT (SELECT coalesce(sum(n - coalesce(capacity, 0)), 0)::bigint FROM \
-          (SELECT course, count(*) AS n FROM subs GROUP BY 1) c LEFT JOIN courses USING (course) \
-        WHERE n > coalesce(capacity, 0)) \
+WITH ev AS (SELECT position, type, payload->>'course_id' AS course, \
+                   payload->>'student_id' AS student, (payload->>'capacity')::bigint AS capacity \
+            FROM events WHERE type IN ('CourseDefined', 'StudentSubscribed')), \
+     seats AS (SELECT type, course, capacity, \
+                      count(*) FILTER (WHERE type = 'CourseDefined') OVER w AS definitions, \
+                      count(*) FILTER (WHERE type = 'StudentSubscribed') OVER w AS seat \
+               FROM ev WINDOW w AS (PARTITION BY course ORDER BY position)), \
+     placed AS (SELECT type, definitions, seat, \
+                       max(capacity) OVER (PARTITION BY course, definitions) AS capacity \
+                FROM seats), \
+     subs AS (SELECT course, student FROM ev WHERE type = 'StudentSubscribed') \
+SELECT (SELECT count(*) FROM placed WHERE type = 'StudentSubscribed' \
+          AND (definitions = 0 OR capacity IS NULL OR seat > capacity)) \
      + (SELECT count(*) FROM (SELECT 1 FROM subs GROUP BY course, student HAVING count(*) > 1) d) \
      + (SELECT count(*) FROM (SELECT 1 FROM subs GROUP BY student HAVING count(*) > 5) m)";
 

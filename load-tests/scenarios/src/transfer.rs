@@ -6,8 +6,11 @@
 use dcb_runtime::{Decision, Event, P, Projection, Query, QueryItem, SequencedEvent};
 use serde_json::json;
 
-/// Violations, replaying every account's balance in position order: each moment a balance was
-/// below zero, plus transfers touching an account never opened.
+/// Violations, replaying every account's balance in position order: events that touch an account
+/// not opened before them, and events that leave an account they debit below zero (an opening
+/// with a negative balance, a transfer from an overdrawn account). Each event counts once: a
+/// transfer from an account never opened is one violation, and crediting an overdrawn account
+/// is none.
 pub const INVARIANT_SQL: &str = "\
 WITH moves AS ( \
   SELECT payload->>'account_id' AS account, position, (payload->>'balance')::bigint AS delta \
@@ -16,12 +19,13 @@ WITH moves AS ( \
     FROM events WHERE type = 'MoneyTransferred' \
   UNION ALL SELECT payload->>'to', position, (payload->>'amount')::bigint \
     FROM events WHERE type = 'MoneyTransferred'), \
- running AS (SELECT account, sum(delta) OVER (PARTITION BY account ORDER BY position) AS balance \
+ opened AS (SELECT payload->>'account_id' AS account, min(position) AS at \
+            FROM events WHERE type = 'AccountOpened' GROUP BY 1), \
+ running AS (SELECT account, position, delta, \
+                    sum(delta) OVER (PARTITION BY account ORDER BY position) AS balance \
              FROM moves) \
-SELECT (SELECT count(*) FROM running WHERE balance < 0) \
-     + (SELECT count(*) FROM moves m WHERE NOT EXISTS (SELECT 1 FROM events o \
-          WHERE o.type = 'AccountOpened' AND o.payload->>'account_id' = m.account \
-            AND o.position <= m.position))";
+SELECT count(DISTINCT r.position) FROM running r LEFT JOIN opened o USING (account) \
+WHERE o.at IS NULL OR o.at > r.position OR (r.delta < 0 AND r.balance < 0)";
 
 /// The event opening account `id` with `balance`.
 pub fn account_opened(id: &str, balance: i64) -> Event {
@@ -30,6 +34,16 @@ pub fn account_opened(id: &str, balance: i64) -> Event {
         json!({"account_id": id, "balance": balance}),
     )
     .tagged("account", id)
+}
+
+/// The event moving `amount` from account `from` to account `to`.
+pub fn money_transferred(from: &str, to: &str, amount: i64) -> Event {
+    Event::new(
+        "MoneyTransferred",
+        json!({"from": from, "to": to, "amount": amount}),
+    )
+    .tagged("account", from)
+    .tagged("account", to)
 }
 
 /// Accounts `a0`..`a<n-1>`, each opened with `balance`.
@@ -128,13 +142,6 @@ impl Decision for Transfer {
         if *balance < self.amount {
             return Err(Refused::InsufficientFunds);
         }
-        Ok(vec![
-            Event::new(
-                "MoneyTransferred",
-                json!({"from": self.from, "to": self.to, "amount": self.amount}),
-            )
-            .tagged("account", &*self.from)
-            .tagged("account", &*self.to),
-        ])
+        Ok(vec![money_transferred(&self.from, &self.to, self.amount)])
     }
 }
