@@ -1,172 +1,23 @@
 //! Book lending with the decision runtime: 40 readers race for 6 books, borrowing and returning
 //! at random, and no book is ever lent to two readers at once nor does any reader hold more than
 //! 3 books. Shows the seed's fluent filter (`Query::matching()...`) as the boundary of one
-//! projection spanning a book and a reader, typed rejections, and both invariants checked by
-//! replaying the `events` table in position order with SQL.
+//! projection spanning a book and a reader, typed rejections, and the rules checked by replaying
+//! the `events` table in position order with SQL.
+//!
+//! The decisions (`Borrow`, `Return`), their events and the invariant query are the shared
+//! scenario's, in `load-tests/scenarios/src/lending.rs` (the load tests run the same ones); this
+//! file is the story.
 //!
 //! Run: `cargo run --example lending` (uses `DATABASE_URL`, else the local PostgreSQL, else a
 //! throwaway one; works in a scratch database that is dropped at the end).
 
-use std::collections::BTreeSet;
-
 use dcb_runtime::testing::TestDatabase;
-use dcb_runtime::{Decision, Event, EventStore, ExecuteError, P, Projection, Query, Runtime};
-use dcb_runtime::{SequencedEvent, Tag};
-use serde_json::json;
+use dcb_runtime::{EventStore, ExecuteError, Query, Runtime};
+use dcb_scenarios::lending::{Borrow, INVARIANT_SQL, MAX_HELD, Refused, Return, library};
 
 const BOOKS: usize = 6;
 const READERS: usize = 40;
 const ROUNDS: usize = 15;
-const MAX_HELD: usize = 3;
-
-/// What a loan decision needs to know about one book and one reader.
-#[derive(Debug, Clone, Default)]
-struct LoanState {
-    book_added: bool,
-    /// The reader the book is lent to, if any.
-    lent_to: Option<String>,
-    reader_registered: bool,
-    /// The books the reader holds.
-    held: BTreeSet<String>,
-}
-
-/// The book's events and the reader's events, read in one round trip.
-struct Loan {
-    book: String,
-    reader: String,
-}
-
-impl Projection for Loan {
-    type State = LoanState;
-
-    fn query(&self) -> Query {
-        // The seed's fluent filter: events of these types tagged with the book OR with the
-        // reader (one query item per predicate). `finalize` validates the lists and the tags and
-        // returns a Result; `query` must return a Query. The type list is a non-empty literal and
-        // the tags (`book:<id>`, `reader:<id>`) are built from our own short ids, the same ones the
-        // events are appended with, so this filter is valid and `expect` cannot fire.
-        Query::matching()
-            .any_event_type_of([
-                "BookAdded",
-                "ReaderRegistered",
-                "BookBorrowed",
-                "BookReturned",
-            ])
-            .and_any_predicate_of([P("book", &*self.book), P("reader", &*self.reader)])
-            .finalize()
-            .expect("a non-empty filter over valid tags")
-    }
-
-    fn initial_state(&self) -> LoanState {
-        LoanState::default()
-    }
-
-    fn evolve(&self, state: &mut LoanState, event: &SequencedEvent) {
-        let e = &event.event;
-        let about_book = e.tags().contains(&P("book", &*self.book));
-        let about_reader = e.tags().contains(&P("reader", &*self.reader));
-        let payload = e.payload();
-        let (book, reader) = (
-            payload["book_id"].as_str().unwrap_or_default().to_owned(),
-            payload["reader_id"].as_str().unwrap_or_default().to_owned(),
-        );
-        match e.event_type() {
-            "BookAdded" if about_book => state.book_added = true,
-            "ReaderRegistered" if about_reader => state.reader_registered = true,
-            "BookBorrowed" => {
-                if about_book {
-                    state.lent_to = Some(reader);
-                }
-                if about_reader {
-                    state.held.insert(book);
-                }
-            }
-            "BookReturned" => {
-                if about_book {
-                    state.lent_to = None;
-                }
-                if about_reader {
-                    state.held.remove(&book);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-fn loan_event(event_type: &str, book: &str, reader: &str) -> Event {
-    Event::new(event_type, json!({"book_id": book, "reader_id": reader}))
-        .with_tag(Tag::new("book", book))
-        .with_tag(Tag::new("reader", reader))
-}
-
-#[derive(Debug, PartialEq)]
-enum Refused {
-    NoSuchBook,
-    NotRegistered,
-    LentOut,
-    TooManyBooks,
-    NotLentToYou,
-}
-
-struct Borrow {
-    book: String,
-    reader: String,
-}
-
-impl Decision for Borrow {
-    const NAME: &'static str = "borrow";
-    type Projection = Loan;
-    type Rejection = Refused;
-
-    fn projection(&self) -> Loan {
-        Loan {
-            book: self.book.clone(),
-            reader: self.reader.clone(),
-        }
-    }
-
-    fn decide(&self, state: &LoanState) -> Result<Vec<Event>, Refused> {
-        if !state.book_added {
-            return Err(Refused::NoSuchBook);
-        }
-        if !state.reader_registered {
-            return Err(Refused::NotRegistered);
-        }
-        if state.lent_to.is_some() {
-            return Err(Refused::LentOut);
-        }
-        if state.held.len() >= MAX_HELD {
-            return Err(Refused::TooManyBooks);
-        }
-        Ok(vec![loan_event("BookBorrowed", &self.book, &self.reader)])
-    }
-}
-
-struct Return {
-    book: String,
-    reader: String,
-}
-
-impl Decision for Return {
-    const NAME: &'static str = "return";
-    type Projection = Loan;
-    type Rejection = Refused;
-
-    fn projection(&self) -> Loan {
-        Loan {
-            book: self.book.clone(),
-            reader: self.reader.clone(),
-        }
-    }
-
-    fn decide(&self, state: &LoanState) -> Result<Vec<Event>, Refused> {
-        if state.lent_to.as_deref() != Some(&*self.reader) {
-            return Err(Refused::NotLentToYou);
-        }
-        Ok(vec![loan_event("BookReturned", &self.book, &self.reader)])
-    }
-}
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -181,27 +32,13 @@ struct Tally {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = TestDatabase::create().await?;
     let store = db.store().await?;
-    let mut setup = Vec::new();
-    for b in 0..BOOKS {
-        let book = format!("b{b}");
-        setup.push(Event::new("BookAdded", json!({"book_id": book})).tagged("book", &*book));
-    }
-    for r in 0..READERS {
-        let reader = format!("r{r}");
-        setup.push(
-            Event::new("ReaderRegistered", json!({"reader_id": reader})).tagged("reader", &*reader),
-        );
-    }
-    store.append(setup).await?;
+    // Books b0..b5 and readers r0..r39.
+    store.append(library(BOOKS, READERS)).await?;
     let runtime = Runtime::builder(store).start().await?;
 
     // The rules, one command each.
-    let borrow = |book: &str, reader: &str| Borrow {
-        book: book.into(),
-        reader: reader.into(),
-    };
-    let unknown_book = runtime.execute(borrow("b99", "r0")).await;
-    let unknown_reader = runtime.execute(borrow("b0", "stranger")).await;
+    let unknown_book = runtime.execute(Borrow::new("b99", "r0")).await;
+    let unknown_reader = runtime.execute(Borrow::new("b0", "stranger")).await;
     println!("borrow a book never added: {unknown_book:?}");
     println!("borrow by an unregistered reader: {unknown_reader:?}");
     if !matches!(
@@ -214,23 +51,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("a borrow that breaks a rule was not refused".into());
     }
     for book in ["b0", "b1", "b2"] {
-        runtime.execute(borrow(book, "r0")).await?;
+        runtime.execute(Borrow::new(book, "r0")).await?;
     }
-    let fourth = runtime.execute(borrow("b3", "r0")).await;
-    let taken = runtime.execute(borrow("b0", "r1")).await;
-    println!("r0 holds b0, b1, b2; a fourth book: {fourth:?}; b0 for r1: {taken:?}");
+    let fourth = runtime.execute(Borrow::new("b3", "r0")).await;
+    let taken = runtime.execute(Borrow::new("b0", "r1")).await;
+    let not_theirs = runtime.execute(Return::new("b0", "r1")).await;
+    println!(
+        "r0 holds b0, b1, b2; a fourth book: {fourth:?}; b0 for r1: {taken:?}; r1 returns b0: \
+         {not_theirs:?}"
+    );
     if !matches!(fourth, Err(ExecuteError::Rejected(Refused::TooManyBooks)))
         || !matches!(taken, Err(ExecuteError::Rejected(Refused::LentOut)))
+        || !matches!(
+            not_theirs,
+            Err(ExecuteError::Rejected(Refused::NotLentToYou))
+        )
     {
-        return Err("a borrow that breaks a rule was not refused".into());
+        return Err("a loan or a return that breaks a rule was not refused".into());
     }
     for book in ["b0", "b1", "b2"] {
-        runtime
-            .execute(Return {
-                book: book.into(),
-                reader: "r0".into(),
-            })
-            .await?;
+        runtime.execute(Return::new(book, "r0")).await?;
     }
 
     // The race: every reader, concurrently, each round either returns one of the books it holds
@@ -245,20 +85,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..ROUNDS {
                 let outcome = if !held.is_empty() && fastrand::bool() {
                     let book = held.swap_remove(fastrand::usize(..held.len()));
-                    runtime
-                        .execute(Return {
-                            book,
-                            reader: reader.clone(),
-                        })
-                        .await
+                    runtime.execute(Return::new(book, &*reader)).await
                 } else {
                     let book = format!("b{}", fastrand::usize(..BOOKS));
-                    runtime
-                        .execute(Borrow {
-                            book,
-                            reader: reader.clone(),
-                        })
-                        .await
+                    runtime.execute(Borrow::new(book, &*reader)).await
                 };
                 match outcome {
                     Ok(c) if c.events[0].event_type() == "BookBorrowed" => {
@@ -291,51 +121,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     runtime.shutdown().await;
 
-    // Replay each book's loans in position order: a borrow must follow a return (or nothing), and
-    // a return must follow a borrow by the same reader.
+    // Replay each reader's loans in position order: the most books any reader held at once.
     let client = db.client().await?;
     let row = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE type = 'BookBorrowed' AND prev_type = 'BookBorrowed'), \
-                    count(*) FILTER (WHERE type = 'BookReturned' AND (prev_type IS DISTINCT FROM \
-                        'BookBorrowed' OR prev_reader <> reader)), \
-                    count(*) FILTER (WHERE type = 'BookBorrowed') \
-             FROM (SELECT type, payload->>'reader_id' AS reader, \
-                          lag(type) OVER w AS prev_type, \
-                          lag(payload->>'reader_id') OVER w AS prev_reader \
-                   FROM events WHERE type IN ('BookBorrowed', 'BookReturned') \
-                   WINDOW w AS (PARTITION BY payload->>'book_id' ORDER BY position)) loans",
-            &[],
-        )
-        .await?;
-    let (double_lent, bad_returns, borrows): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-    println!(
-        "in the events table: {borrows} borrows; {double_lent} of a book already lent out, \
-         {bad_returns} returns of a book not lent to the returner"
-    );
-    // Replay each reader's loans in position order: the running count of books held.
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(held), 0) FROM \
-               (SELECT sum(CASE type WHEN 'BookBorrowed' THEN 1 ELSE -1 END) \
+            "SELECT count(*) FILTER (WHERE type = 'BookBorrowed'), coalesce(max(held), 0) FROM \
+               (SELECT type, sum(CASE type WHEN 'BookBorrowed' THEN 1 ELSE -1 END) \
                          OVER (PARTITION BY payload->>'reader_id' ORDER BY position) AS held \
                 FROM events WHERE type IN ('BookBorrowed', 'BookReturned')) running",
             &[],
         )
         .await?;
-    let most_held: i64 = row.get(0);
-    println!("most books any reader ever held at once: {most_held} (limit {MAX_HELD})");
+    let (borrows, most_held): (i64, i64) = (row.get(0), row.get(1));
+    println!(
+        "in the events table: {borrows} borrows; the most books any reader held at once: \
+         {most_held} (limit {MAX_HELD})"
+    );
+    // Replay every book and every reader in position order: a borrow of a book lent out, a
+    // return by someone other than the borrower, a reader holding more than MAX_HELD books.
+    let violations = dcb_scenarios::count(&client, INVARIANT_SQL).await?;
+    println!("violations counted from the events table: {violations}");
     let stored = db
         .store()
         .await?
         .read(&Query::all(), Default::default())
         .await?;
     println!("{} events in the store", stored.events.len());
-    if double_lent != 0 || bad_returns != 0 {
-        return Err("a book was lent to two readers at once".into());
-    }
-    if most_held > MAX_HELD as i64 {
-        return Err("a reader held more than 3 books".into());
+    if violations != 0 {
+        return Err("a book was lent to two readers at once, or a reader held too many".into());
     }
     if usize::try_from(borrows)? != total.borrowed + 3 {
         return Err("the store does not hold the borrows that were committed".into());

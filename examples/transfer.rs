@@ -4,137 +4,35 @@
 //! and every balance recomputed from the `events` table in position order with SQL: none is ever
 //! negative and the total is conserved.
 //!
+//! The decision, its events and the invariant query are the shared scenario's, in
+//! `load-tests/scenarios/src/transfer.rs` (the load tests run the same ones); this file is the
+//! story.
+//!
 //! Run: `cargo run --example transfer` (uses `DATABASE_URL`, else the local PostgreSQL, else a
 //! throwaway one; works in a scratch database that is dropped at the end).
 
 use dcb_runtime::testing::TestDatabase;
-use dcb_runtime::{
-    Decision, Event, EventStore, ExecuteError, P, Projection, Query, QueryItem, Runtime,
-    SequencedEvent,
-};
-use serde_json::json;
+use dcb_runtime::{EventStore, ExecuteError, Query, Runtime};
+use dcb_scenarios::transfer::{INVARIANT_SQL, Refused, Transfer, accounts};
 
 const ACCOUNTS: usize = 5;
 const OPENING_BALANCE: i64 = 100;
 const CALLERS: usize = 32;
 const TRANSFERS_PER_CALLER: usize = 20;
 
-/// An account's balance, `None` until it is opened.
-struct Account(String);
-
-impl Projection for Account {
-    type State = Option<i64>;
-    fn query(&self) -> Query {
-        QueryItem::new(
-            ["AccountOpened", "MoneyTransferred"],
-            [P("account", &*self.0)],
-        )
-        .into()
-    }
-    fn initial_state(&self) -> Option<i64> {
-        None
-    }
-    fn evolve(&self, balance: &mut Option<i64>, event: &SequencedEvent) {
-        let payload = event.event.payload();
-        match event.event.event_type() {
-            "AccountOpened" => *balance = payload["balance"].as_i64(),
-            _ => {
-                let amount = payload["amount"].as_i64().unwrap_or(0);
-                if let Some(balance) = balance {
-                    if payload["from"] == self.0.as_str() {
-                        *balance -= amount;
-                    }
-                    if payload["to"] == self.0.as_str() {
-                        *balance += amount;
-                    }
-                }
-            }
-        }
-    }
-}
-
-struct Transfer {
-    from: String,
-    to: String,
-    amount: i64,
-}
-
-#[derive(Debug)]
-enum Refused {
-    NoSuchAccount,
-    SameAccount,
-    NotPositive,
-    InsufficientFunds,
-}
-
-impl Decision for Transfer {
-    const NAME: &'static str = "transfer";
-    type Projection = (Account, Account);
-    type Rejection = Refused;
-
-    fn projection(&self) -> Self::Projection {
-        (Account(self.from.clone()), Account(self.to.clone()))
-    }
-
-    fn decide(&self, (from, to): &(Option<i64>, Option<i64>)) -> Result<Vec<Event>, Refused> {
-        if self.from == self.to {
-            return Err(Refused::SameAccount);
-        }
-        if self.amount <= 0 {
-            return Err(Refused::NotPositive);
-        }
-        let (Some(balance), Some(_)) = (from, to) else {
-            return Err(Refused::NoSuchAccount);
-        };
-        if *balance < self.amount {
-            return Err(Refused::InsufficientFunds);
-        }
-        Ok(vec![
-            Event::new(
-                "MoneyTransferred",
-                json!({"from": self.from, "to": self.to, "amount": self.amount}),
-            )
-            .tagged("account", &*self.from)
-            .tagged("account", &*self.to),
-        ])
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = TestDatabase::create().await?;
     let store = db.store().await?;
+    // Accounts a0..a4.
+    store.append(accounts(ACCOUNTS, OPENING_BALANCE)).await?;
     let accounts: Vec<String> = (0..ACCOUNTS).map(|a| format!("a{a}")).collect();
-    store
-        .append(
-            accounts
-                .iter()
-                .map(|a| {
-                    Event::new(
-                        "AccountOpened",
-                        json!({"account_id": a, "balance": OPENING_BALANCE}),
-                    )
-                    .tagged("account", &**a)
-                })
-                .collect(),
-        )
-        .await?;
     let runtime = Runtime::builder(store).start().await?;
 
     let overdraw = runtime
-        .execute(Transfer {
-            from: "a0".into(),
-            to: "a1".into(),
-            amount: OPENING_BALANCE + 1,
-        })
+        .execute(Transfer::new("a0", "a1", OPENING_BALANCE + 1))
         .await;
-    let unknown = runtime
-        .execute(Transfer {
-            from: "a0".into(),
-            to: "nobody".into(),
-            amount: 1,
-        })
-        .await;
+    let unknown = runtime.execute(Transfer::new("a0", "nobody", 1)).await;
     println!("transfer more than the balance: {overdraw:?}");
     println!("transfer to an account never opened: {unknown:?}");
     if !matches!(
@@ -155,11 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..TRANSFERS_PER_CALLER {
                 let from = fastrand::usize(..ACCOUNTS);
                 let to = (from + fastrand::usize(1..ACCOUNTS)) % ACCOUNTS;
-                let transfer = Transfer {
-                    from: accounts[from].clone(),
-                    to: accounts[to].clone(),
-                    amount: fastrand::i64(1..=60),
-                };
+                let transfer =
+                    Transfer::new(&*accounts[from], &*accounts[to], fastrand::i64(1..=60));
                 match runtime.execute(transfer).await {
                     Ok(_) => committed += 1,
                     Err(ExecuteError::Rejected(Refused::InsufficientFunds)) => refused += 1,
@@ -216,13 +111,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let opened = OPENING_BALANCE * ACCOUNTS as i64;
     println!("total now {total} (opened with {opened}); lowest balance ever {lowest}");
+    // The rule, replayed in position order: no transfer leaves an account below zero or touches
+    // one that was not opened.
+    let violations = dcb_scenarios::count(&client, INVARIANT_SQL).await?;
+    println!("violations counted from the events table: {violations}");
     let stored = db
         .store()
         .await?
         .read(&Query::all(), Default::default())
         .await?;
     println!("{} events in the store", stored.events.len());
-    if lowest < 0 {
+    if lowest < 0 || violations != 0 {
         return Err("a balance went below zero".into());
     }
     if total != opened {

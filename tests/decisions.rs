@@ -2,8 +2,6 @@
 //! narrower than what it reads, checked on PostgreSQL: through the store directly and through the
 //! runtime with a deterministic interleaving.
 
-#[path = "support/enrollment.rs"]
-mod enrollment;
 #[path = "support/gate.rs"]
 mod gate;
 
@@ -14,53 +12,52 @@ use dcb_runtime::{
     AppendCondition, Decision, Event, EventStore, ExecuteError, P, Projection, Query, QueryItem,
     ReadOptions, Runtime, SequencedEvent,
 };
-use enrollment::{Course, CourseState, Refusal, Student, Subscribe, course_defined, subscribed};
+use dcb_scenarios::enrollment::{
+    Course, CourseState, Refused, Student, Subscribe, course_defined, student_subscribed,
+};
 use gate::Gate;
 use serde_json::json;
 
 fn subscribe(course: &str, student: &str) -> Subscribe {
-    Subscribe {
-        course: course.to_owned(),
-        student: student.to_owned(),
-    }
+    Subscribe::new(course, student)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Enrollment, given/when/then.
+// Enrollment (the shared scenario, `load-tests/scenarios/src/enrollment.rs`), given/when/then.
 
 #[test]
 fn no_such_course() {
     let why = given([course_defined("c2", 10)])
         .when(subscribe("c1", "s1"))
         .then_rejected();
-    assert_eq!(why, Refusal::NoSuchCourse);
+    assert_eq!(why, Refused::NoSuchCourse);
 }
 
 #[test]
 fn course_full() {
     let why = given([
         course_defined("c1", 2),
-        subscribed("c1", "s1"),
-        subscribed("c1", "s2"),
+        student_subscribed("c1", "s1"),
+        student_subscribed("c1", "s2"),
     ])
     .when(subscribe("c1", "s3"))
     .then_rejected();
-    assert_eq!(why, Refusal::CourseFull);
+    assert_eq!(why, Refused::CourseFull);
 }
 
 #[test]
 fn already_subscribed() {
-    let why = given([course_defined("c1", 10), subscribed("c1", "s1")])
+    let why = given([course_defined("c1", 10), student_subscribed("c1", "s1")])
         .when(subscribe("c1", "s1"))
         .then_rejected();
-    assert_eq!(why, Refusal::AlreadySubscribed);
+    assert_eq!(why, Refused::AlreadySubscribed);
 }
 
 #[test]
 fn success() {
-    given([course_defined("c1", 2), subscribed("c1", "s2")])
+    given([course_defined("c1", 2), student_subscribed("c1", "s2")])
         .when(subscribe("c1", "s1"))
-        .then([subscribed("c1", "s1")]);
+        .then([student_subscribed("c1", "s1")]);
 }
 
 /// The student's subscription to ANOTHER course is no seat taken in this one: with capacity 1,
@@ -70,23 +67,23 @@ fn a_subscription_to_another_course_takes_no_seat() {
     given([
         course_defined("c1", 1),
         course_defined("c2", 1),
-        subscribed("c2", "s1"),
+        student_subscribed("c2", "s1"),
     ])
     .when(subscribe("c1", "s1"))
-    .then([subscribed("c1", "s1")]);
+    .then([student_subscribed("c1", "s1")]);
 }
 
 /// Another student's subscription to THIS course takes a seat (Course sees it) but does not make
 /// this student subscribed (Student does not see it).
 #[test]
 fn another_students_subscription_takes_a_seat_only() {
-    let why = given([course_defined("c1", 1), subscribed("c1", "s2")])
+    let why = given([course_defined("c1", 1), student_subscribed("c1", "s2")])
         .when(subscribe("c1", "s1"))
         .then_rejected();
-    assert_eq!(why, Refusal::CourseFull);
-    given([course_defined("c1", 2), subscribed("c1", "s2")])
+    assert_eq!(why, Refused::CourseFull);
+    given([course_defined("c1", 2), student_subscribed("c1", "s2")])
         .when(subscribe("c1", "s1"))
-        .then([subscribed("c1", "s1")]);
+        .then([student_subscribed("c1", "s1")]);
 }
 
 /// Exposes the folded state of Subscribe's two projections as an event, so the test sees exactly
@@ -123,14 +120,14 @@ fn each_projection_sees_only_its_own_events() {
         course_defined("c1", 10),
         course_defined("c2", 20),
         // The same student, another course: Student only.
-        subscribed("c2", "s1"),
+        student_subscribed("c2", "s1"),
         // Another student, the same course: Course only.
-        subscribed("c1", "s2"),
-        subscribed("c1", "s3"),
+        student_subscribed("c1", "s2"),
+        student_subscribed("c1", "s3"),
         // Unrelated to both.
-        subscribed("c3", "s9"),
+        student_subscribed("c3", "s9"),
         // Both: the student joins this course.
-        subscribed("c1", "s1"),
+        student_subscribed("c1", "s1"),
     ])
     .when(Probe {
         course: "c1".into(),

@@ -1,14 +1,11 @@
 //! The runtime under contention: many callers on few boundaries, invariants counted from the
 //! `events` table afterwards.
 
-#[path = "support/enrollment.rs"]
-mod enrollment;
-
 use std::sync::Arc;
 
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{EventStore, ExecuteError, Runtime};
-use enrollment::{Refusal, Subscribe, course_defined};
+use dcb_scenarios::enrollment::{Refused, Subscribe, course_defined};
 
 const COURSES: usize = 5;
 const CAPACITY: u64 = 150;
@@ -25,7 +22,7 @@ async fn a_thousand_commands_on_five_boundaries_never_overbook() {
     let store = db.store().await.expect("store");
     for c in 0..COURSES {
         store
-            .append(vec![course_defined(&format!("c{c}"), CAPACITY as u32)])
+            .append(vec![course_defined(&format!("c{c}"), CAPACITY)])
             .await
             .expect("define course");
     }
@@ -55,7 +52,7 @@ async fn a_thousand_commands_on_five_boundaries_never_overbook() {
                         assert_eq!(c.positions.len(), 1);
                         committed += 1;
                     }
-                    Err(ExecuteError::Rejected(Refusal::CourseFull)) => full += 1,
+                    Err(ExecuteError::Rejected(Refused::CourseFull)) => full += 1,
                     Err(e) => panic!("unexpected outcome: {e:?}"),
                 }
             }

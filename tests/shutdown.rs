@@ -1,11 +1,8 @@
 //! Graceful shutdown: commands accepted before `shutdown` finish; later ones are refused.
 
-#[path = "support/enrollment.rs"]
-mod enrollment;
-
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{EventStore, ExecuteError, Runtime};
-use enrollment::{Subscribe, course_defined};
+use dcb_scenarios::enrollment::{Subscribe, course_defined};
 
 const WORKER_THREADS: usize = 4;
 
