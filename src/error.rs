@@ -53,6 +53,58 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// A short, stable name for what went wrong: the `reason` label of
+    /// `dcb_store_errors_total`. `connection_lost`, `server_shutdown`, `statement_timeout`,
+    /// `lock_timeout`, `serialization`, `too_many_connections`, `idle_timeout`, `pool_timeout`,
+    /// `connect_failed`, `database` (any other server error), `closed`, `invalid`, `config`,
+    /// `migration`, `corrupt`, `no_database`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Db(e) => db_error_reason(e),
+            StoreError::Pool(e) => match e.as_ref() {
+                deadpool_postgres::PoolError::Timeout(_) => "pool_timeout",
+                deadpool_postgres::PoolError::Backend(e) => match db_error_reason(e) {
+                    "database" | "connection_lost" => "connect_failed",
+                    other => other,
+                },
+                _ => "connect_failed",
+            },
+            StoreError::Closed => "closed",
+            StoreError::Invalid(_) => "invalid",
+            StoreError::Config(_) => "config",
+            StoreError::Migration(_) => "migration",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::NoDatabase(_) => "no_database",
+        }
+    }
+}
+
+fn db_error_reason(e: &tokio_postgres::Error) -> &'static str {
+    let Some(code) = e.code() else {
+        return if e.as_db_error().is_none() {
+            "connection_lost"
+        } else {
+            "database"
+        };
+    };
+    match *code {
+        SqlState::ADMIN_SHUTDOWN | SqlState::CRASH_SHUTDOWN | SqlState::CANNOT_CONNECT_NOW => {
+            "server_shutdown"
+        }
+        SqlState::QUERY_CANCELED => "statement_timeout",
+        SqlState::LOCK_NOT_AVAILABLE => "lock_timeout",
+        SqlState::T_R_SERIALIZATION_FAILURE | SqlState::T_R_DEADLOCK_DETECTED => "serialization",
+        SqlState::TOO_MANY_CONNECTIONS => "too_many_connections",
+        SqlState::IDLE_SESSION_TIMEOUT | SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT => {
+            "idle_timeout"
+        }
+        SqlState::CONNECTION_EXCEPTION | SqlState::CONNECTION_FAILURE => "connection_lost",
+        _ if e.is_closed() => "connection_lost",
+        _ => "database",
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::Db(Arc::new(e))

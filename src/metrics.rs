@@ -20,7 +20,7 @@ pub const APPEND_ATTEMPTS_TOTAL: &str = "dcb_append_attempts_total";
 pub const COMMAND_RETRIES_TOTAL: &str = "dcb_command_retries_total";
 /// Histogram: seconds from `execute` to its answer, by `decision`.
 pub const COMMAND_DURATION_SECONDS: &str = "dcb_command_duration_seconds";
-/// Histogram: seconds of each back-off after a conflict.
+/// Histogram: seconds of each back-off after a conflict or a transient store error.
 pub const BACKOFF_SECONDS: &str = "dcb_backoff_seconds";
 /// Gauge: commands inside `execute`.
 pub const INFLIGHT_COMMANDS: &str = "dcb_inflight_commands";
@@ -30,6 +30,11 @@ pub const QUEUE_DEPTH: &str = "dcb_queue_depth";
 pub const ACTOR_RESTARTS_TOTAL: &str = "dcb_actor_restarts_total";
 /// Gauge: the store's connection pool by `state` (size, available, waiting), sampled each second.
 pub const POOL_CONNECTIONS: &str = "dcb_pool_connections";
+
+/// Counter: failed store operations by `operation` (read, append) and `reason` (see
+/// [`crate::StoreError::reason`]); transient ones are retried, so this counts failures that
+/// commands survived as well as those they did not.
+pub const STORE_ERRORS_TOTAL: &str = "dcb_store_errors_total";
 
 /// Every metric name, for checks that an exposition is complete.
 pub const ALL: &[&str] = &[
@@ -46,6 +51,7 @@ pub const ALL: &[&str] = &[
     QUEUE_DEPTH,
     ACTOR_RESTARTS_TOTAL,
     POOL_CONNECTIONS,
+    STORE_ERRORS_TOTAL,
 ];
 
 /// Where [`install_prometheus`] listens unless told otherwise: loopback only.
@@ -134,7 +140,16 @@ pub fn describe() {
         Unit::Seconds,
         "Time from execute to its answer."
     );
-    describe_histogram!(BACKOFF_SECONDS, Unit::Seconds, "Back-off after a conflict.");
+    describe_histogram!(
+        BACKOFF_SECONDS,
+        Unit::Seconds,
+        "Back-off after a conflict or a transient store error."
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed store operations by operation and reason (transient ones are retried)."
+    );
     describe_gauge!(INFLIGHT_COMMANDS, Unit::Count, "Commands inside execute.");
     describe_gauge!(QUEUE_DEPTH, Unit::Count, "Commands held by command actors.");
     describe_counter!(

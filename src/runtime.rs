@@ -15,12 +15,12 @@ use uuid::Uuid;
 
 use crate::decision::Decision;
 use crate::error::{AppendError, StoreError};
-use crate::event::{Event, Position};
+use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
 use crate::store::{EventStore, PostgresStore};
 use crate::validate::ValidationError;
 use command_actor::CommandMsg;
-use job::{Command, ErasedCommand, Job, JobOutcome};
+use job::{Command, ErasedCommand, Job, JobOutcome, keyed_event_id};
 use supervisor::{Slot, Supervisor, SupervisorMsg};
 
 /// How conflicts are retried: exponential back-off with full jitter, bounded attempts, and a
@@ -67,8 +67,11 @@ pub struct Committed {
     pub positions: Vec<Position>,
     /// The events decided.
     pub events: Vec<Event>,
-    /// Appends it took (1 without conflict).
+    /// Appends it took (1 without conflict; 0 for a replay).
     pub attempts: u32,
+    /// The command had already been committed under its idempotency key (see
+    /// [`Runtime::execute_with_key`]): `positions` and `events` are that first execution's.
+    pub replayed: bool,
 }
 
 /// Why a command did not commit.
@@ -292,7 +295,9 @@ impl<S: EventStore + 'static> Runtime<S> {
     }
 
     /// Runs the decision: read its boundary, fold, decide, append if the boundary did not
-    /// change, retrying on conflicts.
+    /// change, retrying on conflicts and, until the deadline, on transient store errors (a lost
+    /// connection, a restarting server, a timeout). An append whose outcome was unknown is
+    /// re-sent as it was (same event ids), so it is stored once.
     ///
     /// # Errors
     ///
@@ -303,8 +308,50 @@ impl<S: EventStore + 'static> Runtime<S> {
         &self,
         decision: D,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
+        self.execute_keyed(decision, None).await
+    }
+
+    /// [`Runtime::execute`], safe to call again with the same `key` after any outcome, such as a
+    /// timeout or a lost answer: the command is committed at most once. The decided events get
+    /// ids derived from the decision's name and the key, so the store keeps one copy; when an
+    /// execution finds that an earlier one under the same key committed, it answers that one's
+    /// positions and events with [`Committed::replayed`] set. Keys are per decision type
+    /// ([`Decision::NAME`]); keep them unique (a request id, an idempotency header).
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::execute`]; a rejection, a conflict or an error is answered only when no
+    /// earlier execution under the key was committed.
+    pub async fn execute_with_key<D: Decision>(
+        &self,
+        key: impl Into<String>,
+        decision: D,
+    ) -> Result<Committed, ExecuteError<D::Rejection>> {
+        self.execute_keyed(decision, Some(key.into())).await
+    }
+
+    async fn execute_keyed<D: Decision>(
+        &self,
+        decision: D,
+        key: Option<String>,
+    ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let started = Instant::now();
-        let result = self.run(decision, started).await;
+        let mut result = self.run(decision, key.clone(), started).await;
+        if let (Some(key), Err(e)) = (&key, &result) {
+            // Refused, out of attempts or failed: maybe because an earlier execution under this
+            // key was committed (its events are in the state now, or its ids are taken).
+            let earlier = matches!(
+                e,
+                ExecuteError::Rejected(_)
+                    | ExecuteError::DuplicateEventId(_)
+                    | ExecuteError::ConflictsExhausted { .. }
+                    | ExecuteError::Store(_)
+                    | ExecuteError::Timeout
+            );
+            if earlier && let Ok(Some(committed)) = self.earlier_execution(D::NAME, key).await {
+                result = Ok(committed);
+            }
+        }
         metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
             .record(started.elapsed());
         if let Err(e) = &result {
@@ -317,9 +364,40 @@ impl<S: EventStore + 'static> Runtime<S> {
         result
     }
 
+    /// The events an earlier execution under `key` stored, if it committed.
+    async fn earlier_execution(
+        &self,
+        decision: &'static str,
+        key: &str,
+    ) -> Result<Option<Committed>, StoreError> {
+        const PAGE: usize = 64;
+        let mut found: Vec<SequencedEvent> = Vec::new();
+        loop {
+            let ids: Vec<Uuid> = (found.len()..found.len() + PAGE)
+                .map(|i| keyed_event_id(decision, key, i))
+                .collect();
+            let page = self.inner.store.read_ids(&ids).await?;
+            let complete = page.len() < PAGE;
+            found.extend(page);
+            if complete {
+                break;
+            }
+        }
+        if found.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Committed {
+            positions: found.iter().map(|e| e.position).collect(),
+            events: found.into_iter().map(|e| e.event).collect(),
+            attempts: 0,
+            replayed: true,
+        }))
+    }
+
     async fn run<D: Decision>(
         &self,
         decision: D,
+        key: Option<String>,
         started: Instant,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let inner = &*self.inner;
@@ -329,7 +407,7 @@ impl<S: EventStore + 'static> Runtime<S> {
         if inner.closing.load(Ordering::SeqCst) {
             return Err(ExecuteError::ShuttingDown);
         }
-        let command = Command::new(decision);
+        let command = Command::new(decision, key);
         let slot_count = u64::try_from(inner.slots.len()).unwrap_or(1);
         let index = usize::try_from(command.key() % slot_count).unwrap_or(0);
         let slot = &inner.slots[index];
@@ -372,6 +450,7 @@ impl<S: EventStore + 'static> Runtime<S> {
                 positions,
                 events,
                 attempts,
+                replayed: false,
             }),
             JobOutcome::Rejected(why) => match why.downcast::<R>() {
                 Ok(r) => Err(ExecuteError::Rejected(*r)),

@@ -9,6 +9,7 @@ pub use postgres::{PostgresStore, PostgresStoreBuilder};
 use std::future::Future;
 
 use futures::Stream;
+use uuid::Uuid;
 
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
@@ -145,6 +146,19 @@ pub trait EventStore: Send + Sync {
         events: Vec<Event>,
         condition: AppendCondition,
     ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
+
+    /// The stored events with these ids, in position order (ids not stored are left out).
+    /// This is how an append whose outcome is unknown (the connection dropped during `COMMIT`)
+    /// is found out, and how a command re-executed under an idempotency key finds its first
+    /// execution.
+    ///
+    /// # Errors
+    ///
+    /// A database error.
+    fn read_ids(
+        &self,
+        ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<SequencedEvent>, StoreError>> + Send;
 
     /// The connection pool's state, if the store has one.
     fn pool_status(&self) -> Option<PoolStatus> {

@@ -38,6 +38,7 @@ const COUNTERS: &[&str] = &[
     names::COMMAND_RETRIES_TOTAL,
     names::EVENTS_APPENDED_TOTAL,
     names::ACTOR_RESTARTS_TOTAL,
+    names::STORE_ERRORS_TOTAL,
 ];
 /// Every `outcome` of `dcb_commands_total`.
 const OUTCOMES: &[&str] = &[
@@ -306,6 +307,27 @@ async fn the_exposition_is_complete_typed_and_parses() {
         late.execute(Bump::new(next + 6, Mode::Commit)).await,
         Err(ExecuteError::Timeout)
     ));
+
+    // A store error: the database disappears under a runtime. Its reads fail (retried as
+    // transient until the deadline) and are counted by reason; the command answers the error.
+    let doomed = TestDatabase::create().await.expect("database");
+    let lost = Runtime::builder(doomed.store().await.expect("store"))
+        .deadline(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("runtime");
+    db.client()
+        .await
+        .expect("client")
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", doomed.name()))
+        .await
+        .expect("drop the database");
+    let failed = lost.execute(Bump::new(next + 7, Mode::Commit)).await;
+    assert!(
+        matches!(&failed, Err(ExecuteError::Store(e)) if e.is_transient()),
+        "{failed:?}"
+    );
+    lost.shutdown().await;
 
     // The sampled gauges appear within a sampling period or two: scrape until every name is
     // there (bounded).

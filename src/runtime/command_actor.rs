@@ -19,7 +19,7 @@ use super::RetryPolicy;
 use super::job::{Decided, ErasedCommand, Job, JobOutcome, State};
 use crate::append::AppendCondition;
 use crate::decision::union;
-use crate::error::AppendError;
+use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
 use crate::query::Query;
@@ -72,6 +72,16 @@ pub(crate) struct CommandState {
     scheduled: bool,
     /// Jobs to run one at a time, to tell whose events an append refused.
     solo: usize,
+    /// A chain whose append failed without a known outcome (the connection dropped, say): it is
+    /// sent again, unchanged, before anything else runs, so it is stored exactly once.
+    resend: Option<Resend>,
+}
+
+/// A decided chain waiting to be appended again.
+struct Resend {
+    decided: Vec<(Job, Verdict)>,
+    events: Vec<Event>,
+    condition: AppendCondition,
 }
 
 /// Why the actor stops after a panicking decision: its restart is the supervisor's business.
@@ -94,6 +104,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             scheduled: false,
             solo: 0,
             cache: HashMap::new(),
+            resend: None,
         })
     }
 
@@ -114,7 +125,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             CommandMsg::Process => {
                 state.scheduled = false;
                 let backoff = self.run_chain(state).await?;
-                if !state.queue.is_empty() {
+                if !state.queue.is_empty() || state.resend.is_some() {
                     state.scheduled = true;
                     match backoff {
                         Some(delay) => {
@@ -154,8 +165,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 break;
             };
             if job.deadline <= now {
-                record_outcome(job.command.name(), "timeout");
-                job.answer(JobOutcome::Timeout);
+                expire(job);
             } else {
                 chain.push(job);
             }
@@ -168,6 +178,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
         &self,
         state: &mut CommandState,
     ) -> Result<Option<Duration>, ActorProcessingErr> {
+        if let Some(resend) = state.resend.take() {
+            return Ok(self.append(state, resend).await);
+        }
         let chain = self.take_chain(state);
         if chain.is_empty() {
             return Ok(None);
@@ -224,6 +237,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
         {
             Ok(read) => read,
             Err(e) => {
+                record_store_error("read", &e);
+                if e.is_transient() {
+                    return Ok(self.retry_later(state, chain, &e));
+                }
                 for job in chain {
                     record_outcome(job.command.name(), "error");
                     job.answer(JobOutcome::Failed(AppendError::Store(e.clone())));
@@ -314,10 +331,22 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 Some(acc.map_or_else(|| q.clone(), |a| union(&a, q)))
             })
             .unwrap_or_else(Query::all);
+        let resend = Resend {
+            decided,
+            events,
+            condition: AppendCondition::new(condition, read.head),
+        };
+        Ok(self.append(state, resend).await)
+    }
+
+    /// Appends a decided chain and answers its jobs; returns the back-off delay when something
+    /// must run again later (a conflict, or a transient failure that keeps the chain to resend).
+    async fn append(&self, state: &mut CommandState, chain: Resend) -> Option<Duration> {
         let appended = self
             .store
-            .append_if(events, AppendCondition::new(condition, read.head))
+            .append_if(chain.events.clone(), chain.condition.clone())
             .await;
+        let decided = chain.decided;
         match appended {
             Ok(appended) => {
                 let mut next = appended.first.get();
@@ -329,27 +358,87 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     next += i64::try_from(count).unwrap_or(0);
                     finish(job, outcome, positions);
                 }
-                Ok(None)
+                None
             }
-            Err(AppendError::ConditionFailed { .. }) => Ok(self.back_off(state, decided)),
+            Err(AppendError::ConditionFailed { .. }) => self.back_off(state, decided),
+            Err(AppendError::Store(e)) if e.is_transient() => {
+                record_store_error("append", &e);
+                // Committed or not? Unknown. Send the same events again: stored already, they
+                // are a replay answering the original positions; if not, they are appended now
+                // (or meet a real conflict and are decided again).
+                let mut failures = 0;
+                let now = Instant::now();
+                let mut live = decided;
+                for (job, _) in &mut live {
+                    job.transient_failures += 1;
+                    job.last_failure = Some(e.clone());
+                    failures = failures.max(job.transient_failures);
+                }
+                if live.iter().all(|(job, _)| job.deadline <= now) {
+                    // Out of time: each caller learns the failure (the events may be stored;
+                    // an idempotency key finds out).
+                    for (job, _) in live {
+                        expire(job);
+                    }
+                    return None;
+                }
+                state.resend = Some(Resend {
+                    decided: live,
+                    events: chain.events,
+                    condition: chain.condition,
+                });
+                Some(self.transient_delay(failures))
+            }
             Err(e) if decided.len() > 1 => {
+                if let AppendError::Store(store) = &e {
+                    record_store_error("append", store);
+                }
                 // Whose events were refused? Run these again one at a time to find out.
                 state.solo += decided.len();
                 for (job, _) in decided.into_iter().rev() {
                     state.queue.push_front(job);
                 }
                 tracing::debug!(error = ?e, "chain append failed; retrying its commands singly");
-                Ok(None)
+                None
             }
             Err(e) => {
+                if let AppendError::Store(store) = &e {
+                    record_store_error("append", store);
+                }
                 for (job, _) in decided {
                     record_attempt(job.command.name(), "error");
                     record_outcome(job.command.name(), "error");
                     job.answer(JobOutcome::Failed(e.clone()));
                 }
-                Ok(None)
+                None
             }
         }
+    }
+
+    /// After a transient read failure: the chain goes back to the front of the queue, to be
+    /// read again after a back-off (jobs out of time answer the failure at the next turn).
+    fn retry_later(
+        &self,
+        state: &mut CommandState,
+        chain: Vec<Job>,
+        error: &StoreError,
+    ) -> Option<Duration> {
+        let mut failures = 0;
+        for mut job in chain.into_iter().rev() {
+            job.transient_failures += 1;
+            job.last_failure = Some(error.clone());
+            failures = failures.max(job.transient_failures);
+            state.queue.push_front(job);
+        }
+        Some(self.transient_delay(failures))
+    }
+
+    /// Back-off after transient failures: the conflict back-off's curve, but only the deadline
+    /// bounds how long it goes on (a restarting server takes seconds).
+    fn transient_delay(&self, failures: u32) -> Duration {
+        let delay = self.policy.delay(failures);
+        metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
+        delay
     }
 
     /// Counts the conflict, gives up on jobs out of attempts, and puts the rest back at the
@@ -387,6 +476,27 @@ impl<S: EventStore + 'static> CommandActor<S> {
         metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
         Some(delay)
     }
+}
+
+/// A job past its deadline: `Timeout`, or the transient store failure that kept it from
+/// completing (then, if it was an append, its events may be stored).
+fn expire(mut job: Job) {
+    let name = job.command.name();
+    match job.last_failure.take() {
+        Some(e) => {
+            record_outcome(name, "error");
+            job.answer(JobOutcome::Failed(AppendError::Store(e)));
+        }
+        None => {
+            record_outcome(name, "timeout");
+            job.answer(JobOutcome::Timeout);
+        }
+    }
+}
+
+fn record_store_error(operation: &'static str, e: &StoreError) {
+    metrics::counter!(names::STORE_ERRORS_TOTAL, "operation" => operation, "reason" => e.reason())
+        .increment(1);
 }
 
 fn finish(job: Job, outcome: Verdict, positions: Vec<Position>) {

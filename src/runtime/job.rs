@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::decision::{Decision, Projection};
-use crate::error::AppendError;
+use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
 
@@ -42,10 +42,12 @@ pub(crate) struct Command<D: Decision> {
     projection: D::Projection,
     read_query: Query,
     condition_query: Query,
+    /// The idempotency key: the decided events get ids derived from it.
+    key: Option<String>,
 }
 
 impl<D: Decision> Command<D> {
-    pub(crate) fn new(decision: D) -> Self {
+    pub(crate) fn new(decision: D, key: Option<String>) -> Self {
         let projection = decision.projection();
         let read_query = projection.query();
         let condition_query = decision.condition_query(&read_query);
@@ -54,6 +56,7 @@ impl<D: Decision> Command<D> {
             projection,
             read_query,
             condition_query,
+            key,
         }
     }
 
@@ -114,11 +117,30 @@ impl<D: Decision> ErasedCommand for Command<D> {
     fn decide(&self, state: &State) -> Decided {
         // A panicking decision fails its own command; the actor that ran it is restarted.
         match guarded(|| self.decision.decide(typed::<D>(state))) {
-            Ok(Ok(events)) => Decided::Events(events),
+            Ok(Ok(events)) => match &self.key {
+                None => Decided::Events(events),
+                Some(key) => Decided::Events(
+                    events
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, e)| e.with_id(keyed_event_id(D::NAME, key, i)))
+                        .collect(),
+                ),
+            },
             Ok(Err(rejection)) => Decided::Rejected(Box::new(rejection)),
             Err(message) => Decided::Panicked(message),
         }
     }
+}
+
+/// Ids of events decided under an idempotency key: a second execution decides events with the
+/// same ids, which the store stores once (the same content is a replay answering the original
+/// positions; other content is refused as a duplicate id).
+pub(crate) fn keyed_event_id(decision: &str, key: &str, index: usize) -> uuid::Uuid {
+    /// The namespace of dcb-runtime's keyed event ids (a fixed, random UUID).
+    const NAMESPACE: uuid::Uuid = uuid::uuid!("5b0f6c39-9d3e-4c55-8f4e-0d6f2a7c9e11");
+    let name = format!("{decision}\u{0}{key}\u{0}{index}");
+    uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes())
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
@@ -152,6 +174,9 @@ pub(crate) enum JobOutcome {
 pub(crate) struct Job {
     pub(crate) command: Arc<dyn ErasedCommand>,
     pub(crate) attempts: u32,
+    /// Transient store failures met so far, and the last one (answered if the deadline passes).
+    pub(crate) transient_failures: u32,
+    pub(crate) last_failure: Option<StoreError>,
     pub(crate) deadline: Instant,
     reply: Option<oneshot::Sender<JobOutcome>>,
     queued: Arc<AtomicUsize>,
@@ -167,6 +192,8 @@ impl Job {
         Self {
             command,
             attempts: 0,
+            transient_failures: 0,
+            last_failure: None,
             deadline,
             reply: Some(reply),
             queued,

@@ -12,7 +12,7 @@ use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
-use crate::validate::{Limits, validate_events, validate_query_with};
+use crate::validate::{Limits, validate_events, validate_query_with, validate_read};
 
 /// An event store held in memory, with the same semantics as [`super::PostgresStore`].
 #[derive(Debug, Default)]
@@ -128,8 +128,20 @@ impl Inner {
 }
 
 impl EventStore for MemoryStore {
+    async fn read_ids(&self, ids: &[Uuid]) -> Result<Vec<SequencedEvent>, StoreError> {
+        let inner = self.lock();
+        let mut found: Vec<SequencedEvent> = ids
+            .iter()
+            .filter_map(|id| inner.index_of_id.get(id))
+            .map(|&index| inner.events[index].clone())
+            .collect();
+        found.sort_by_key(|e| e.position);
+        found.dedup_by_key(|e| e.position);
+        Ok(found)
+    }
+
     async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
-        validate_query_with(query, &self.limits)?;
+        validate_read(query, &self.limits)?;
         let inner = self.lock();
         let after = options.after.map_or(0, Position::get);
         let up_to = options.up_to.map_or(i64::MAX, Position::get);

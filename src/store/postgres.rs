@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use uuid::Uuid;
 
 use super::{EventStore, PoolStatus, ReadOptions, ReadResult};
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent, Tag};
 use crate::query::Query;
-use crate::validate::{Limits, validate_events, validate_query_with};
+use crate::validate::{Limits, validate_events, validate_query_with, validate_read};
 use group_commit::GroupCommitter;
 
 /// A DCB event store on PostgreSQL.
@@ -208,7 +209,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult, StoreError> {
-        validate_query_with(query, &self.inner.limits)?;
+        validate_read(query, &self.inner.limits)?;
         let started = std::time::Instant::now();
         let built = read_sql::build(query, &options);
         let client = self.inner.pool.get().await?;
@@ -242,6 +243,33 @@ impl EventStore for PostgresStore {
 
     async fn append(&self, events: Vec<Event>) -> Result<Appended, AppendError> {
         self.write(events, None).await
+    }
+
+    async fn read_ids(&self, ids: &[Uuid]) -> Result<Vec<SequencedEvent>, StoreError> {
+        const SQL: &str = "SELECT position, id, type, tags, payload, recorded_at FROM events \
+                           WHERE id = ANY($1) ORDER BY position";
+        let client = self.inner.pool.get().await?;
+        let statement = client.prepare_cached(SQL).await?;
+        let rows = client.query(&statement, &[&ids]).await?;
+        rows.iter()
+            .map(|row| {
+                let position = Position::new(row.try_get(0)?);
+                let tags: Vec<String> = row.try_get(3)?;
+                let tags = tags
+                    .iter()
+                    .map(|t| t.parse::<Tag>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::Corrupt(format!("event at {position}: {e}")))?;
+                Ok(SequencedEvent::from_parts(
+                    position,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    tags,
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                ))
+            })
+            .collect()
     }
 
     async fn append_if(
