@@ -35,7 +35,7 @@ pub use decision::{Decision, Projection, default_key, union};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};
-pub use runtime::{Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder};
+pub use runtime::{Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder, keyed_event_id};
 pub use store::{
     EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,
     ReadResult,

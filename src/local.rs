@@ -53,6 +53,38 @@ impl LocalPostgres {
         Ok(started)
     }
 
+    /// A private throwaway server, whatever `DATABASE_URL` says and whether or not a server
+    /// answers at 127.0.0.1:5432: for runs that must control their server (restart it).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoDatabase`] when none can be started, naming the package to install.
+    pub async fn throwaway() -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(start_throwaway)
+            .await
+            .map_err(|e| StoreError::NoDatabase(e.to_string()))?
+    }
+
+    /// Restarts a throwaway server abruptly (`pg_ctl restart -m immediate`: connections drop
+    /// at once, as in a crash; committed transactions survive), waiting until it accepts
+    /// connections again. Blocks the calling thread.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoDatabase`] if this is not a throwaway server or the restart failed.
+    pub fn restart(&self) -> Result<(), StoreError> {
+        let t = self.throwaway.as_ref().ok_or_else(|| {
+            StoreError::NoDatabase("only a throwaway server can be restarted".to_owned())
+        })?;
+        let mut restart = t.command(&t.pg_ctl);
+        restart
+            .args(["restart", "-w", "-m", "immediate", "-l"])
+            .arg(t.dir.join("log"))
+            .arg("-D")
+            .arg(t.dir.join("data"));
+        run(restart, "pg_ctl restart")
+    }
+
     /// The server's URL (the `postgres` database on it).
     pub fn url(&self) -> &str {
         &self.url

@@ -20,7 +20,8 @@ use crate::metrics as names;
 use crate::store::{EventStore, PostgresStore};
 use crate::validate::ValidationError;
 use command_actor::CommandMsg;
-use job::{Command, ErasedCommand, Job, JobOutcome, keyed_event_id};
+pub use job::keyed_event_id;
+use job::{Command, ErasedCommand, Job, JobOutcome};
 use supervisor::{Slot, Supervisor, SupervisorMsg};
 
 /// How conflicts are retried: exponential back-off with full jitter, bounded attempts, and a

@@ -1,18 +1,30 @@
 //! The database a run works in: a fresh one on the chosen server, dropped at the end.
 
+use std::sync::Arc;
+
 use dcb_runtime::local::LocalPostgres;
 use dcb_runtime::testing::TestDatabase;
 
 /// A scratch database plus the server that hosts it (a throwaway server lives as long as this).
 pub(crate) struct RunDatabase {
     pub(crate) db: TestDatabase,
-    _server: Option<LocalPostgres>,
+    /// The local server, when the run found or started one (not with `--database-url`).
+    pub(crate) server: Option<Arc<LocalPostgres>>,
 }
 
 pub(crate) async fn open(url: Option<&str>) -> anyhow::Result<RunDatabase> {
-    let server = match url {
-        Some(_) => None,
-        None => Some(LocalPostgres::from_env().await?),
+    open_on(url, false).await
+}
+
+/// With `own_server`, on a private throwaway server the run controls (to restart it).
+pub(crate) async fn open_on(url: Option<&str>, own_server: bool) -> anyhow::Result<RunDatabase> {
+    let server = match (url, own_server) {
+        (Some(_), true) => anyhow::bail!(
+            "--chaos restart restarts a server the harness starts itself: drop --database-url"
+        ),
+        (Some(_), false) => None,
+        (None, true) => Some(Arc::new(LocalPostgres::throwaway().await?)),
+        (None, false) => Some(Arc::new(LocalPostgres::from_env().await?)),
     };
     let server_url = url.map(str::to_owned).unwrap_or_else(|| {
         server
@@ -22,10 +34,7 @@ pub(crate) async fn open(url: Option<&str>) -> anyhow::Result<RunDatabase> {
     });
     let db = TestDatabase::create_on(&server_url).await?;
     eprintln!("database: {} on {}", db.name(), redact(&server_url));
-    Ok(RunDatabase {
-        db,
-        _server: server,
-    })
+    Ok(RunDatabase { db, server })
 }
 
 /// The URL without its password, for printing.

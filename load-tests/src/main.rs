@@ -1,6 +1,7 @@
 //! Load tests and benchmarks for dcb-runtime; see the README's "Load tests" section.
 
 mod baseline;
+mod chaos;
 mod chart;
 mod database;
 mod keys;
@@ -98,6 +99,11 @@ struct RunArgs {
     /// Draw throughput, conflict rate and p99 over time into this .svg or .png file.
     #[arg(long)]
     chart: Option<PathBuf>,
+    /// Inject faults while running: kill-connections, restart, pool-starvation, timeouts.
+    /// Commands then carry idempotency keys, and the report counts acknowledged commands
+    /// missing from the store and commands stored twice.
+    #[arg(long, value_enum)]
+    chaos: Option<chaos::Chaos>,
     /// Serve Prometheus `/metrics` on this address (e.g. 127.0.0.1:9464) while the run lasts
     /// (with --processes, the first process serves it).
     #[arg(long)]
@@ -266,11 +272,24 @@ async fn measure(kind: Kind, args: &RunArgs, metrics: &PrometheusHandle) -> anyh
         args.concurrency,
         args.processes
     );
-    let run = database::open(args.database_url.as_deref()).await?;
+    let own_server = args.chaos == Some(chaos::Chaos::Restart);
+    let run = database::open_on(args.database_url.as_deref(), own_server).await?;
     let url = run.db.url();
     {
         let store = PostgresStore::builder(url).pool_size(2).connect().await?;
         kind.prepare(&store, args.keys).await?;
+    }
+    let client = run.db.client().await?;
+    if args.chaos == Some(chaos::Chaos::Timeouts) {
+        for (setting, value) in chaos::TIMEOUTS {
+            // Taken by every session opened from now on (the runtime's included).
+            client
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} SET {setting} = '{value}'",
+                    run.db.name()
+                ))
+                .await?;
+        }
     }
     eprintln!(
         "{}: {} caller(s) in {} process(es), {} actor(s) each, {} key(s), skew {}, for {}",
@@ -282,6 +301,9 @@ async fn measure(kind: Kind, args: &RunArgs, metrics: &PrometheusHandle) -> anyh
         args.skew,
         args.goal()
     );
+    let injector = args.chaos.map(|kind| {
+        chaos::Injector::start(kind, url.to_owned(), run.server.clone(), args.duration)
+    });
     let shares = if args.processes == 1 {
         let share = Share {
             process: 0,
@@ -292,13 +314,42 @@ async fn measure(kind: Kind, args: &RunArgs, metrics: &PrometheusHandle) -> anyh
     } else {
         processes::run_children(kind, args, url).await?
     };
+    let injected = match injector {
+        Some(injector) => Some(injector.finish().await?),
+        None => None,
+    };
     let mut report = Report::merge(kind.name(), shares);
     report.concurrency = args.concurrency;
     report.actors = args.actors;
     report.keys = args.keys;
     report.skew = args.skew;
     report.seed = args.seed();
+    // A new session: the one above may have been killed or restarted away, and it still has
+    // the chaos timeouts.
+    drop(client);
     let client = run.db.client().await?;
+    if args.chaos == Some(chaos::Chaos::Timeouts) {
+        for (setting, _) in chaos::TIMEOUTS {
+            client
+                .batch_execute(&format!("ALTER DATABASE {} RESET {setting}", run.db.name()))
+                .await?;
+        }
+        drop(client);
+    }
+    let client = run.db.client().await?;
+    if let Some(kind_of_chaos) = args.chaos {
+        report.chaos = Some(kind_of_chaos);
+        report.chaos_injected = injected;
+        report.accounting = Some(
+            chaos::account(
+                &client,
+                kind.decided_types(),
+                &report.sent_ids,
+                &report.acked_ids,
+            )
+            .await?,
+        );
+    }
     report.invariant_violations = dcb_scenarios::count(&client, kind.invariant_sql()).await?;
     report.events_in_store = dcb_scenarios::count(&client, "SELECT count(*) FROM events").await?;
     if args.baseline {

@@ -42,6 +42,11 @@ pub(crate) async fn run_children(
             .args(["--keys", &args.keys.to_string()])
             .args(["--skew", &args.skew.to_string()])
             .args(["--seed", &args.seed().to_string()]);
+        if let Some(chaos) = args.chaos {
+            let name =
+                clap::ValueEnum::to_possible_value(&chaos).expect("every chaos kind has a name");
+            cmd.args(["--chaos", name.get_name()]);
+        }
         if let Some(n) = args.commands {
             cmd.args(["--commands", &split(n, args.processes, index).to_string()]);
         }

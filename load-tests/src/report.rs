@@ -7,6 +7,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use uuid::Uuid;
+
+use crate::chaos::{Accounting, Chaos};
 use crate::progress::Sample;
 use crate::run::ShareResult;
 use crate::telemetry::{Snapshot, ratio};
@@ -64,6 +67,8 @@ pub(crate) struct Report {
     /// Failed append conditions (each one retried or, after the last attempt, an error).
     pub(crate) conflicts: u64,
     pub(crate) retries: u64,
+    /// Failed store operations, transient ones (retried) included: `dcb_store_errors_total`.
+    pub(crate) store_errors: u64,
     pub(crate) errors: u64,
     /// Errors by the `outcome` label of `dcb_commands_total`.
     pub(crate) errors_by_outcome: BTreeMap<String, u64>,
@@ -87,11 +92,23 @@ pub(crate) struct Report {
     pub(crate) baseline_tps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ratio: Option<f64>,
+    /// The fault injected with `--chaos`, and how many times (backends killed, restarts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) chaos: Option<Chaos>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) chaos_injected: Option<u64>,
+    /// Under `--chaos`: acknowledged, acknowledged_missing, duplicates, unacknowledged_stored.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub(crate) accounting: Option<Accounting>,
     /// One sample per second (per process when several ran: summed rates, worst p99).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) timeline: Vec<Sample>,
     #[serde(skip)]
     pub(crate) first_errors: Vec<String>,
+    #[serde(skip)]
+    pub(crate) sent_ids: Vec<Uuid>,
+    #[serde(skip)]
+    pub(crate) acked_ids: Vec<Uuid>,
 }
 
 impl Report {
@@ -118,6 +135,8 @@ impl Report {
             }
             metrics = metrics.plus(share.metrics);
             merge_timeline(&mut report.timeline, &share.timeline);
+            report.sent_ids.extend(share.sent_ids);
+            report.acked_ids.extend(share.acked_ids);
         }
         report.commands = report.committed + report.rejected + report.errors;
         report.throughput_per_s = report.committed as f64 / report.duration_s.max(1e-9);
@@ -133,6 +152,7 @@ impl Report {
         let whole = |x: f64| x.round().max(0.0) as u64;
         self.conflicts = whole(m.conflicts);
         self.retries = whole(m.retries);
+        self.store_errors = whole(m.store_errors);
         self.conflict_rate = m.conflict_rate();
         self.mean_batch_size = ratio(m.batch_sum, m.batch_count);
         self.mean_append_transaction_ms =
@@ -141,12 +161,18 @@ impl Report {
         self
     }
 
-    /// Whether the run failed: a violated invariant or an error.
+    /// Whether the run failed: a violated invariant, an error, or (under chaos) an acknowledged
+    /// command lost or a command stored twice.
     pub(crate) fn failure(&self) -> Option<String> {
-        (self.invariant_violations > 0 || self.errors > 0).then(|| {
+        let a = self.accounting.unwrap_or_default();
+        let failed = self.invariant_violations > 0
+            || self.errors > 0
+            || a.acknowledged_missing > 0
+            || a.duplicates > 0;
+        failed.then(|| {
             format!(
-                "{} invariant violations, {} errors",
-                self.invariant_violations, self.errors
+                "{} invariant violations, {} errors, {} acknowledged but missing, {} duplicates",
+                self.invariant_violations, self.errors, a.acknowledged_missing, a.duplicates
             )
         })
     }
@@ -177,6 +203,12 @@ impl Report {
             self.conflict_rate * 100.0,
             self.retries
         );
+        if self.store_errors > 0 {
+            println!(
+                "store errors         {} failed reads or appends, retried until the deadline",
+                self.store_errors
+            );
+        }
         println!(
             "throughput           {:.0} committed/s ({:.0} decided/s)",
             self.throughput_per_s, self.decisions_per_s
@@ -200,6 +232,17 @@ impl Report {
             println!("reads                {r:.2} ms on average");
         }
         println!("events in store      {}", self.events_in_store);
+        if let (Some(chaos), Some(a)) = (self.chaos, self.accounting) {
+            println!(
+                "chaos                {chaos:?}, injected {} time(s): {} acknowledged, {} of them \
+                 missing, {} duplicates, {} stored for commands that answered an error",
+                self.chaos_injected.unwrap_or(0),
+                a.acknowledged,
+                a.acknowledged_missing,
+                a.duplicates,
+                a.unacknowledged_stored
+            );
+        }
         println!(
             "invariant violations {} (counted with SQL over the events table)",
             self.invariant_violations

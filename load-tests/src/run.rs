@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::RunArgs;
+use uuid::Uuid;
+
+use crate::chaos::{self, Chaos};
 use crate::keys::KeyPicker;
 use crate::progress::{Display, Goal, Live, Sample, Sampler};
 use crate::report;
@@ -40,6 +43,10 @@ pub(crate) struct ShareResult {
     pub(crate) latency_us: Vec<(u64, u64)>,
     pub(crate) metrics: Snapshot,
     pub(crate) timeline: Vec<Sample>,
+    /// Under `--chaos`: the id of the event each command sent would store, and those of the
+    /// commands acknowledged as committed.
+    pub(crate) sent_ids: Vec<Uuid>,
+    pub(crate) acked_ids: Vec<Uuid>,
 }
 
 const ERRORS_KEPT: usize = 5;
@@ -53,17 +60,22 @@ pub(crate) async fn run_share(
     metrics: &PrometheusHandle,
     display: Display,
 ) -> anyhow::Result<ShareResult> {
-    let store = PostgresStore::builder(url)
-        .pool_size(args.actors + 4)
-        .connect()
-        .await?;
+    let store = match args.chaos {
+        Some(Chaos::PoolStarvation) => PostgresStore::builder(url)
+            .pool_size(chaos::STARVED_POOL)
+            .wait_timeout(chaos::STARVED_WAIT),
+        _ => PostgresStore::builder(url).pool_size(args.actors + 4),
+    }
+    .connect()
+    .await?;
     let runtime = Runtime::builder(store)
         .actors(args.actors)
         .queue_capacity(share.callers.max(1024))
         .start()
         .await?;
     let keys = KeyPicker::new(args.keys, args.skew)?;
-    let workload = Arc::new(Workload::new(kind, keys, args.keys, share.process));
+    let keyed = args.chaos.is_some();
+    let workload = Arc::new(Workload::new(kind, keys, args.keys, share.process, keyed));
     let live = Arc::new(Live::new());
     let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(std::sync::Mutex::new((BTreeMap::new(), Vec::new())));
@@ -88,6 +100,7 @@ pub(crate) async fn run_share(
         let commands = share.commands;
         callers.push(tokio::spawn(async move {
             let mut latencies = report::histogram();
+            let (mut sent, mut acked) = (Vec::new(), Vec::new());
             for n in 0.. {
                 let more = match commands {
                     Some(limit) => issued.fetch_add(1, Ordering::Relaxed) < limit,
@@ -97,12 +110,18 @@ pub(crate) async fn run_share(
                     break;
                 }
                 let began = Instant::now();
-                let outcome = workload.step(&runtime, &mut rng, caller, n).await;
+                let (outcome, id) = workload.step(&runtime, &mut rng, caller, n).await;
+                sent.extend(id);
                 let took = began.elapsed();
                 report::record(&mut latencies, took);
                 report::record(&mut live.interval.lock().expect("interval lock"), took);
                 match outcome {
-                    Outcome::Committed => live.committed.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Committed(ids) => {
+                        if keyed {
+                            acked.extend(ids);
+                        }
+                        live.committed.fetch_add(1, Ordering::Relaxed)
+                    }
                     Outcome::Rejected => live.rejected.fetch_add(1, Ordering::Relaxed),
                     Outcome::Error(label, message) => {
                         let mut errors = errors.lock().expect("errors lock");
@@ -114,12 +133,16 @@ pub(crate) async fn run_share(
                     }
                 };
             }
-            latencies
+            (latencies, sent, acked)
         }));
     }
     let mut latencies = report::histogram();
+    let (mut sent_ids, mut acked_ids) = (Vec::new(), Vec::new());
     for caller in callers {
-        latencies.add(caller.await?)?;
+        let (l, sent, acked) = caller.await?;
+        latencies.add(l)?;
+        sent_ids.extend(sent);
+        acked_ids.extend(acked);
     }
     let duration_s = start.elapsed().as_secs_f64();
     let timeline = sampler.finish().await;
@@ -138,6 +161,8 @@ pub(crate) async fn run_share(
             .collect(),
         metrics: Snapshot::take(metrics).since(before),
         timeline,
+        sent_ids,
+        acked_ids,
     })
 }
 

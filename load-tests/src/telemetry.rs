@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use dcb_runtime::metrics::{
     APPEND_ATTEMPTS_TOTAL, APPEND_BATCH_SIZE, APPEND_DURATION_SECONDS, COMMAND_RETRIES_TOTAL,
-    READ_DURATION_SECONDS,
+    READ_DURATION_SECONDS, STORE_ERRORS_TOTAL,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ pub(crate) struct Snapshot {
     pub(crate) conflicts: f64,
     pub(crate) append_attempts: f64,
     pub(crate) retries: f64,
+    /// Failed store operations (transient ones were retried).
+    pub(crate) store_errors: f64,
     pub(crate) batch_sum: f64,
     pub(crate) batch_count: f64,
     pub(crate) append_seconds_sum: f64,
@@ -49,6 +51,7 @@ impl Snapshot {
             conflicts: counter_sum(&text, APPEND_ATTEMPTS_TOTAL, Some(("result", "conflict"))),
             append_attempts: counter_sum(&text, APPEND_ATTEMPTS_TOTAL, None),
             retries: counter_sum(&text, COMMAND_RETRIES_TOTAL, None),
+            store_errors: counter_sum(&text, STORE_ERRORS_TOTAL, None),
             batch_sum,
             batch_count,
             append_seconds_sum,
@@ -64,6 +67,7 @@ impl Snapshot {
             conflicts: self.conflicts - earlier.conflicts,
             append_attempts: self.append_attempts - earlier.append_attempts,
             retries: self.retries - earlier.retries,
+            store_errors: self.store_errors - earlier.store_errors,
             batch_sum: self.batch_sum - earlier.batch_sum,
             batch_count: self.batch_count - earlier.batch_count,
             append_seconds_sum: self.append_seconds_sum - earlier.append_seconds_sum,
@@ -79,6 +83,7 @@ impl Snapshot {
             conflicts: self.conflicts + other.conflicts,
             append_attempts: self.append_attempts + other.append_attempts,
             retries: self.retries + other.retries,
+            store_errors: self.store_errors + other.store_errors,
             batch_sum: self.batch_sum + other.batch_sum,
             batch_count: self.batch_count + other.batch_count,
             append_seconds_sum: self.append_seconds_sum + other.append_seconds_sum,

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use dcb_runtime::{Committed, ExecuteError, PostgresStore, Runtime};
+use dcb_runtime::{Committed, Decision, ExecuteError, PostgresStore, Runtime, keyed_event_id};
 use dcb_scenarios::{disjoint, enrollment, invoice, lending, transfer};
+use uuid::Uuid;
 
 use crate::keys::KeyPicker;
 
@@ -47,6 +48,17 @@ impl Kind {
         }
     }
 
+    /// The types of the events the scenario's commands decide (not its set-up events).
+    pub(crate) fn decided_types(self) -> &'static [&'static str] {
+        match self {
+            Kind::Disjoint => &["ThingCreated"],
+            Kind::Invoice => &["InvoiceCreated"],
+            Kind::Enrollment => &["StudentSubscribed"],
+            Kind::Lending => &["BookBorrowed", "BookReturned"],
+            Kind::Transfer => &["MoneyTransferred"],
+        }
+    }
+
     /// Appends what the scenario starts from: courses, books and readers, accounts.
     pub(crate) async fn prepare(self, store: &PostgresStore, keys: usize) -> anyhow::Result<()> {
         let events = match self {
@@ -79,7 +91,8 @@ fn students(courses: usize) -> usize {
 
 /// How one command ended.
 pub(crate) enum Outcome {
-    Committed,
+    /// With the ids of the events stored for it.
+    Committed(Vec<Uuid>),
     Rejected,
     /// Counted under the `outcome` label of `dcb_commands_total`, with the error's text.
     Error(&'static str, String),
@@ -91,6 +104,8 @@ pub(crate) struct Workload {
     keys: KeyPicker,
     key_count: usize,
     process: usize,
+    /// Commands carry idempotency keys (under `--chaos`).
+    keyed: bool,
     /// `lending`: which reader this process last saw borrow each book, so that callers return
     /// books as well as borrow them (another process's loans are unknown here: their returns
     /// are refused, which is fine).
@@ -98,63 +113,74 @@ pub(crate) struct Workload {
 }
 
 impl Workload {
-    pub(crate) fn new(kind: Kind, keys: KeyPicker, key_count: usize, process: usize) -> Self {
+    pub(crate) fn new(
+        kind: Kind,
+        keys: KeyPicker,
+        key_count: usize,
+        process: usize,
+        keyed: bool,
+    ) -> Self {
         Self {
             kind,
             keys,
             key_count,
             process,
+            keyed,
             loans: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Sends one command: the caller's `n`-th.
+    /// Sends one command: the caller's `n`-th. With keys, also the id its event gets.
     pub(crate) async fn step(
         &self,
         runtime: &Runtime,
         rng: &mut fastrand::Rng,
         caller: usize,
         n: u64,
-    ) -> Outcome {
+    ) -> (Outcome, Option<Uuid>) {
+        let key = self
+            .keyed
+            .then(|| format!("p{}-c{caller}-{n}", self.process));
         match self.kind {
             Kind::Disjoint => {
                 let id = format!("p{}-c{caller}-{n}", self.process);
-                classify(runtime.execute(disjoint::Create::new(id)).await)
+                exec(runtime, disjoint::Create::new(id), key).await
             }
-            Kind::Invoice => classify(runtime.execute(invoice::NextInvoice).await),
+            Kind::Invoice => exec(runtime, invoice::NextInvoice, key).await,
             Kind::Enrollment => {
                 let course = format!("c{}", self.keys.pick(rng));
                 let student = format!("s{}", rng.usize(..students(self.key_count)));
-                classify(
-                    runtime
-                        .execute(enrollment::Subscribe::new(course, student))
-                        .await,
-                )
+                exec(runtime, enrollment::Subscribe::new(course, student), key).await
             }
-            Kind::Lending => self.lend(runtime, rng).await,
+            Kind::Lending => self.lend(runtime, rng, key).await,
             Kind::Transfer => {
                 let (from, to) = self.keys.pick_pair(rng);
                 let amount = rng.i64(1..=100);
                 let transfer =
                     transfer::Transfer::new(format!("a{from}"), format!("a{to}"), amount);
-                classify(runtime.execute(transfer).await)
+                exec(runtime, transfer, key).await
             }
         }
     }
 
     /// Returns the book when this process saw it lent out, else borrows it for a random reader.
-    async fn lend(&self, runtime: &Runtime, rng: &mut fastrand::Rng) -> Outcome {
+    async fn lend(
+        &self,
+        runtime: &Runtime,
+        rng: &mut fastrand::Rng,
+        key: Option<String>,
+    ) -> (Outcome, Option<Uuid>) {
         let book = self.keys.pick(rng);
         let lent_to = self.loans.lock().expect("loans lock").get(&book).copied();
-        let (reader, result) = match lent_to {
+        let (reader, (result, id)) = match lent_to {
             Some(reader) => {
                 let cmd = lending::Return::new(format!("b{book}"), format!("r{reader}"));
-                (reader, runtime.execute(cmd).await)
+                (reader, run(runtime, cmd, key).await)
             }
             None => {
                 let reader = rng.usize(..readers(self.key_count));
                 let cmd = lending::Borrow::new(format!("b{book}"), format!("r{reader}"));
-                (reader, runtime.execute(cmd).await)
+                (reader, run(runtime, cmd, key).await)
             }
         };
         let mut loans = self.loans.lock().expect("loans lock");
@@ -171,14 +197,53 @@ impl Workload {
             }
             _ => {}
         }
-        classify(result)
+        (classify(result), id)
     }
+}
+
+/// Executes `command`, under `key` if given; the result and, with a key, its event's id.
+async fn run<D: Decision>(
+    runtime: &Runtime,
+    command: D,
+    key: Option<String>,
+) -> (Result<Committed, ExecuteError<D::Rejection>>, Option<Uuid>) {
+    match key {
+        None => (runtime.execute(command).await, None),
+        Some(key) => {
+            let id = keyed_event_id(D::NAME, &key, 0);
+            (runtime.execute_with_key(key, command).await, Some(id))
+        }
+    }
+}
+
+async fn exec<D: Decision>(
+    runtime: &Runtime,
+    command: D,
+    key: Option<String>,
+) -> (Outcome, Option<Uuid>)
+where
+    D::Rejection: std::fmt::Debug,
+{
+    let (result, id) = run(runtime, command, key).await;
+    (classify(result), id)
 }
 
 fn classify<R: std::fmt::Debug>(result: Result<Committed, ExecuteError<R>>) -> Outcome {
     match result {
-        Ok(_) => Outcome::Committed,
+        Ok(committed) => Outcome::Committed(committed.events.iter().map(|e| e.id()).collect()),
         Err(ExecuteError::Rejected(_)) => Outcome::Rejected,
-        Err(e) => Outcome::Error(e.outcome(), e.to_string()),
+        Err(e) => Outcome::Error(e.outcome(), error_chain(&e)),
     }
+}
+
+/// The error and its sources (a database error's own message is in its source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -133,10 +133,12 @@ impl<D: Decision> ErasedCommand for Command<D> {
     }
 }
 
-/// Ids of events decided under an idempotency key: a second execution decides events with the
-/// same ids, which the store stores once (the same content is a replay answering the original
-/// positions; other content is refused as a duplicate id).
-pub(crate) fn keyed_event_id(decision: &str, key: &str, index: usize) -> uuid::Uuid {
+/// The id of the `index`-th event decided by decision `decision` ([`Decision::NAME`]) executed
+/// under idempotency key `key` with [`crate::Runtime::execute_with_key`]. A second execution
+/// decides events with the same ids, which the store stores once (the same content is a replay
+/// answering the original positions; other content is refused as a duplicate id). Known before
+/// the command runs, so a caller can look its outcome up in the `events` table.
+pub fn keyed_event_id(decision: &str, key: &str, index: usize) -> uuid::Uuid {
     /// The namespace of dcb-runtime's keyed event ids (a fixed, random UUID).
     const NAMESPACE: uuid::Uuid = uuid::uuid!("5b0f6c39-9d3e-4c55-8f4e-0d6f2a7c9e11");
     let name = format!("{decision}\u{0}{key}\u{0}{index}");

@@ -1,0 +1,169 @@
+//! `--chaos KIND`: faults injected while a scenario runs, and the accounting that shows nothing
+//! acknowledged was lost and nothing was stored twice.
+//!
+//! Under chaos every command carries an idempotency key (`execute_with_key`), so the id of the
+//! event it decides is known before it is sent. After the run, with SQL over the `events` table:
+//! `acknowledged_missing` counts acknowledged events not stored; `duplicates` counts stored
+//! events of the scenario's decisions that no command sent (a second copy of a decision would
+//! be one) plus ids stored twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dcb_runtime::local::LocalPostgres;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The faults `--chaos` injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Chaos {
+    /// Terminates every backend of the run's database once a second.
+    KillConnections,
+    /// Restarts PostgreSQL (immediate mode, as in a crash) every third of the run; needs a
+    /// server the harness controls, so the run starts a throwaway one.
+    Restart,
+    /// A pool of 2 connections with a 250 ms wait timeout for all callers.
+    PoolStarvation,
+    /// A 5 ms statement timeout and a 1 ms lock timeout on the run's database.
+    Timeouts,
+}
+
+/// Session settings `--chaos timeouts` puts on the run's database.
+pub(crate) const TIMEOUTS: &[(&str, &str)] =
+    &[("statement_timeout", "5ms"), ("lock_timeout", "1ms")];
+
+/// Pool settings under `--chaos pool-starvation`.
+pub(crate) const STARVED_POOL: usize = 2;
+pub(crate) const STARVED_WAIT: Duration = Duration::from_millis(250);
+
+/// The running fault injector.
+pub(crate) struct Injector {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+    /// Faults injected: backends terminated, restarts.
+    pub(crate) injected: Arc<AtomicU64>,
+}
+
+impl Injector {
+    /// Starts injecting `chaos` into the database at `url` (on `server` for restarts).
+    pub(crate) fn start(
+        chaos: Chaos,
+        url: String,
+        server: Option<Arc<LocalPostgres>>,
+        run_for: Duration,
+    ) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let injected = Arc::new(AtomicU64::new(0));
+        let count = injected.clone();
+        let task = tokio::spawn(async move {
+            let period = match chaos {
+                Chaos::KillConnections => Duration::from_secs(1),
+                Chaos::Restart => (run_for / 3).max(Duration::from_secs(2)),
+                Chaos::PoolStarvation | Chaos::Timeouts => return Ok(()),
+            };
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            // A restart takes a while: the next one waits a whole period after it.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = stopped.changed() => return Ok(()),
+                }
+                if *stopped.borrow() {
+                    return Ok(());
+                }
+                match chaos {
+                    Chaos::KillConnections => {
+                        let killed = kill_backends(&url).await?;
+                        count.fetch_add(killed, Ordering::Relaxed);
+                    }
+                    Chaos::Restart => {
+                        let server = server.clone().ok_or_else(|| {
+                            anyhow::anyhow!("--chaos restart needs a server the harness started")
+                        })?;
+                        eprintln!("chaos: restarting PostgreSQL");
+                        tokio::task::spawn_blocking(move || server.restart()).await??;
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Chaos::PoolStarvation | Chaos::Timeouts => {}
+                }
+            }
+        });
+        Self {
+            stop,
+            task,
+            injected,
+        }
+    }
+
+    /// Stops injecting; an error of the injector itself fails the run.
+    pub(crate) async fn finish(self) -> anyhow::Result<u64> {
+        let _ = self.stop.send(true);
+        self.task.await??;
+        Ok(self.injected.load(Ordering::Relaxed))
+    }
+}
+
+/// Terminates every other backend connected to the run's database; how many.
+async fn kill_backends(url: &str) -> anyhow::Result<u64> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// What the database says about the acknowledged commands, counted after the run.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub(crate) struct Accounting {
+    /// Commands reported committed.
+    pub(crate) acknowledged: u64,
+    /// Of those, commands whose event is not in the store.
+    pub(crate) acknowledged_missing: i64,
+    /// Events stored more than once: events of the scenario's decisions that no command sent,
+    /// plus ids stored twice.
+    pub(crate) duplicates: i64,
+    /// Commands that answered an error but whose event is stored (their outcome was unknown
+    /// to them; a re-execution with the same key would answer the commit).
+    pub(crate) unacknowledged_stored: i64,
+}
+
+pub(crate) async fn account(
+    client: &tokio_postgres::Client,
+    decided_types: &[&str],
+    sent: &[Uuid],
+    acked: &[Uuid],
+) -> anyhow::Result<Accounting> {
+    let row = client
+        .query_one(
+            "WITH sent AS (SELECT DISTINCT unnest($1::uuid[]) AS id), \
+                  acked AS (SELECT DISTINCT unnest($2::uuid[]) AS id) \
+             SELECT \
+               (SELECT count(*) FROM acked a WHERE NOT EXISTS \
+                  (SELECT 1 FROM events e WHERE e.id = a.id)), \
+               (SELECT count(*) FROM events e WHERE e.type = ANY($3) AND NOT EXISTS \
+                  (SELECT 1 FROM sent s WHERE s.id = e.id)) \
+                 + (SELECT count(*) - count(DISTINCT id) FROM events), \
+               (SELECT count(*) FROM events e WHERE e.id IN (SELECT id FROM sent) \
+                  AND e.id NOT IN (SELECT id FROM acked))",
+            &[&sent, &acked, &decided_types],
+        )
+        .await?;
+    Ok(Accounting {
+        acknowledged: acked.len() as u64,
+        acknowledged_missing: row.get(0),
+        duplicates: row.get(1),
+        unacknowledged_stored: row.get(2),
+    })
+}
