@@ -43,17 +43,14 @@ fn report(path: &Path) -> Value {
 fn scenario(scenario: &str, extra: &[&str]) -> Value {
     let json = scratch(&format!("{scenario}-{}.json", extra.join("_")));
     let json_arg = json.to_str().expect("utf-8 temp path");
-    let mut args = vec![
-        scenario,
-        "--duration",
-        "3s",
-        "--concurrency",
-        "32",
-        "--keys",
-        "50",
-        "--json",
-        json_arg,
-    ];
+    let duration = if extra.contains(&"--duration") {
+        None
+    } else {
+        Some("3s")
+    };
+    let mut args = vec![scenario];
+    args.extend(duration.map(|d| ["--duration", d]).into_iter().flatten());
+    args.extend(["--concurrency", "32", "--keys", "50", "--json", json_arg]);
     args.extend_from_slice(extra);
     run(&args);
     let r = report(&json);
@@ -209,4 +206,49 @@ fn bad_options_are_refused_with_a_message() {
             "{args:?}: no error message: {stderr}"
         );
     }
+}
+
+/// Runs `scenario` under `--chaos kind` and checks the database's account of it: everything
+/// acknowledged is stored, nothing is stored twice, the invariant holds, no command failed.
+fn chaos(scenario_name: &str, kind: &str) -> Value {
+    let r = scenario(scenario_name, &["--chaos", kind, "--duration", "4s"]);
+    assert_eq!(r["chaos"], kind, "{r}");
+    assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["acknowledged"], r["committed"], "{r}");
+    assert_eq!(r["acknowledged_missing"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    r
+}
+
+#[test]
+fn chaos_kill_connections_loses_nothing() {
+    let r = chaos("transfer", "kill-connections");
+    assert!(
+        r["chaos_injected"].as_u64().unwrap() > 0,
+        "nothing was killed: {r}"
+    );
+    assert!(
+        r["store_errors"].as_u64().unwrap() > 0,
+        "no command met a fault: {r}"
+    );
+}
+
+#[test]
+fn chaos_restart_loses_nothing() {
+    let r = chaos("invoice", "restart");
+    assert!(r["chaos_injected"].as_u64().unwrap() > 0, "no restart: {r}");
+    assert!(
+        r["store_errors"].as_u64().unwrap() > 0,
+        "no command met a fault: {r}"
+    );
+}
+
+#[test]
+fn chaos_pool_starvation_loses_nothing() {
+    chaos("lending", "pool-starvation");
+}
+
+#[test]
+fn chaos_timeouts_lose_nothing() {
+    chaos("enrollment", "timeouts");
 }

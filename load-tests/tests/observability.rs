@@ -98,10 +98,12 @@ fn dashboard_expressions() -> Vec<String> {
 #[test]
 fn prometheus_scrapes_a_running_load_test_and_answers_the_dashboard() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    // Few books and many callers: conflicts happen, so the conflict series exists.
+    // Few books and many callers: conflicts happen, so the conflict series exists; killed
+    // connections make the store-error series exist.
     let _load_test = Running(
         Command::new(env!("CARGO_BIN_EXE_load-tests"))
             .args(["lending", "--duration", "120s", "--concurrency", "32"])
+            .args(["--chaos", "kill-connections"])
             .args(["--keys", "5", "--metrics-addr", &metrics_addr])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -110,7 +112,9 @@ fn prometheus_scrapes_a_running_load_test_and_answers_the_dashboard() {
     );
     let exposition = wait_for("a conflict in /metrics", Duration::from_secs(60), || {
         http_get(&metrics_addr, "/metrics").filter(|body| {
-            body.contains("dcb_append_attempts_total{") && body.contains("result=\"conflict\"")
+            body.contains("dcb_store_errors_total{")
+                && body.contains("dcb_append_attempts_total{")
+                && body.contains("result=\"conflict\"")
         })
     });
     for expr in dashboard_expressions() {
