@@ -26,6 +26,10 @@ pub struct Limits {
     pub max_payload_depth: usize,
     /// Most events in one append (default 10,000).
     pub max_events_per_append: usize,
+    /// Most index scans one read may need (default 4,096): one per type of an item without tags,
+    /// one per item with several tags, one per distinct list of types among items with one tag.
+    /// PostgreSQL cannot plan a read of about 7,000 (its stack depth limit).
+    pub max_query_scans: usize,
 }
 
 /// The deepest nesting that reads back: serde_json's parser refuses JSON nested deeper than 128.
@@ -40,6 +44,7 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             max_payload_depth: 64,
             max_events_per_append: 10_000,
+            max_query_scans: 4_096,
         }
     }
 }
@@ -130,6 +135,14 @@ pub enum ValidationError {
     /// A query item naming neither types nor tags.
     #[error("a query item must name at least one event type or tag")]
     EmptyQueryItem,
+    /// A read whose query needs more index scans than [`Limits::max_query_scans`].
+    #[error("a query needing {scans} index scans is larger than the limit of {limit}")]
+    QueryTooLarge {
+        /// Scans the query needs.
+        scans: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// An empty list of types or predicates given to the filter builder.
     #[error("an empty list of event types or predicates was given")]
     EmptyList,
@@ -205,6 +218,38 @@ fn validate_payload(payload: &Value, limits: &Limits) -> Result<(), ValidationEr
     Ok(())
 }
 
+/// serde_json's compact form, except for floats with an integral value, written in plain decimal
+/// with a fraction (`1e16` as `10000000000000000.0`). jsonb stores numbers as `numeric` and prints
+/// them without an exponent and with the fraction digits they were given: `1e+16` would read back
+/// as the integer `10000000000000000`, another `Value` than the one appended.
+struct StoredJson;
+
+impl serde_json::ser::Formatter for StoredJson {
+    fn write_f64<W>(&mut self, writer: &mut W, value: f64) -> std::io::Result<()>
+    where
+        W: ?Sized + std::io::Write,
+    {
+        if value.fract() == 0.0 {
+            // Display writes the shortest digits that read back as `value`, padded with zeros.
+            write!(writer, "{value}.0")
+        } else {
+            serde_json::ser::CompactFormatter.write_f64(writer, value)
+        }
+    }
+}
+
+/// The payload as sent to PostgreSQL.
+fn stored_json(payload: &Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    // Serializing a Value into memory cannot fail (its keys are strings, its floats finite), and
+    // the output is UTF-8.
+    let _ = payload.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, StoredJson,
+    ));
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Checks one event and returns its payload serialized, measured against the size limit.
 pub(crate) fn validate_event(event: &Event, limits: &Limits) -> Result<String, ValidationError> {
     validate_type(event.event_type(), limits)?;
@@ -218,8 +263,7 @@ pub(crate) fn validate_event(event: &Event, limits: &Limits) -> Result<String, V
         validate_tag(tag, limits)?;
     }
     validate_payload(event.payload(), limits)?;
-    // Serializing a Value whose depth is bounded cannot fail: its keys are strings.
-    let json = serde_json::to_string(event.payload()).unwrap_or_default();
+    let json = stored_json(event.payload());
     if json.len() > limits.max_payload_bytes {
         return Err(ValidationError::PayloadTooLarge {
             bytes: json.len(),
@@ -279,12 +323,93 @@ pub(crate) fn validate_query_with(query: &Query, limits: &Limits) -> Result<(), 
     Ok(())
 }
 
+/// The index scans a read of `query` takes: the PostgreSQL store's read (`read_sql::build`) scans
+/// each type of an item without tags, each item with several tags, and each distinct list of
+/// types among the items with one tag (their tags are looked up together).
+fn read_scans(query: &Query) -> usize {
+    let mut single_tag_types: HashSet<&[String]> = HashSet::new();
+    query
+        .items()
+        .iter()
+        .map(|item| match item.tags().len() {
+            0 => item.types().len(),
+            1 => usize::from(single_tag_types.insert(item.types())),
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Checks a query to read with: valid, and small enough for one statement.
+pub(crate) fn validate_read(query: &Query, limits: &Limits) -> Result<(), ValidationError> {
+    validate_query_with(query, limits)?;
+    let scans = read_scans(query);
+    if scans > limits.max_query_scans {
+        return Err(ValidationError::QueryTooLarge {
+            scans,
+            limit: limits.max_query_scans,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn nested(depth: usize) -> Value {
         (0..depth).fold(Value::Null, |inner, _| Value::Array(vec![inner]))
+    }
+
+    #[test]
+    fn read_scans_count_what_the_postgres_read_scans() {
+        use crate::event::P;
+        use crate::query::QueryItem;
+        let q = Query::from_items([
+            QueryItem::of_types(["A", "B", "C"]),
+            QueryItem::with_tags([P("k", "1"), P("k", "2")]),
+            QueryItem::new(["A"], [P("x", "1"), P("y", "1")]),
+            QueryItem::with_tags([P("s", "1")]),
+            QueryItem::with_tags([P("s", "2")]),
+            QueryItem::new(["A", "B"], [P("s", "3")]),
+            QueryItem::new(["A", "B"], [P("s", "4")]),
+            QueryItem::new(["B", "A"], [P("s", "5")]),
+        ]);
+        assert_eq!(read_scans(&q), 3 + 1 + 1 + 1 + 1 + 1);
+        assert_eq!(read_scans(&Query::all()), 0);
+        let limits = Limits {
+            max_query_scans: 7,
+            ..Limits::default()
+        };
+        assert_eq!(
+            validate_read(&q, &limits),
+            Err(ValidationError::QueryTooLarge { scans: 8, limit: 7 })
+        );
+        let limits = Limits {
+            max_query_scans: 8,
+            ..Limits::default()
+        };
+        assert_eq!(validate_read(&q, &limits), Ok(()));
+    }
+
+    #[test]
+    fn integral_floats_are_sent_with_a_fraction() {
+        let payload = serde_json::json!({
+            "big": 1e16, "neg": -2.5e300, "max": f64::MAX, "one": 1.0, "zero": -0.0,
+            "small": 1e-7, "half": 0.5, "int": 10_000_000_000_000_000_u64,
+        });
+        let sent = stored_json(&payload);
+        assert!(sent.contains(r#""big":10000000000000000.0"#), "{sent}");
+        assert!(
+            sent.contains(r#""neg":-25"#) && sent.contains("000.0,"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains(r#""one":1.0,"#) && sent.contains(r#""zero":-0.0"#),
+            "{sent}"
+        );
+        assert!(sent.contains(r#""int":10000000000000000,"#), "{sent}");
+        // Everything reads back as the same Value (integers stay integers, floats floats).
+        assert_eq!(serde_json::from_str::<Value>(&sent).unwrap(), payload);
     }
 
     #[test]
