@@ -25,6 +25,7 @@ pub mod local;
 pub mod metrics;
 mod migrate;
 mod query;
+mod redact;
 mod runtime;
 mod store;
 pub mod testing;

@@ -13,10 +13,19 @@ pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A database server to run on; a throwaway one is stopped and deleted when this is dropped
 /// (and, should the process die first, by a watchdog that outlives it).
-#[derive(Debug)]
 pub struct LocalPostgres {
     url: String,
     throwaway: Option<Throwaway>,
+}
+
+/// Shows the URL without its password (`DATABASE_URL` may hold one).
+impl std::fmt::Debug for LocalPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPostgres")
+            .field("url", &crate::redact::redact(&self.url))
+            .field("throwaway", &self.throwaway)
+            .finish()
+    }
 }
 
 #[derive(Debug)]

@@ -12,11 +12,21 @@ static SERVER: OnceCell<LocalPostgres> = OnceCell::const_new();
 
 /// A database of its own, `test_<random>`, created on the server named by `DATABASE_URL` (or the
 /// local default, see [`crate::local`]), migrated, and dropped when this value is dropped.
-#[derive(Debug)]
 pub struct TestDatabase {
     name: String,
     url: String,
     admin_url: String,
+}
+
+/// Shows the URLs without their password.
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .field("url", &crate::redact::redact(&self.url))
+            .field("admin_url", &crate::redact::redact(&self.admin_url))
+            .finish()
+    }
 }
 
 impl TestDatabase {

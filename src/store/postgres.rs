@@ -44,7 +44,7 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 /// Configures a [`PostgresStore`]; every setting has a stated default.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct PostgresStoreBuilder {
     url: String,
@@ -54,6 +54,21 @@ pub struct PostgresStoreBuilder {
     limits: Limits,
     max_batch: usize,
     migrate: bool,
+}
+
+/// Shows the URL without its password.
+impl std::fmt::Debug for PostgresStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("url", &crate::redact::redact(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("limits", &self.limits)
+            .field("max_batch", &self.max_batch)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
 }
 
 impl PostgresStore {

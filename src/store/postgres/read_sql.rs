@@ -143,3 +143,47 @@ pub(super) fn build(query: &Query, options: &ReadOptions) -> ReadSql {
         params,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::P;
+    use crate::query::QueryItem;
+
+    #[test]
+    fn every_value_is_a_parameter_never_sql_text() {
+        let hostile = "x'); DROP TABLE events; --";
+        let query = Query::from_items([
+            QueryItem::of_types([hostile, "T2"]),
+            QueryItem::with_tags([P("k", hostile)]),
+            QueryItem::with_tags([P("j", hostile)]),
+            QueryItem::new([hostile], [P("k", "1")]),
+            QueryItem::new([hostile], [P("a", hostile), P("b", hostile)]),
+        ]);
+        let options = ReadOptions::default();
+        for options in [
+            options,
+            options
+                .after(Position::new(7))
+                .up_to(Position::new(9))
+                .limit(3)
+                .backwards(),
+        ] {
+            for query in [&query, &Query::all()] {
+                let built = build(query, &options);
+                // No literal at all: every value, the positions and the limit included, is bound.
+                assert!(!built.sql.contains('\''), "{}", built.sql);
+                assert!(!built.sql.contains("DROP"), "{}", built.sql);
+                // Every parameter has its placeholder, and no placeholder lacks a parameter.
+                let n = built.params().len();
+                for i in 1..=n {
+                    assert!(built.sql.contains(&format!("${i}")), "${i}: {}", built.sql);
+                }
+                assert!(!built.sql.contains(&format!("${}", n + 1)), "{}", built.sql);
+                if !query.is_all() {
+                    assert!(format!("{:?}", built.params()).contains("DROP TABLE"));
+                }
+            }
+        }
+    }
+}
