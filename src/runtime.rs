@@ -447,11 +447,12 @@ impl<S: EventStore + 'static> Runtime<S> {
                 positions,
                 events,
                 attempts,
+                replayed,
             } => Ok(Committed {
                 positions,
                 events,
                 attempts,
-                replayed: false,
+                replayed,
             }),
             JobOutcome::Rejected(why) => match why.downcast::<R>() {
                 Ok(r) => Err(ExecuteError::Rejected(*r)),

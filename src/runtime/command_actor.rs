@@ -82,6 +82,8 @@ struct Resend {
     decided: Vec<(Job, Verdict)>,
     events: Vec<Event>,
     condition: AppendCondition,
+    /// Sent before: a replay answer is then this very append's first commit.
+    resent: bool,
 }
 
 /// Why the actor stops after a panicking decision: its restart is the supervisor's business.
@@ -320,7 +322,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
         if events.is_empty() {
             // Nothing to append: every answer stands on the state as read.
             for (job, outcome) in decided {
-                finish(job, outcome, Vec::new());
+                finish(job, outcome, Vec::new(), false);
             }
             return Ok(None);
         }
@@ -335,6 +337,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             decided,
             events,
             condition: AppendCondition::new(condition, read.head),
+            resent: false,
         };
         Ok(self.append(state, resend).await)
     }
@@ -349,6 +352,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
         let decided = chain.decided;
         match appended {
             Ok(appended) => {
+                // A replay of a first send: identical events (ids from an idempotency key) were
+                // committed by an earlier execution. A replay of a re-send is our own commit.
+                let replayed = appended.replayed && !chain.resent;
                 let mut next = appended.first.get();
                 for (job, outcome) in decided {
                     let count = outcome.as_ref().map_or(0, Vec::len);
@@ -356,7 +362,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                         .map(Position::new)
                         .collect();
                     next += i64::try_from(count).unwrap_or(0);
-                    finish(job, outcome, positions);
+                    finish(job, outcome, positions, replayed);
                 }
                 None
             }
@@ -386,6 +392,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     decided: live,
                     events: chain.events,
                     condition: chain.condition,
+                    resent: true,
                 });
                 Some(self.transient_delay(failures))
             }
@@ -499,7 +506,7 @@ fn record_store_error(operation: &'static str, e: &StoreError) {
         .increment(1);
 }
 
-fn finish(job: Job, outcome: Verdict, positions: Vec<Position>) {
+fn finish(job: Job, outcome: Verdict, positions: Vec<Position>, replayed: bool) {
     let name = job.command.name();
     match outcome {
         Ok(events) => {
@@ -507,11 +514,12 @@ fn finish(job: Job, outcome: Verdict, positions: Vec<Position>) {
                 record_attempt(name, "committed");
             }
             record_outcome(name, "committed");
-            let attempts = job.attempts + 1;
+            let attempts = if replayed { 0 } else { job.attempts + 1 };
             job.answer(JobOutcome::Committed {
                 positions,
                 events,
                 attempts,
+                replayed,
             });
         }
         Err(why) => {

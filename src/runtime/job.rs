@@ -159,6 +159,8 @@ pub(crate) enum JobOutcome {
         positions: Vec<Position>,
         events: Vec<Event>,
         attempts: u32,
+        /// Stored by an earlier execution under the same idempotency key.
+        replayed: bool,
     },
     Rejected(Box<dyn Any + Send>),
     ConflictsExhausted {
