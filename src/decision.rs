@@ -1,10 +1,15 @@
 //! Decisions, after the decider pattern: a query, a state folded from the events it matches, and
 //! a pure `decide`.
 
+use std::any::{Any, TypeId};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::event::{Event, SequencedEvent};
+use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
+
+/// A leaf projection's folded state, type-erased: what a command actor keeps warm.
+#[doc(hidden)]
+pub type PartState = Box<dyn Any + Send>;
 
 /// State folded from the events matching a query.
 pub trait Projection: Send + Sync + 'static {
@@ -30,6 +35,48 @@ pub trait Projection: Send + Sync + 'static {
         for event in events {
             self.evolve(state, event);
         }
+    }
+
+    // The runtime keeps the folded state of each *leaf* projection warm on its own, so a tuple
+    // (an account and another account) reuses what other tuples sharing a leaf folded. Tuples
+    // override these; a leaf projection never needs to.
+
+    /// The leaf projections this one is made of: itself, unless it is a tuple.
+    #[doc(hidden)]
+    fn parts(&self) -> Vec<(TypeId, Query)> {
+        vec![(TypeId::of::<Self>(), self.query())]
+    }
+
+    /// `state` as its leaves' states, in the order of [`Projection::parts`].
+    #[doc(hidden)]
+    fn split_state(&self, state: Self::State, out: &mut Vec<PartState>) {
+        out.push(Box::new(state));
+    }
+
+    /// A copy of the state made of its leaves' states, in the order of [`Projection::parts`].
+    #[doc(hidden)]
+    fn join_state(&self, parts: &mut dyn Iterator<Item = &PartState>) -> Option<Self::State> {
+        parts.next()?.downcast_ref::<Self::State>().cloned()
+    }
+
+    /// Folds into each leaf the events it matches that lie after the position that leaf has
+    /// seen (`seen`, in the order of [`Projection::parts`]); the number of leaves.
+    #[doc(hidden)]
+    fn fold_parts(
+        &self,
+        state: &mut Self::State,
+        events: &[SequencedEvent],
+        seen: &[Option<Position>],
+    ) -> usize {
+        let after = seen.first().copied().flatten().map_or(0, Position::get);
+        let query = self.query();
+        self.fold(
+            state,
+            events
+                .iter()
+                .filter(|e| e.position.get() > after && query.matches(&e.event)),
+        );
+        1
     }
 }
 
@@ -64,6 +111,31 @@ impl<A: Projection, B: Projection> Projection for (A, B) {
                 self.1.evolve(&mut state.1, event);
             }
         }
+    }
+
+    fn parts(&self) -> Vec<(TypeId, Query)> {
+        let mut parts = self.0.parts();
+        parts.extend(self.1.parts());
+        parts
+    }
+
+    fn split_state(&self, state: Self::State, out: &mut Vec<PartState>) {
+        self.0.split_state(state.0, out);
+        self.1.split_state(state.1, out);
+    }
+
+    fn join_state(&self, parts: &mut dyn Iterator<Item = &PartState>) -> Option<Self::State> {
+        Some((self.0.join_state(parts)?, self.1.join_state(parts)?))
+    }
+
+    fn fold_parts(
+        &self,
+        state: &mut Self::State,
+        events: &[SequencedEvent],
+        seen: &[Option<Position>],
+    ) -> usize {
+        let a = self.0.fold_parts(&mut state.0, events, seen);
+        a + self.1.fold_parts(&mut state.1, events, &seen[a..])
     }
 }
 
@@ -104,6 +176,38 @@ impl<A: Projection, B: Projection, C: Projection> Projection for (A, B, C) {
                 self.2.evolve(&mut state.2, event);
             }
         }
+    }
+
+    fn parts(&self) -> Vec<(TypeId, Query)> {
+        let mut parts = self.0.parts();
+        parts.extend(self.1.parts());
+        parts.extend(self.2.parts());
+        parts
+    }
+
+    fn split_state(&self, state: Self::State, out: &mut Vec<PartState>) {
+        self.0.split_state(state.0, out);
+        self.1.split_state(state.1, out);
+        self.2.split_state(state.2, out);
+    }
+
+    fn join_state(&self, parts: &mut dyn Iterator<Item = &PartState>) -> Option<Self::State> {
+        Some((
+            self.0.join_state(parts)?,
+            self.1.join_state(parts)?,
+            self.2.join_state(parts)?,
+        ))
+    }
+
+    fn fold_parts(
+        &self,
+        state: &mut Self::State,
+        events: &[SequencedEvent],
+        seen: &[Option<Position>],
+    ) -> usize {
+        let a = self.0.fold_parts(&mut state.0, events, seen);
+        let b = self.1.fold_parts(&mut state.1, events, &seen[a..]);
+        a + b + self.2.fold_parts(&mut state.2, events, &seen[a + b..])
     }
 }
 

@@ -32,6 +32,8 @@ pub mod testing;
 mod validate;
 
 pub use append::{AppendCondition, Appended};
+#[doc(hidden)]
+pub use decision::PartState;
 pub use decision::{Decision, Projection, default_key, union};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};

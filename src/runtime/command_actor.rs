@@ -40,18 +40,19 @@ pub(crate) struct CommandActor<S> {
     pub(crate) max_chain: usize,
 }
 
-/// Warm boundaries kept per actor; beyond this the cache starts over.
+/// Warm leaf projections kept per actor; beyond this the cache starts over.
 const CACHED_BOUNDARIES: usize = 4_096;
 
 /// The commands of a chain that fold the same state.
 struct Group {
     kind: TypeId,
     query: Query,
-    /// Any command of the group: it knows how to fold and clone the state.
+    /// Any command of the group: it knows how to fold, split and join the state.
     owner: Arc<dyn ErasedCommand>,
     state: Option<State>,
-    /// Position up to which `state` has folded the store (`None`: from the beginning).
-    head: Option<Position>,
+    /// For each leaf projection of the state (see `Projection::parts`), the position up to
+    /// which it has folded the store (`None`: nothing yet).
+    seen: Vec<Option<Position>>,
 }
 
 /// A projection panicked while folding the chain's shared state: every command of the chain
@@ -66,7 +67,9 @@ fn fail(chain: Vec<Job>, message: String) -> ActorProcessingErr {
 
 pub(crate) struct CommandState {
     queue: VecDeque<Job>,
-    /// Folded state and head of recent boundaries, by projection type and query.
+    /// Folded state and head of recent leaf projections, by projection type and query: a tuple
+    /// of projections is kept leaf by leaf, so tuples sharing a leaf (two transfers from one
+    /// account) share its warm state.
     cache: HashMap<(TypeId, Query), (State, Option<Position>)>,
     /// A `Process` message is on its way (now or after a back-off).
     scheduled: bool,
@@ -196,21 +199,23 @@ impl<S: EventStore + 'static> CommandActor<S> {
             let found = groups
                 .iter()
                 .position(|g| g.kind == command.state_kind() && &g.query == command.read_query());
-            let index = found.unwrap_or_else(|| {
-                let key = (command.state_kind(), command.read_query().clone());
-                let (warm, head) = state
-                    .cache
-                    .remove(&key)
-                    .map_or((None, None), |(s, h)| (Some(s), h));
-                groups.push(Group {
-                    kind: key.0,
-                    query: key.1,
-                    owner: command.clone(),
-                    state: warm,
-                    head,
-                });
-                groups.len() - 1
-            });
+            let index = match found {
+                Some(index) => index,
+                None => {
+                    let (warm, seen) = match take_warm(&state.cache, command.as_ref()) {
+                        Ok(warm) => warm,
+                        Err(message) => return Err(fail(chain, message)),
+                    };
+                    groups.push(Group {
+                        kind: command.state_kind(),
+                        query: command.read_query().clone(),
+                        owner: command.clone(),
+                        state: warm,
+                        seen,
+                    });
+                    groups.len() - 1
+                }
+            };
             group_of.push(index);
         }
         for group in &mut groups {
@@ -226,10 +231,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
         let read_query = groups[1..]
             .iter()
             .fold(groups[0].query.clone(), |q, g| union(&q, &g.query));
-        // A group that never read needs everything.
+        // A leaf that never read needs everything.
         let after = groups
             .iter()
-            .map(|g| g.head)
+            .flat_map(|g| g.seen.iter().copied())
             .collect::<Option<Vec<_>>>()
             .and_then(|heads| heads.into_iter().min());
         let read = match self
@@ -251,24 +256,26 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
         };
         for group in &mut groups {
-            let seen = group.head.map_or(0, Position::get);
-            let new = &read.events[read.events.partition_point(|e| e.position.get() <= seen)..];
-            let folded = group.state.as_mut().map(|s| group.owner.fold(s, new));
+            let folded = group
+                .state
+                .as_mut()
+                .map(|s| group.owner.fold(s, &read.events, &group.seen));
             if let Some(Err(message)) = folded {
                 return Err(fail(chain, message));
             }
+            group.seen.fill(read.head);
             // What is committed up to the read's head is worth keeping, whatever comes next.
             if let Some(warm) = &group.state {
-                let copy = match group.owner.clone_state(warm) {
-                    Ok(copy) => copy,
+                let parts = match group.owner.split(warm) {
+                    Ok(parts) => parts,
                     Err(message) => return Err(fail(chain, message)),
                 };
-                if state.cache.len() >= CACHED_BOUNDARIES {
+                if state.cache.len() + parts.len() > CACHED_BOUNDARIES {
                     state.cache.clear();
                 }
-                state
-                    .cache
-                    .insert((group.kind, group.query.clone()), (copy, read.head));
+                for (key, part) in group.owner.parts().iter().zip(parts) {
+                    state.cache.insert(key.clone(), (part, read.head));
+                }
             }
         }
 
@@ -293,7 +300,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
                         })
                         .collect();
                     for g in &mut groups {
-                        let folded = g.state.as_mut().map(|s| g.owner.fold(s, &provisional));
+                        let folded = g
+                            .state
+                            .as_mut()
+                            .map(|s| g.owner.fold(s, &provisional, &g.seen));
                         if let Some(Err(message)) = folded {
                             record_outcome(job.command.name(), "error");
                             job.answer(JobOutcome::Panicked(message.clone()));
@@ -431,6 +441,11 @@ impl<S: EventStore + 'static> CommandActor<S> {
         error: &StoreError,
     ) -> Option<Duration> {
         let mut failures = 0;
+        // Read again one command at a time: if the union read was too big for a statement
+        // timeout, the same chain (or a longer one) would fail again and again.
+        if chain.len() > 1 {
+            state.solo += chain.len();
+        }
         for mut job in chain.into_iter().rev() {
             job.transient_failures += 1;
             job.last_failure = Some(error.clone());
@@ -483,6 +498,31 @@ impl<S: EventStore + 'static> CommandActor<S> {
         metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
         Some(delay)
     }
+}
+
+/// A copy of the warm state of a command's projection, joined from its leaves' cached states
+/// (which stay cached: another group of the chain may share a leaf), and the position each leaf
+/// has seen; `(None, [None..])` unless every leaf is cached.
+type Warm = (Option<State>, Vec<Option<Position>>);
+
+fn take_warm(
+    cache: &HashMap<(TypeId, Query), (State, Option<Position>)>,
+    command: &dyn ErasedCommand,
+) -> Result<Warm, String> {
+    let parts = command.parts();
+    let cold = (None, vec![None; parts.len()]);
+    let Some(cached) = parts
+        .iter()
+        .map(|key| cache.get(key))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(cold);
+    };
+    let states: Vec<&State> = cached.iter().map(|(state, _)| state).collect();
+    Ok(match command.join(&states)? {
+        Some(state) => (Some(state), cached.iter().map(|(_, seen)| *seen).collect()),
+        None => cold,
+    })
 }
 
 /// A job past its deadline: `Timeout`, or the transient store failure that kept it from

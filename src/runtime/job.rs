@@ -24,9 +24,21 @@ pub(crate) trait ErasedCommand: Send + Sync {
     /// Commands with the same state kind and read query fold the same state.
     fn state_kind(&self) -> TypeId;
     fn initial_state(&self) -> Result<State, String>;
-    fn clone_state(&self, state: &State) -> Result<State, String>;
-    /// Applies the events matching its read query (the caller may pass more).
-    fn fold(&self, state: &mut State, events: &[SequencedEvent]) -> Result<(), String>;
+    /// The leaf projections of its projection (see [`Projection::parts`]).
+    fn parts(&self) -> &[(TypeId, Query)];
+    /// Applies to each leaf the events it matches after the position it has `seen` (one per
+    /// part; the caller may pass more events).
+    fn fold(
+        &self,
+        state: &mut State,
+        events: &[SequencedEvent],
+        seen: &[Option<Position>],
+    ) -> Result<(), String>;
+    /// A copy of the state as its leaves' states.
+    fn split(&self, state: &State) -> Result<Vec<State>, String>;
+    /// A copy of the state made of its leaves' states (`None` if they are not this
+    /// projection's leaves).
+    fn join(&self, parts: &[&State]) -> Result<Option<State>, String>;
     fn decide(&self, state: &State) -> Decided;
 }
 
@@ -42,6 +54,7 @@ pub(crate) struct Command<D: Decision> {
     projection: D::Projection,
     read_query: Query,
     condition_query: Query,
+    parts: Vec<(TypeId, Query)>,
     /// The idempotency key: the decided events get ids derived from it.
     key: Option<String>,
 }
@@ -51,11 +64,13 @@ impl<D: Decision> Command<D> {
         let projection = decision.projection();
         let read_query = projection.query();
         let condition_query = decision.condition_query(&read_query);
+        let parts = projection.parts();
         Self {
             decision,
             projection,
             read_query,
             condition_query,
+            parts,
             key,
         }
     }
@@ -98,19 +113,38 @@ impl<D: Decision> ErasedCommand for Command<D> {
         guarded(|| Box::new(self.projection.initial_state()) as State)
     }
 
-    fn clone_state(&self, state: &State) -> Result<State, String> {
-        guarded(|| Box::new(typed::<D>(state).clone()) as State)
+    fn parts(&self) -> &[(TypeId, Query)] {
+        &self.parts
     }
 
-    fn fold(&self, state: &mut State, events: &[SequencedEvent]) -> Result<(), String> {
+    fn fold(
+        &self,
+        state: &mut State,
+        events: &[SequencedEvent],
+        seen: &[Option<Position>],
+    ) -> Result<(), String> {
         let state = state
             .downcast_mut::<ProjectionState<D>>()
             .expect("states are grouped by state kind");
         guarded(|| {
-            self.projection.fold(
-                state,
-                events.iter().filter(|e| self.read_query.matches(&e.event)),
-            );
+            self.projection.fold_parts(state, events, seen);
+        })
+    }
+
+    fn split(&self, state: &State) -> Result<Vec<State>, String> {
+        guarded(|| {
+            let mut parts = Vec::with_capacity(self.parts.len());
+            self.projection
+                .split_state(typed::<D>(state).clone(), &mut parts);
+            parts
+        })
+    }
+
+    fn join(&self, parts: &[&State]) -> Result<Option<State>, String> {
+        guarded(|| {
+            self.projection
+                .join_state(&mut parts.iter().copied())
+                .map(|state| Box::new(state) as State)
         })
     }
 

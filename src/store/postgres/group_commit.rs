@@ -108,6 +108,10 @@ struct AppenderState {
     /// Requests deferred from the previous batch first, then new ones, in arrival order.
     pending: VecDeque<Request>,
     flush_scheduled: bool,
+    /// Requests per batch now: halved when a batch fails (a statement timeout a big batch
+    /// cannot meet would otherwise fail every retry, each batch bigger than the last), grown back
+    /// by one per committed batch up to `max_batch`.
+    limit: usize,
 }
 
 impl AppenderState {
@@ -133,6 +137,7 @@ impl Actor for Appender {
         Ok(AppenderState {
             pending: VecDeque::with_capacity(self.max_batch),
             flush_scheduled: false,
+            limit: self.max_batch,
         })
     }
 
@@ -146,15 +151,20 @@ impl Actor for Appender {
             AppenderMsg::Append(request) => state.pending.push_back(request),
             AppenderMsg::Flush => {
                 state.flush_scheduled = false;
-                let batch = take_independent(&mut state.pending, self.max_batch);
-                commit_and_answer(&self.pool, batch).await;
+                let batch = take_independent(&mut state.pending, state.limit);
+                state.limit = if commit_and_answer(&self.pool, batch).await {
+                    (state.limit + 1).min(self.max_batch)
+                } else {
+                    (state.limit / 2).max(1)
+                };
             }
         }
         state.schedule_flush(&myself)
     }
 }
 
-async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) {
+/// Commits the batch and answers each request; whether the batch's transaction went through.
+async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
     #[allow(clippy::cast_precision_loss)] // batch sizes are small
     metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
@@ -166,6 +176,7 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) {
                 // The caller may have gone away; its events are stored all the same.
                 let _ = request.reply.send(outcome);
             }
+            true
         }
         Err(e) => {
             // The whole batch failed (or its commit is unknown): every caller learns it, and may
@@ -173,6 +184,7 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) {
             for request in batch {
                 let _ = request.reply.send(Err(AppendError::Store(e.clone())));
             }
+            false
         }
     }
 }
