@@ -17,7 +17,8 @@ pub trait Projection: Send + Sync + 'static {
     /// boundary and fold only the events appended since.
     type State: Clone + Send + 'static;
 
-    /// The events this projection depends on.
+    /// The events this projection depends on. A pure function of the projection's fields: the
+    /// runtime reads, caches and folds by the query it answered when the command was made.
     fn query(&self) -> Query;
 
     /// The state before any event.
@@ -59,17 +60,19 @@ pub trait Projection: Send + Sync + 'static {
         parts.next()?.downcast_ref::<Self::State>().cloned()
     }
 
-    /// Folds into each leaf the events it matches that lie after the position that leaf has
-    /// seen (`seen`, in the order of [`Projection::parts`]); the number of leaves.
+    /// Folds into each leaf the events matching its query (`parts`, as [`Projection::parts`]
+    /// answered when the command was made) that lie after the position that leaf has seen
+    /// (`seen`, same order); the number of leaves.
     #[doc(hidden)]
     fn fold_parts(
         &self,
         state: &mut Self::State,
         events: &[SequencedEvent],
+        parts: &[(TypeId, Query)],
         seen: &[Option<Position>],
     ) -> usize {
         let after = seen.first().copied().flatten().map_or(0, Position::get);
-        let query = self.query();
+        let query = &parts[0].1;
         self.fold(
             state,
             events
@@ -132,10 +135,13 @@ impl<A: Projection, B: Projection> Projection for (A, B) {
         &self,
         state: &mut Self::State,
         events: &[SequencedEvent],
+        parts: &[(TypeId, Query)],
         seen: &[Option<Position>],
     ) -> usize {
-        let a = self.0.fold_parts(&mut state.0, events, seen);
-        a + self.1.fold_parts(&mut state.1, events, &seen[a..])
+        let a = self.0.fold_parts(&mut state.0, events, parts, seen);
+        a + self
+            .1
+            .fold_parts(&mut state.1, events, &parts[a..], &seen[a..])
     }
 }
 
@@ -203,11 +209,17 @@ impl<A: Projection, B: Projection, C: Projection> Projection for (A, B, C) {
         &self,
         state: &mut Self::State,
         events: &[SequencedEvent],
+        parts: &[(TypeId, Query)],
         seen: &[Option<Position>],
     ) -> usize {
-        let a = self.0.fold_parts(&mut state.0, events, seen);
-        let b = self.1.fold_parts(&mut state.1, events, &seen[a..]);
-        a + b + self.2.fold_parts(&mut state.2, events, &seen[a + b..])
+        let a = self.0.fold_parts(&mut state.0, events, parts, seen);
+        let b = self
+            .1
+            .fold_parts(&mut state.1, events, &parts[a..], &seen[a..]);
+        a + b
+            + self
+                .2
+                .fold_parts(&mut state.2, events, &parts[a + b..], &seen[a + b..])
     }
 }
 

@@ -338,17 +338,22 @@ impl<S: EventStore + 'static> Runtime<S> {
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let started = Instant::now();
         let mut result = self.run(decision, key.clone(), started).await;
-        if let (Some(key), Err(e)) = (&key, &result) {
-            // Refused, out of attempts or failed: maybe because an earlier execution under this
-            // key was committed (its events are in the state now, or its ids are taken).
-            let earlier = matches!(
-                e,
-                ExecuteError::Rejected(_)
-                    | ExecuteError::DuplicateEventId(_)
-                    | ExecuteError::ConflictsExhausted { .. }
-                    | ExecuteError::Store(_)
-                    | ExecuteError::Timeout
-            );
+        if let Some(key) = &key {
+            // Refused, out of attempts, failed, deciding nothing or a replay: maybe because an
+            // earlier execution under this key was committed (its events are in the state now,
+            // or its ids are taken). Answer that execution, whole.
+            let earlier = match &result {
+                Ok(committed) => committed.replayed || committed.events.is_empty(),
+                Err(e) => matches!(
+                    e,
+                    ExecuteError::Rejected(_)
+                        | ExecuteError::DuplicateEventId(_)
+                        | ExecuteError::ConflictsExhausted { .. }
+                        | ExecuteError::Store(_)
+                        | ExecuteError::Timeout
+                        | ExecuteError::Panicked(_)
+                ),
+            };
             if earlier && let Ok(Some(committed)) = self.earlier_execution(D::NAME, key).await {
                 result = Ok(committed);
             }

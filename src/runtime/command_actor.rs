@@ -73,8 +73,6 @@ pub(crate) struct CommandState {
     cache: HashMap<(TypeId, Query), (State, Option<Position>)>,
     /// A `Process` message is on its way (now or after a back-off).
     scheduled: bool,
-    /// Jobs to run one at a time, to tell whose events an append refused.
-    solo: usize,
     /// A chain whose append failed without a known outcome (the connection dropped, say): it is
     /// sent again, unchanged, before anything else runs, so it is stored exactly once.
     resend: Option<Resend>,
@@ -107,7 +105,6 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
         Ok(CommandState {
             queue: VecDeque::new(),
             scheduled: false,
-            solo: 0,
             cache: HashMap::new(),
             resend: None,
         })
@@ -155,27 +152,39 @@ fn record_attempt(name: &'static str, result: &'static str) {
 }
 
 impl<S: EventStore + 'static> CommandActor<S> {
-    /// Takes the next chain from the queue, answering expired jobs with `Timeout`.
+    /// Takes the next chain from the queue, answering expired jobs: a job marked `solo` runs
+    /// alone, and a chain stops before the next one.
     fn take_chain(&self, state: &mut CommandState) -> Vec<Job> {
         let now = Instant::now();
-        let max = if state.solo > 0 {
-            state.solo -= 1;
-            1
-        } else {
-            self.max_chain
-        };
-        let mut chain = Vec::new();
-        while chain.len() < max {
-            let Some(job) = state.queue.pop_front() else {
+        let mut chain: Vec<Job> = Vec::new();
+        while chain.len() < self.max_chain {
+            let Some(mut job) = state.queue.pop_front() else {
                 break;
             };
             if job.deadline <= now {
                 expire(job);
-            } else {
-                chain.push(job);
+                continue;
             }
+            if job.solo {
+                if !chain.is_empty() {
+                    state.queue.push_front(job);
+                    break;
+                }
+                job.solo = false;
+                chain.push(job);
+                break;
+            }
+            chain.push(job);
         }
         chain
+    }
+
+    /// Puts jobs back at the front of the queue, in order, each to run alone next time.
+    fn requeue_solo(state: &mut CommandState, jobs: impl DoubleEndedIterator<Item = Job>) {
+        for mut job in jobs.rev() {
+            job.solo = true;
+            state.queue.push_front(job);
+        }
     }
 
     /// Runs one chain; returns the back-off delay when it must be retried later.
@@ -196,9 +205,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
         let mut group_of = Vec::with_capacity(chain.len());
         for job in &chain {
             let command = &job.command;
+            // Same state type and same leaves in the same order: the same state.
             let found = groups
                 .iter()
-                .position(|g| g.kind == command.state_kind() && &g.query == command.read_query());
+                .position(|g| g.kind == command.state_kind() && g.owner.parts() == command.parts());
             let index = match found {
                 Some(index) => index,
                 None => {
@@ -361,10 +371,23 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .await;
         let decided = chain.decided;
         match appended {
+            Ok(appended)
+                if appended.replayed
+                    && decided.len() > 1
+                    && appended.first.get() <= chain.condition.after.map_or(0, Position::get) =>
+            {
+                // Identical events were stored before this chain read them (a keyed command
+                // executed again): the others decided on a state counting them twice. Nothing of
+                // theirs is stored; decide each again on its own.
+                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job));
+                None
+            }
             Ok(appended) => {
-                // A replay of a first send: identical events (ids from an idempotency key) were
-                // committed by an earlier execution. A replay of a re-send is our own commit.
-                let replayed = appended.replayed && !chain.resent;
+                // Stored before this chain's read: identical events (ids from an idempotency key)
+                // of an earlier execution. Stored after it: this chain's own first send, whose
+                // answer was lost.
+                let read_head = chain.condition.after.map_or(0, Position::get);
+                let replayed = appended.replayed && appended.first.get() <= read_head;
                 let mut next = appended.first.get();
                 for (job, outcome) in decided {
                     let count = outcome.as_ref().map_or(0, Vec::len);
@@ -388,6 +411,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 for (job, _) in &mut live {
                     job.transient_failures += 1;
                     job.last_failure = Some(e.clone());
+                    job.maybe_stored = true;
                     failures = failures.max(job.transient_failures);
                 }
                 if live.iter().all(|(job, _)| job.deadline <= now) {
@@ -406,15 +430,24 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 });
                 Some(self.transient_delay(failures))
             }
+            Err(e) if chain.resent && !e.is_condition_failed() && !is_duplicate(&e) => {
+                // The first send may have committed, and this error does not say otherwise (only
+                // a failed condition or a duplicate id proves it did not): deciding again could
+                // store the commands twice. Each caller learns the first failure.
+                if let AppendError::Store(store) = &e {
+                    record_store_error("append", store);
+                }
+                for (job, _) in decided {
+                    expire(job);
+                }
+                None
+            }
             Err(e) if decided.len() > 1 => {
                 if let AppendError::Store(store) = &e {
                     record_store_error("append", store);
                 }
                 // Whose events were refused? Run these again one at a time to find out.
-                state.solo += decided.len();
-                for (job, _) in decided.into_iter().rev() {
-                    state.queue.push_front(job);
-                }
+                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job));
                 tracing::debug!(error = ?e, "chain append failed; retrying its commands singly");
                 None
             }
@@ -441,17 +474,15 @@ impl<S: EventStore + 'static> CommandActor<S> {
         error: &StoreError,
     ) -> Option<Duration> {
         let mut failures = 0;
-        // Read again one command at a time: if the union read was too big for a statement
-        // timeout, the same chain (or a longer one) would fail again and again.
-        if chain.len() > 1 {
-            state.solo += chain.len();
-        }
-        for mut job in chain.into_iter().rev() {
+        let mut chain = chain;
+        for job in &mut chain {
             job.transient_failures += 1;
             job.last_failure = Some(error.clone());
             failures = failures.max(job.transient_failures);
-            state.queue.push_front(job);
         }
+        // Read again one command at a time: if the union read was too big for a statement
+        // timeout, the same chain (or a longer one) would fail again and again.
+        Self::requeue_solo(state, chain.into_iter());
         Some(self.transient_delay(failures))
     }
 
@@ -488,12 +519,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
         // The chain's condition was the union of all its boundaries: retried together, one
         // command's contended boundary would fail the others again (chains only grow while
         // they wait). Retry them one at a time, each conditioned on its own boundary only.
-        if retry.len() > 1 {
-            state.solo += retry.len();
-        }
-        for job in retry.into_iter().rev() {
-            state.queue.push_front(job);
-        }
+        Self::requeue_solo(state, retry.into_iter());
         let delay = self.policy.delay(attempt);
         metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
         Some(delay)
@@ -539,6 +565,10 @@ fn expire(mut job: Job) {
             job.answer(JobOutcome::Timeout);
         }
     }
+}
+
+fn is_duplicate(e: &AppendError) -> bool {
+    matches!(e, AppendError::DuplicateEventId(_))
 }
 
 fn record_store_error(operation: &'static str, e: &StoreError) {

@@ -127,7 +127,7 @@ impl<D: Decision> ErasedCommand for Command<D> {
             .downcast_mut::<ProjectionState<D>>()
             .expect("states are grouped by state kind");
         guarded(|| {
-            self.projection.fold_parts(state, events, seen);
+            self.projection.fold_parts(state, events, &self.parts, seen);
         })
     }
 
@@ -215,6 +215,11 @@ pub(crate) struct Job {
     /// Transient store failures met so far, and the last one (answered if the deadline passes).
     pub(crate) transient_failures: u32,
     pub(crate) last_failure: Option<StoreError>,
+    /// Run alone at its next turn (after a conflict or failure of the chain it was in).
+    pub(crate) solo: bool,
+    /// Its events went out in an append whose outcome is unknown: it must not be decided again
+    /// (with fresh event ids it could be stored twice), so it is never answered `Requeue`.
+    pub(crate) maybe_stored: bool,
     pub(crate) deadline: Instant,
     reply: Option<oneshot::Sender<JobOutcome>>,
     queued: Arc<AtomicUsize>,
@@ -232,6 +237,8 @@ impl Job {
             attempts: 0,
             transient_failures: 0,
             last_failure: None,
+            solo: false,
+            maybe_stored: false,
             deadline,
             reply: Some(reply),
             queued,
@@ -254,6 +261,12 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.reply_with(JobOutcome::Requeue);
+        let outcome = if self.maybe_stored {
+            let e = self.last_failure.take().unwrap_or(StoreError::Closed);
+            JobOutcome::Failed(AppendError::Store(e))
+        } else {
+            JobOutcome::Requeue
+        };
+        self.reply_with(outcome);
     }
 }
