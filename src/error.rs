@@ -54,6 +54,29 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// Whether an append that failed with this error may nevertheless have been committed: the
+    /// connection broke (or the server went down) after the statement was sent, so its answer,
+    /// not necessarily its commit, was lost. `false` when the database certainly rolled it back
+    /// (a statement or lock timeout, a serialization failure) or never received it (no
+    /// connection could be had).
+    pub fn may_have_committed(&self) -> bool {
+        match self {
+            StoreError::Db(e) => !matches!(
+                e.code(),
+                Some(
+                    &SqlState::QUERY_CANCELED
+                        | &SqlState::LOCK_NOT_AVAILABLE
+                        | &SqlState::T_R_SERIALIZATION_FAILURE
+                        | &SqlState::T_R_DEADLOCK_DETECTED
+                        | &SqlState::TOO_MANY_CONNECTIONS
+                        | &SqlState::CANNOT_CONNECT_NOW
+                )
+            ),
+            StoreError::Pool(_) | StoreError::Invalid(_) | StoreError::Config(_) => false,
+            _ => true,
+        }
+    }
+
     /// A short, stable name for what went wrong: the `reason` label of
     /// `dcb_store_errors_total`. `connection_lost`, `server_shutdown`, `statement_timeout`,
     /// `lock_timeout`, `serialization`, `too_many_connections`, `idle_timeout`, `pool_timeout`,

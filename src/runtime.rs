@@ -33,7 +33,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Upper bound of the first back-off (default 1 ms); it doubles with each conflict.
     pub base_delay: Duration,
-    /// Largest back-off (default 100 ms).
+    /// Largest back-off after a conflict (default 100 ms); after a transient store error the
+    /// back-off goes up to ten times this.
     pub max_delay: Duration,
     /// Time from submission after which a command answers [`ExecuteError::Timeout`] (default 10 s).
     pub deadline: Duration,
@@ -53,11 +54,19 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Full jitter: uniform in `[0, min(max_delay, base_delay * 2^(attempt-1))]`.
     pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        self.jittered(attempt, self.max_delay)
+    }
+
+    /// After a transient store error: the same curve, capped at ten times `max_delay`.
+    pub(crate) fn fault_delay(&self, failures: u32) -> Duration {
+        self.jittered(failures, self.max_delay.saturating_mul(10))
+    }
+
+    fn jittered(&self, attempt: u32, cap: Duration) -> Duration {
         let exp = self
             .base_delay
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let ceiling = exp.min(self.max_delay);
-        ceiling.mul_f64(fastrand::f64())
+        exp.min(cap).mul_f64(fastrand::f64())
     }
 }
 

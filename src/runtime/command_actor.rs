@@ -400,6 +400,22 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 None
             }
             Err(AppendError::ConditionFailed { .. }) => self.back_off(state, decided),
+            Err(AppendError::Store(e))
+                if e.is_transient() && !e.may_have_committed() && !chain.resent =>
+            {
+                // Certainly not stored (rolled back by a timeout, or never sent): decide again,
+                // one command at a time, since a big chain may be what missed the timeout.
+                record_store_error("append", &e);
+                let mut failures = 0;
+                let mut jobs: Vec<Job> = decided.into_iter().map(|(job, _)| job).collect();
+                for job in &mut jobs {
+                    job.transient_failures += 1;
+                    job.last_failure = Some(e.clone());
+                    failures = failures.max(job.transient_failures);
+                }
+                Self::requeue_solo(state, jobs.into_iter());
+                Some(self.transient_delay(failures))
+            }
             Err(AppendError::Store(e)) if e.is_transient() => {
                 record_store_error("append", &e);
                 // Committed or not? Unknown. Send the same events again: stored already, they
@@ -486,10 +502,11 @@ impl<S: EventStore + 'static> CommandActor<S> {
         Some(self.transient_delay(failures))
     }
 
-    /// Back-off after transient failures: the conflict back-off's curve, but only the deadline
-    /// bounds how long it goes on (a restarting server takes seconds).
+    /// Back-off after transient failures: the conflict back-off's curve up to ten times its cap
+    /// (retrying faster would only add load to a database that is failing under it), and only
+    /// the deadline bounds how long it goes on (a restarting server takes seconds).
     fn transient_delay(&self, failures: u32) -> Duration {
-        let delay = self.policy.delay(failures);
+        let delay = self.policy.fault_delay(failures);
         metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
         delay
     }
