@@ -38,7 +38,9 @@ pub use decision::{Decision, Projection, default_key, union};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};
-pub use runtime::{Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder, keyed_event_id};
+pub use runtime::{
+    Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder, default_actors, keyed_event_id,
+};
 pub use store::{
     EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,
     ReadResult,

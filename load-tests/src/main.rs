@@ -70,8 +70,8 @@ struct RunArgs {
     /// Concurrent callers, in all processes together.
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     concurrency: usize,
-    /// Command actors of the runtime (in each process).
-    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    /// Command actors of the runtime in each process (default: the runtime's, twice the cores).
+    #[arg(long, default_value_t = dcb_runtime::default_actors(), value_parser = at_least_one)]
     actors: usize,
     /// Keys to spread commands over: courses, books (and readers), accounts.
     #[arg(long, default_value_t = 100, value_parser = at_least_one)]
