@@ -10,7 +10,7 @@
 //!    queued in one chain with other commands: the others decide on the true state, not one that
 //!    counts the keyed events twice (a rule "at most N" that double counting would break).
 //!    Also: a keyed execution whose events another writer stored after its read (another process
-//!    executing the same request) answers `replayed` (ignored: it answers a commit of its own).
+//!    executing the same request) answers `replayed`, not a commit of its own.
 //! 3. Leaves are cached one by one, each with the position it has seen: a tuple joined from
 //!    leaves seen at different positions folds each only after its own; a model test of
 //!    concurrent audited transfers on several actors (each recording the balances it decided on),
@@ -115,9 +115,6 @@ macro_rules! on_both_stores {
 on_both_stores!(
     swapped_tuples_in_one_chain_decide_on_their_own_components,
     a_keyed_replay_in_a_chain_does_not_count_its_events_twice,
-    #[ignore = "bug: a keyed execution whose identical events another writer stored after its \
-                read answers replayed: false, attempts: 1 (src/runtime/command_actor.rs:390, \
-                `replayed = appended.replayed && appended.first <= read_head` on a first send)"]
     a_keyed_execution_stored_by_another_writer_after_its_read_answers_replayed,
     leaves_seen_at_different_positions_each_fold_only_what_they_have_not_seen,
     concurrent_audited_transfers_match_a_replay_and_warm_leaves_see_other_writers,

@@ -383,11 +383,13 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 None
             }
             Ok(appended) => {
-                // Stored before this chain's read: identical events (ids from an idempotency key)
-                // of an earlier execution. Stored after it: this chain's own first send, whose
-                // answer was lost.
+                // A replay answering a first send: identical events (ids from an idempotency key)
+                // stored by another execution. Answering a re-send, it is that other execution
+                // only if they were stored before this chain's read; after it, they are this
+                // chain's own first send, whose answer was lost.
                 let read_head = chain.condition.after.map_or(0, Position::get);
-                let replayed = appended.replayed && appended.first.get() <= read_head;
+                let replayed =
+                    appended.replayed && (!chain.resent || appended.first.get() <= read_head);
                 let mut next = appended.first.get();
                 for (job, outcome) in decided {
                     let count = outcome.as_ref().map_or(0, Vec::len);
