@@ -23,7 +23,7 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
 use crate::query::Query;
-use crate::store::{EventStore, ReadOptions};
+use crate::store::{EventStore, ReadOptions, ReadResult};
 
 /// A job's decision in a chain: its events, or its rejection (boxed, typed by the caller).
 type Verdict = Result<Vec<Event>, Box<dyn std::any::Any + Send>>;
@@ -126,14 +126,20 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             }
             CommandMsg::Process => {
                 state.scheduled = false;
-                let backoff = self.run_chain(state).await?;
-                if !state.queue.is_empty() || state.resend.is_some() {
+                let resend_delay = self.run_chain(state).await?;
+                // A pending resend goes first, after its own back-off; otherwise the next turn
+                // comes when the first queued job may run (jobs back off one by one, so a job
+                // that keeps failing does not hold up the others behind it).
+                let next = match (&state.resend, resend_delay) {
+                    (Some(_), delay) => Some(delay.unwrap_or_default()),
+                    (None, _) => next_turn(&state.queue, Instant::now()),
+                };
+                if let Some(delay) = next {
                     state.scheduled = true;
-                    match backoff {
-                        Some(delay) => {
-                            myself.send_after(delay, || CommandMsg::Process);
-                        }
-                        None => myself.send_message(CommandMsg::Process)?,
+                    if delay.is_zero() {
+                        myself.send_message(CommandMsg::Process)?;
+                    } else {
+                        myself.send_after(delay, || CommandMsg::Process);
                     }
                 }
             }
@@ -152,17 +158,22 @@ fn record_attempt(name: &'static str, result: &'static str) {
 }
 
 impl<S: EventStore + 'static> CommandActor<S> {
-    /// Takes the next chain from the queue, answering expired jobs: a job marked `solo` runs
-    /// alone, and a chain stops before the next one.
+    /// Takes the next chain from the queue, answering expired jobs and leaving those still
+    /// backing off in place: a job marked `solo` runs alone, and a chain stops before the next one.
     fn take_chain(&self, state: &mut CommandState) -> Vec<Job> {
         let now = Instant::now();
         let mut chain: Vec<Job> = Vec::new();
+        let mut waiting: Vec<Job> = Vec::new();
         while chain.len() < self.max_chain {
             let Some(mut job) = state.queue.pop_front() else {
                 break;
             };
             if job.deadline <= now {
                 expire(job);
+                continue;
+            }
+            if job.not_before.is_some_and(|t| t > now) {
+                waiting.push(job);
                 continue;
             }
             if job.solo {
@@ -176,13 +187,23 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
             chain.push(job);
         }
+        for job in waiting.into_iter().rev() {
+            state.queue.push_front(job);
+        }
         chain
     }
 
-    /// Puts jobs back at the front of the queue, in order, each to run alone next time.
-    fn requeue_solo(state: &mut CommandState, jobs: impl DoubleEndedIterator<Item = Job>) {
+    /// Puts jobs back at the front of the queue, in order, each to run alone next time, after
+    /// `delay` if given.
+    fn requeue_solo(
+        state: &mut CommandState,
+        jobs: impl DoubleEndedIterator<Item = Job>,
+        delay: Option<Duration>,
+    ) {
+        let not_before = delay.map(|d| Instant::now() + d);
         for mut job in jobs.rev() {
             job.solo = true;
+            job.not_before = not_before;
             state.queue.push_front(job);
         }
     }
@@ -247,11 +268,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .flat_map(|g| g.seen.iter().copied())
             .collect::<Option<Vec<_>>>()
             .and_then(|heads| heads.into_iter().min());
-        let read = match self
-            .store
-            .read(&read_query, ReadOptions::default().after_opt(after))
-            .await
-        {
+        let read = match read_paged(self.store.as_ref(), &read_query, after).await {
             Ok(read) => read,
             Err(e) => {
                 record_store_error("read", &e);
@@ -379,7 +396,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 // Identical events were stored before this chain read them (a keyed command
                 // executed again): the others decided on a state counting them twice. Nothing of
                 // theirs is stored; decide each again on its own.
-                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job));
+                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
                 None
             }
             Ok(appended) => {
@@ -415,8 +432,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     job.last_failure = Some(e.clone());
                     failures = failures.max(job.transient_failures);
                 }
-                Self::requeue_solo(state, jobs.into_iter());
-                Some(self.transient_delay(failures))
+                let delay = self.transient_delay(failures);
+                Self::requeue_solo(state, jobs.into_iter(), Some(delay));
+                None
             }
             Err(AppendError::Store(e)) if e.is_transient() => {
                 record_store_error("append", &e);
@@ -465,7 +483,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     record_store_error("append", store);
                 }
                 // Whose events were refused? Run these again one at a time to find out.
-                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job));
+                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
                 tracing::debug!(error = ?e, "chain append failed; retrying its commands singly");
                 None
             }
@@ -500,8 +518,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
         // Read again one command at a time: if the union read was too big for a statement
         // timeout, the same chain (or a longer one) would fail again and again.
-        Self::requeue_solo(state, chain.into_iter());
-        Some(self.transient_delay(failures))
+        let delay = self.transient_delay(failures);
+        Self::requeue_solo(state, chain.into_iter(), Some(delay));
+        None
     }
 
     /// Back-off after transient failures: the conflict back-off's curve up to ten times its cap
@@ -538,11 +557,64 @@ impl<S: EventStore + 'static> CommandActor<S> {
         // The chain's condition was the union of all its boundaries: retried together, one
         // command's contended boundary would fail the others again (chains only grow while
         // they wait). Retry them one at a time, each conditioned on its own boundary only.
-        Self::requeue_solo(state, retry.into_iter());
         let delay = self.policy.delay(attempt);
         metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
-        Some(delay)
+        Self::requeue_solo(state, retry.into_iter(), Some(delay));
+        None
     }
+}
+
+/// Events per read statement. A cold boundary with a long history is read in pages, so that no
+/// single statement grows with the history (a statement timeout would otherwise fail the same big
+/// read on every retry); a warm boundary's read of what is new is one page.
+const READ_PAGE: usize = 512;
+
+/// The events matching `query` after `after`, complete up to the head of the first page.
+async fn read_paged<S: EventStore>(
+    store: &S,
+    query: &Query,
+    after: Option<Position>,
+) -> Result<ReadResult, StoreError> {
+    let first = store
+        .read(
+            query,
+            ReadOptions::default().after_opt(after).limit(READ_PAGE),
+        )
+        .await?;
+    let head = first.head;
+    let mut events = first.events;
+    let mut last_page = events.len();
+    while last_page == READ_PAGE {
+        let (Some(from), Some(head)) = (events.last().map(|e| e.position), head) else {
+            break;
+        };
+        let page = store
+            .read(
+                query,
+                ReadOptions::default()
+                    .after(from)
+                    .up_to(head)
+                    .limit(READ_PAGE),
+            )
+            .await?;
+        last_page = page.events.len();
+        events.extend(page.events);
+    }
+    Ok(ReadResult { events, head })
+}
+
+/// When the next turn should run: now if a queued job may run, else when the first one backing
+/// off may; `None` with an empty queue.
+fn next_turn(queue: &VecDeque<Job>, now: Instant) -> Option<Duration> {
+    queue
+        .iter()
+        .map(|job| {
+            // A job past its deadline is answered at the next turn, backing off or not.
+            job.not_before.map_or(Duration::ZERO, |t| {
+                t.min(job.deadline).saturating_duration_since(now)
+            })
+        })
+        .min()
 }
 
 /// A copy of the warm state of a command's projection, joined from its leaves' cached states

@@ -217,6 +217,8 @@ pub(crate) struct Job {
     pub(crate) last_failure: Option<StoreError>,
     /// Run alone at its next turn (after a conflict or failure of the chain it was in).
     pub(crate) solo: bool,
+    /// Backing off: not to run before this instant.
+    pub(crate) not_before: Option<Instant>,
     /// Its events went out in an append whose outcome is unknown: it must not be decided again
     /// (with fresh event ids it could be stored twice), so it is never answered `Requeue`.
     pub(crate) maybe_stored: bool,
@@ -238,6 +240,7 @@ impl Job {
             transient_failures: 0,
             last_failure: None,
             solo: false,
+            not_before: None,
             maybe_stored: false,
             deadline,
             reply: Some(reply),
