@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use dcb_runtime::{Committed, Decision, ExecuteError, PostgresStore, Runtime, keyed_event_id};
+use dcb_runtime::{
+    Committed, Decision, EventStore, ExecuteError, P, PostgresStore, QueryItem, ReadOptions,
+    Runtime, keyed_event_id,
+};
 use dcb_scenarios::{disjoint, enrollment, invoice, lending, transfer};
 use uuid::Uuid;
 
@@ -183,7 +186,21 @@ impl Workload {
                 (reader, run(runtime, cmd, key).await)
             }
         };
+        // Lent out to a reader this process does not know of (lent by another process, or a
+        // borrow whose answer was lost): learn who from the store, so the book is returned later
+        // instead of being refused forever.
+        let unknown_borrower =
+            if let (Err(ExecuteError::Rejected(lending::Refused::LentOut)), None) =
+                (&result, lent_to)
+            {
+                current_borrower(runtime, book).await
+            } else {
+                None
+            };
         let mut loans = self.loans.lock().expect("loans lock");
+        if let Some(borrower) = unknown_borrower {
+            loans.entry(book).or_insert(borrower);
+        }
         match (&result, lent_to) {
             (Ok(_), None) => {
                 loans.insert(book, reader);
@@ -199,6 +216,30 @@ impl Workload {
         }
         (classify(result), id)
     }
+}
+
+/// The reader book `b<book>` is lent to, from its last loan event, if it is lent out.
+async fn current_borrower(runtime: &Runtime, book: usize) -> Option<usize> {
+    let query = QueryItem::new(
+        ["BookBorrowed", "BookReturned"],
+        [P("book", format!("b{book}"))],
+    )
+    .into();
+    let last = runtime
+        .store()
+        .read(&query, ReadOptions::default().backwards().limit(1))
+        .await
+        .ok()?
+        .events
+        .pop()?;
+    if last.event.event_type() != "BookBorrowed" {
+        return None;
+    }
+    last.event.payload()["reader_id"]
+        .as_str()?
+        .strip_prefix('r')?
+        .parse()
+        .ok()
 }
 
 /// Executes `command`, under `key` if given; the result and, with a key, its event's id.
