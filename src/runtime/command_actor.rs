@@ -425,30 +425,20 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 // Certainly not stored (rolled back by a timeout, or never sent): decide again,
                 // one command at a time, since a big chain may be what missed the timeout.
                 record_store_error("append", &e);
-                let mut failures = 0;
-                let mut jobs: Vec<Job> = decided.into_iter().map(|(job, _)| job).collect();
-                for job in &mut jobs {
-                    job.transient_failures += 1;
-                    job.last_failure = Some(e.clone());
-                    failures = failures.max(job.transient_failures);
-                }
-                let delay = self.transient_delay(failures);
-                Self::requeue_solo(state, jobs.into_iter(), Some(delay));
-                None
+                let jobs = decided.into_iter().map(|(job, _)| job).collect();
+                self.retry_later(state, jobs, &e)
             }
             Err(AppendError::Store(e)) if e.is_transient() => {
                 record_store_error("append", &e);
                 // Committed or not? Unknown. Send the same events again: stored already, they
                 // are a replay answering the original positions; if not, they are appended now
                 // (or meet a real conflict and are decided again).
-                let mut failures = 0;
                 let now = Instant::now();
                 let mut live = decided;
+                let mut failures = 0;
                 for (job, _) in &mut live {
-                    job.transient_failures += 1;
-                    job.last_failure = Some(e.clone());
                     job.maybe_stored = true;
-                    failures = failures.max(job.transient_failures);
+                    failures = failures.max(job.failed(&e));
                 }
                 if live.iter().all(|(job, _)| job.deadline <= now) {
                     // Out of time: each caller learns the failure (the events may be stored;
@@ -501,23 +491,22 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
     }
 
-    /// After a transient read failure: the chain goes back to the front of the queue, to be
-    /// read again after a back-off (jobs out of time answer the failure at the next turn).
+    /// After a transient failure that certainly stored nothing (a read, or an append rolled
+    /// back): the chain goes back to the front of the queue, to be decided again after a
+    /// back-off (jobs out of time answer the failure at the next turn).
     fn retry_later(
         &self,
         state: &mut CommandState,
-        chain: Vec<Job>,
+        mut chain: Vec<Job>,
         error: &StoreError,
     ) -> Option<Duration> {
-        let mut failures = 0;
-        let mut chain = chain;
-        for job in &mut chain {
-            job.transient_failures += 1;
-            job.last_failure = Some(error.clone());
-            failures = failures.max(job.transient_failures);
-        }
-        // Read again one command at a time: if the union read was too big for a statement
-        // timeout, the same chain (or a longer one) would fail again and again.
+        let failures = chain
+            .iter_mut()
+            .map(|job| job.failed(error))
+            .max()
+            .unwrap_or(0);
+        // One command at a time: if the union read (or the chain's append) was too big for a
+        // statement timeout, the same chain (or a longer one) would fail again and again.
         let delay = self.transient_delay(failures);
         Self::requeue_solo(state, chain.into_iter(), Some(delay));
         None

@@ -248,6 +248,13 @@ impl Job {
         }
     }
 
+    /// Notes a transient store failure; the failures met so far.
+    pub(crate) fn failed(&mut self, error: &StoreError) -> u32 {
+        self.transient_failures += 1;
+        self.last_failure = Some(error.clone());
+        self.transient_failures
+    }
+
     pub(crate) fn answer(mut self, outcome: JobOutcome) {
         self.reply_with(outcome);
     }
