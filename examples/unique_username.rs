@@ -17,6 +17,7 @@ const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 const CONTENDERS: usize = 8;
 
 /// Who holds a username now, if anyone.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Username(String);
 
 impl Projection for Username {
@@ -49,6 +50,7 @@ enum AccountState {
     Closed,
 }
 
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Account(String);
 
 impl Projection for Account {

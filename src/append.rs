@@ -33,7 +33,9 @@ pub struct Appended {
     /// Position of the last event.
     pub last: Position,
     /// True when the events had been stored by an earlier identical append (same ids, same
-    /// content) and these are that append's positions: nothing was stored twice.
+    /// content) and these are that append's positions: nothing was stored twice. Sent with
+    /// [`crate::EventStore::append_as`], a re-send of that same append (same `append_id`) is not
+    /// a replay: it answers `false`, as its lost first answer would have.
     pub replayed: bool,
 }
 

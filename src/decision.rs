@@ -1,18 +1,27 @@
 //! Decisions, after the decider pattern: a query, a state folded from the events it matches, and
 //! a pure `decide`.
 
-use std::any::{Any, TypeId};
+mod leaf;
+
+use std::any::Any;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
+pub use leaf::Leaf;
 
 /// A leaf projection's folded state, type-erased: what a command actor keeps warm.
 #[doc(hidden)]
 pub type PartState = Box<dyn Any + Send>;
 
 /// State folded from the events matching a query.
-pub trait Projection: Send + Sync + 'static {
+///
+/// A projection is a value (`Clone + Eq + Hash`): the runtime keeps a projection's folded state
+/// warm between commands, and lets the commands of a chain share it, only with projections
+/// *equal* to it, so that a field `evolve` reads but the query does not name (a semester, a
+/// limit) can never make one projection fold with another's state. Derive the three over every
+/// field that `query` or `evolve` reads.
+pub trait Projection: Clone + Eq + Hash + Send + Sync + 'static {
     /// What the projection knows. `Clone` lets a command actor keep the state of a warm
     /// boundary and fold only the events appended since.
     type State: Clone + Send + 'static;
@@ -44,8 +53,8 @@ pub trait Projection: Send + Sync + 'static {
 
     /// The leaf projections this one is made of: itself, unless it is a tuple.
     #[doc(hidden)]
-    fn parts(&self) -> Vec<(TypeId, Query)> {
-        vec![(TypeId::of::<Self>(), self.query())]
+    fn parts(&self) -> Vec<Leaf> {
+        vec![Leaf::of(self)]
     }
 
     /// `state` as its leaves' states, in the order of [`Projection::parts`].
@@ -68,11 +77,11 @@ pub trait Projection: Send + Sync + 'static {
         &self,
         state: &mut Self::State,
         events: &[SequencedEvent],
-        parts: &[(TypeId, Query)],
+        parts: &[Leaf],
         seen: &[Option<Position>],
     ) -> usize {
         let after = seen.first().copied().flatten().map_or(0, Position::get);
-        let query = &parts[0].1;
+        let query = parts[0].query();
         self.fold(
             state,
             events
@@ -116,7 +125,7 @@ impl<A: Projection, B: Projection> Projection for (A, B) {
         }
     }
 
-    fn parts(&self) -> Vec<(TypeId, Query)> {
+    fn parts(&self) -> Vec<Leaf> {
         let mut parts = self.0.parts();
         parts.extend(self.1.parts());
         parts
@@ -135,7 +144,7 @@ impl<A: Projection, B: Projection> Projection for (A, B) {
         &self,
         state: &mut Self::State,
         events: &[SequencedEvent],
-        parts: &[(TypeId, Query)],
+        parts: &[Leaf],
         seen: &[Option<Position>],
     ) -> usize {
         let a = self.0.fold_parts(&mut state.0, events, parts, seen);
@@ -184,7 +193,7 @@ impl<A: Projection, B: Projection, C: Projection> Projection for (A, B, C) {
         }
     }
 
-    fn parts(&self) -> Vec<(TypeId, Query)> {
+    fn parts(&self) -> Vec<Leaf> {
         let mut parts = self.0.parts();
         parts.extend(self.1.parts());
         parts.extend(self.2.parts());
@@ -209,7 +218,7 @@ impl<A: Projection, B: Projection, C: Projection> Projection for (A, B, C) {
         &self,
         state: &mut Self::State,
         events: &[SequencedEvent],
-        parts: &[(TypeId, Query)],
+        parts: &[Leaf],
         seen: &[Option<Position>],
     ) -> usize {
         let a = self.0.fold_parts(&mut state.0, events, parts, seen);

@@ -32,9 +32,9 @@ pub mod testing;
 mod validate;
 
 pub use append::{AppendCondition, Appended};
-#[doc(hidden)]
-pub use decision::PartState;
 pub use decision::{Decision, Projection, default_key, union};
+#[doc(hidden)]
+pub use decision::{Leaf, PartState};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};

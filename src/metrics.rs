@@ -163,3 +163,9 @@ pub fn describe() {
         "Connection pool by state: size, available, waiting."
     );
 }
+
+/// Counts a store failure met by `operation` (`read` or `append`), survived or not.
+pub(crate) fn record_store_error(operation: &'static str, e: &crate::StoreError) {
+    metrics::counter!(STORE_ERRORS_TOTAL, "operation" => operation, "reason" => e.reason())
+        .increment(1);
+}

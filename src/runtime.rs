@@ -373,8 +373,15 @@ impl<S: EventStore + 'static> Runtime<S> {
                         | ExecuteError::Panicked(_)
                 ),
             };
-            if earlier && let Ok(Some(committed)) = self.earlier_execution(D::NAME, key).await {
-                result = Ok(committed);
+            if earlier {
+                let deadline = started + self.inner.policy.deadline;
+                match self.earlier_execution(D::NAME, key, deadline).await {
+                    Ok(Some(committed)) => result = Ok(committed),
+                    Ok(None) => {}
+                    // Whether an earlier execution committed is unknown: the answer must not be
+                    // a definitive rejection (the withdrawal may have gone through).
+                    Err(e) => result = Err(ExecuteError::Store(e)),
+                }
             }
         }
         metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
@@ -389,8 +396,34 @@ impl<S: EventStore + 'static> Runtime<S> {
         result
     }
 
-    /// The events an earlier execution under `key` stored, if it committed.
+    /// The events an earlier execution under `key` stored, if it committed. A transient store
+    /// error is retried with the fault back-off until `deadline` (at least one look-up is made).
     async fn earlier_execution(
+        &self,
+        decision: &'static str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<Committed>, StoreError> {
+        let mut failures = 0;
+        loop {
+            match self.look_up_execution(decision, key).await {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    names::record_store_error("read", &e);
+                    failures += 1;
+                    let delay = self.inner.policy.fault_delay(failures);
+                    if !e.is_transient() || Instant::now() + delay >= deadline {
+                        return Err(e);
+                    }
+                    // The caller's own task waits here, not an actor.
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One look-up of the events an earlier execution under `key` stored.
+    async fn look_up_execution(
         &self,
         decision: &'static str,
         key: &str,

@@ -147,6 +147,24 @@ pub trait EventStore: Send + Sync {
         condition: AppendCondition,
     ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
 
+    /// Appends as [`EventStore::append_if`] does (or [`EventStore::append`], without a
+    /// condition), recording `append_id` with the events: an id the caller gives this append and
+    /// keeps when it sends it again. When its events are found stored, the answer tells who
+    /// stored them: `replayed: false` if this very append did (its first send, whose answer was
+    /// lost), `replayed: true` if another append did (another execution of the same idempotent
+    /// command, say). Without an id a store cannot tell the two apart, and answers
+    /// `replayed: true` for both.
+    ///
+    /// # Errors
+    ///
+    /// As [`EventStore::append_if`].
+    fn append_as(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> impl Future<Output = Result<Appended, AppendError>> + Send;
+
     /// The stored events with these ids, in position order (ids not stored are left out).
     /// This is how an append whose outcome is unknown (the connection dropped during `COMMIT`)
     /// is found out, and how a command re-executed under an idempotency key finds its first

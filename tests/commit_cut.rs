@@ -287,6 +287,7 @@ async fn a_refused_append_cut_the_same_way_is_not_stored_and_a_resend_is_refused
 // ---------------------------------------------------------------------------------------------
 
 /// The pings of a counter: how many.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Pings(String);
 
 impl Projection for Pings {
@@ -355,6 +356,7 @@ impl Decision for Ping {
 }
 
 /// Whether a thing was created.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Thing(String);
 
 impl Projection for Thing {

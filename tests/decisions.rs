@@ -155,6 +155,7 @@ fn withdrawn(account: &str, amount: i64) -> Event {
     Event::new("Withdrawn", json!({ "amount": amount })).tagged("account", account)
 }
 
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Account(String);
 
 impl Projection for Account {

@@ -51,6 +51,7 @@ const OUTCOMES: &[&str] = &[
 ];
 
 /// Counts the bumps of one hot counter.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Bumps;
 
 impl Projection for Bumps {

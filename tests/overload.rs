@@ -19,6 +19,7 @@ const SUBMISSIONS: usize = 1_000;
 /// The bound on answering a surplus command (from the issue: a behaviour, not a benchmark).
 const REFUSAL_BOUND: Duration = Duration::from_millis(100);
 
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Orders;
 
 impl Projection for Orders {

@@ -51,6 +51,7 @@ async fn restarts_settle(metrics: &PrometheusHandle, expected: f64) -> f64 {
 }
 
 /// Counts the steps taken on the one hot boundary.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Steps;
 
 impl Projection for Steps {

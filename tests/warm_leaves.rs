@@ -85,6 +85,15 @@ impl<S: EventStore> EventStore for Recording<S> {
         self.inner.append_if(events, condition).await
     }
 
+    async fn append_as(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Appended, AppendError> {
+        self.inner.append_as(append_id, events, condition).await
+    }
+
     async fn read_ids(&self, ids: &[Uuid]) -> Result<Vec<SequencedEvent>, StoreError> {
         self.inner.read_ids(ids).await
     }
@@ -204,7 +213,7 @@ fn at(events: &[SequencedEvent], position: Position) -> &SequencedEvent {
 // ---------------------------------------------------------------------------------------------
 
 /// The events carrying every tag of at least one of the sets (`t:<value>` tags), counted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Tagged(Vec<Vec<&'static str>>);
 
 impl Tagged {
@@ -392,6 +401,7 @@ async fn swapped_tuples_in_one_chain_decide_on_their_own_components<S: EventStor
 // ---------------------------------------------------------------------------------------------
 
 /// The items put into a bin, in order.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Items(String);
 
 impl Projection for Items {

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use uuid::Uuid;
 
 use super::RetryPolicy;
 use super::job::{Decided, ErasedCommand, Job, JobOutcome, State};
 use crate::append::AppendCondition;
-use crate::decision::union;
+use crate::decision::{Leaf, union};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
@@ -67,10 +68,10 @@ fn fail(chain: Vec<Job>, message: String) -> ActorProcessingErr {
 
 pub(crate) struct CommandState {
     queue: VecDeque<Job>,
-    /// Folded state and head of recent leaf projections, by projection type and query: a tuple
-    /// of projections is kept leaf by leaf, so tuples sharing a leaf (two transfers from one
-    /// account) share its warm state.
-    cache: HashMap<(TypeId, Query), (State, Option<Position>)>,
+    /// Folded state and head of recent leaf projections, by projection value (type and fields):
+    /// a tuple of projections is kept leaf by leaf, so tuples sharing a leaf (two transfers from
+    /// one account) share its warm state.
+    cache: HashMap<Leaf, (State, Option<Position>)>,
     /// A `Process` message is on its way (now or after a back-off).
     scheduled: bool,
     /// A chain whose append failed without a known outcome (the connection dropped, say): it is
@@ -83,7 +84,11 @@ struct Resend {
     decided: Vec<(Job, Verdict)>,
     events: Vec<Event>,
     condition: AppendCondition,
-    /// Sent before: a replay answer is then this very append's first commit.
+    /// The id the store records with the chain's events ([`EventStore::append_as`]): kept
+    /// across re-sends, so that a re-send finding its events stored learns whether its own first
+    /// send stored them or another execution of the same keyed commands did.
+    append_id: Uuid,
+    /// Sent before, with an unknown outcome.
     resent: bool,
 }
 
@@ -221,12 +226,12 @@ impl<S: EventStore + 'static> CommandActor<S> {
             return Ok(None);
         }
 
-        // One state per (projection type, query) in the chain, warm from the cache if possible.
+        // One state per distinct projection in the chain, warm from the cache if possible.
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of = Vec::with_capacity(chain.len());
         for job in &chain {
             let command = &job.command;
-            // Same state type and same leaves in the same order: the same state.
+            // Same projection type and equal leaves in the same order: the same state.
             let found = groups
                 .iter()
                 .position(|g| g.kind == command.state_kind() && g.owner.parts() == command.parts());
@@ -271,7 +276,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
         let read = match read_paged(self.store.as_ref(), &read_query, after).await {
             Ok(read) => read,
             Err(e) => {
-                record_store_error("read", &e);
+                names::record_store_error("read", &e);
                 if e.is_transient() {
                     return Ok(self.retry_later(state, chain, &e));
                 }
@@ -374,6 +379,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             decided,
             events,
             condition: AppendCondition::new(condition, read.head),
+            append_id: Uuid::new_v4(),
             resent: false,
         };
         Ok(self.append(state, resend).await)
@@ -382,16 +388,22 @@ impl<S: EventStore + 'static> CommandActor<S> {
     /// Appends a decided chain and answers its jobs; returns the back-off delay when something
     /// must run again later (a conflict, or a transient failure that keeps the chain to resend).
     async fn append(&self, state: &mut CommandState, chain: Resend) -> Option<Duration> {
+        let Resend {
+            decided,
+            events,
+            condition,
+            append_id,
+            resent,
+        } = chain;
         let appended = self
             .store
-            .append_if(chain.events.clone(), chain.condition.clone())
+            .append_as(append_id, events.clone(), Some(condition.clone()))
             .await;
-        let decided = chain.decided;
         match appended {
             Ok(appended)
                 if appended.replayed
                     && decided.len() > 1
-                    && appended.first.get() <= chain.condition.after.map_or(0, Position::get) =>
+                    && appended.first.get() <= condition.after.map_or(0, Position::get) =>
             {
                 // Identical events were stored before this chain read them (a keyed command
                 // executed again): the others decided on a state counting them twice. Nothing of
@@ -400,13 +412,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 None
             }
             Ok(appended) => {
-                // A replay answering a first send: identical events (ids from an idempotency key)
-                // stored by another execution. Answering a re-send, it is that other execution
-                // only if they were stored before this chain's read; after it, they are this
-                // chain's own first send, whose answer was lost.
-                let read_head = chain.condition.after.map_or(0, Position::get);
-                let replayed =
-                    appended.replayed && (!chain.resent || appended.first.get() <= read_head);
+                // Replayed: another execution of the same keyed commands stored these events
+                // (the store tells it apart from this chain's own first send, by append id).
+                let replayed = appended.replayed;
                 let mut next = appended.first.get();
                 for (job, outcome) in decided {
                     let count = outcome.as_ref().map_or(0, Vec::len);
@@ -420,16 +428,16 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
             Err(AppendError::ConditionFailed { .. }) => self.back_off(state, decided),
             Err(AppendError::Store(e))
-                if e.is_transient() && !e.may_have_committed() && !chain.resent =>
+                if e.is_transient() && !e.may_have_committed() && !resent =>
             {
                 // Certainly not stored (rolled back by a timeout, or never sent): decide again,
                 // one command at a time, since a big chain may be what missed the timeout.
-                record_store_error("append", &e);
+                names::record_store_error("append", &e);
                 let jobs = decided.into_iter().map(|(job, _)| job).collect();
                 self.retry_later(state, jobs, &e)
             }
             Err(AppendError::Store(e)) if e.is_transient() => {
-                record_store_error("append", &e);
+                names::record_store_error("append", &e);
                 // Committed or not? Unknown. Send the same events again: stored already, they
                 // are a replay answering the original positions; if not, they are appended now
                 // (or meet a real conflict and are decided again).
@@ -450,18 +458,19 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 }
                 state.resend = Some(Resend {
                     decided: live,
-                    events: chain.events,
-                    condition: chain.condition,
+                    events,
+                    condition,
+                    append_id,
                     resent: true,
                 });
                 Some(self.transient_delay(failures))
             }
-            Err(e) if chain.resent && !e.is_condition_failed() && !is_duplicate(&e) => {
+            Err(e) if resent && !e.is_condition_failed() && !is_duplicate(&e) => {
                 // The first send may have committed, and this error does not say otherwise (only
                 // a failed condition or a duplicate id proves it did not): deciding again could
                 // store the commands twice. Each caller learns the first failure.
                 if let AppendError::Store(store) = &e {
-                    record_store_error("append", store);
+                    names::record_store_error("append", store);
                 }
                 for (job, _) in decided {
                     expire(job);
@@ -470,7 +479,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
             Err(e) if decided.len() > 1 => {
                 if let AppendError::Store(store) = &e {
-                    record_store_error("append", store);
+                    names::record_store_error("append", store);
                 }
                 // Whose events were refused? Run these again one at a time to find out.
                 Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
@@ -479,7 +488,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
             Err(e) => {
                 if let AppendError::Store(store) = &e {
-                    record_store_error("append", store);
+                    names::record_store_error("append", store);
                 }
                 for (job, _) in decided {
                     record_attempt(job.command.name(), "error");
@@ -612,7 +621,7 @@ fn next_turn(queue: &VecDeque<Job>, now: Instant) -> Option<Duration> {
 type Warm = (Option<State>, Vec<Option<Position>>);
 
 fn take_warm(
-    cache: &HashMap<(TypeId, Query), (State, Option<Position>)>,
+    cache: &HashMap<Leaf, (State, Option<Position>)>,
     command: &dyn ErasedCommand,
 ) -> Result<Warm, String> {
     let parts = command.parts();
@@ -649,11 +658,6 @@ fn expire(mut job: Job) {
 
 fn is_duplicate(e: &AppendError) -> bool {
     matches!(e, AppendError::DuplicateEventId(_))
-}
-
-fn record_store_error(operation: &'static str, e: &StoreError) {
-    metrics::counter!(names::STORE_ERRORS_TOTAL, "operation" => operation, "reason" => e.reason())
-        .increment(1);
 }
 
 fn finish(job: Job, outcome: Verdict, positions: Vec<Position>, replayed: bool) {

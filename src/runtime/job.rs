@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::decision::{Decision, Projection};
+use crate::decision::{Decision, Leaf, Projection};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
@@ -21,11 +21,12 @@ pub(crate) trait ErasedCommand: Send + Sync {
     fn name(&self) -> &'static str;
     fn read_query(&self) -> &Query;
     fn condition_query(&self) -> &Query;
-    /// Commands with the same state kind and read query fold the same state.
+    /// The projection's type; commands whose projections are equal leaf by leaf (see
+    /// [`ErasedCommand::parts`]) fold the same state.
     fn state_kind(&self) -> TypeId;
     fn initial_state(&self) -> Result<State, String>;
     /// The leaf projections of its projection (see [`Projection::parts`]).
-    fn parts(&self) -> &[(TypeId, Query)];
+    fn parts(&self) -> &[Leaf];
     /// Applies to each leaf the events it matches after the position it has `seen` (one per
     /// part; the caller may pass more events).
     fn fold(
@@ -54,7 +55,7 @@ pub(crate) struct Command<D: Decision> {
     projection: D::Projection,
     read_query: Query,
     condition_query: Query,
-    parts: Vec<(TypeId, Query)>,
+    parts: Vec<Leaf>,
     /// The idempotency key: the decided events get ids derived from it.
     key: Option<String>,
 }
@@ -113,7 +114,7 @@ impl<D: Decision> ErasedCommand for Command<D> {
         guarded(|| Box::new(self.projection.initial_state()) as State)
     }
 
-    fn parts(&self) -> &[(TypeId, Query)] {
+    fn parts(&self) -> &[Leaf] {
         &self.parts
     }
 

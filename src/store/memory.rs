@@ -26,6 +26,8 @@ struct Inner {
     /// Event at position p is at index p - 1.
     events: Vec<SequencedEvent>,
     index_of_id: HashMap<Uuid, usize>,
+    /// The `append_id` each event was stored with (see [`EventStore::append_as`]), by index.
+    append_ids: Vec<Option<Uuid>>,
 }
 
 impl MemoryStore {
@@ -52,13 +54,14 @@ impl MemoryStore {
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
+        append_id: Option<Uuid>,
     ) -> Result<Appended, AppendError> {
         validate_events(&events, &self.limits)?;
         if let Some(c) = &condition {
             validate_query_with(&c.fail_if_events_match, &self.limits)?;
         }
         let mut inner = self.lock();
-        if let Some(outcome) = inner.replay_or_duplicate(&events) {
+        if let Some(outcome) = inner.replay_or_duplicate(&events, append_id) {
             return outcome;
         }
         if let Some(c) = condition {
@@ -73,7 +76,7 @@ impl MemoryStore {
                 return Err(AppendError::ConditionFailed { after: c.after });
             }
         }
-        Ok(inner.store(events))
+        Ok(inner.store(events, append_id))
     }
 }
 
@@ -82,9 +85,13 @@ fn position_of(index: usize) -> Position {
 }
 
 impl Inner {
-    /// Mirrors `dcb_append`: the same events stored before, in order, are a replay; any other
-    /// overlap with stored ids is a duplicate.
-    fn replay_or_duplicate(&self, events: &[Event]) -> Option<Result<Appended, AppendError>> {
+    /// Mirrors `dcb_append`: the same events stored before, in order, are a replay (unless this
+    /// very append stored them); any other overlap with stored ids is a duplicate.
+    fn replay_or_duplicate(
+        &self,
+        events: &[Event],
+        append_id: Option<Uuid>,
+    ) -> Option<Result<Appended, AppendError>> {
         let found: Vec<usize> = events
             .iter()
             .filter_map(|e| self.index_of_id.get(&e.id()).copied())
@@ -99,20 +106,21 @@ impl Inner {
             Ok(Appended {
                 first: position_of(first),
                 last: position_of(first + events.len() - 1),
-                replayed: true,
+                replayed: append_id.is_none() || self.append_ids[first] != append_id,
             })
         } else {
             Err(AppendError::DuplicateEventId(self.events[first].event.id()))
         })
     }
 
-    fn store(&mut self, events: Vec<Event>) -> Appended {
+    fn store(&mut self, events: Vec<Event>, append_id: Option<Uuid>) -> Appended {
         let first = self.events.len();
         let recorded_at = SystemTime::now();
         self.events.reserve(events.len());
         for event in events {
             let index = self.events.len();
             self.index_of_id.insert(event.id(), index);
+            self.append_ids.push(append_id);
             self.events.push(SequencedEvent {
                 position: position_of(index),
                 recorded_at,
@@ -178,7 +186,7 @@ impl EventStore for MemoryStore {
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<Appended, AppendError> {
-        self.write(events, None)
+        self.write(events, None, None)
     }
 
     async fn append_if(
@@ -186,6 +194,15 @@ impl EventStore for MemoryStore {
         events: Vec<Event>,
         condition: AppendCondition,
     ) -> Result<Appended, AppendError> {
-        self.write(events, Some(condition))
+        self.write(events, Some(condition), None)
+    }
+
+    async fn append_as(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Appended, AppendError> {
+        self.write(events, condition, Some(append_id))
     }
 }

@@ -113,6 +113,7 @@ impl PostgresStore {
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
+        append_id: Option<Uuid>,
     ) -> Result<Appended, AppendError> {
         let limits = &self.inner.limits;
         let payloads = validate_events(&events, limits)?;
@@ -121,7 +122,7 @@ impl PostgresStore {
         }
         self.inner
             .committer
-            .submit(events, payloads, condition)
+            .submit(events, payloads, condition, append_id)
             .await
     }
 }
@@ -257,7 +258,7 @@ impl EventStore for PostgresStore {
     }
 
     async fn append(&self, events: Vec<Event>) -> Result<Appended, AppendError> {
-        self.write(events, None).await
+        self.write(events, None, None).await
     }
 
     async fn read_ids(&self, ids: &[Uuid]) -> Result<Vec<SequencedEvent>, StoreError> {
@@ -292,6 +293,15 @@ impl EventStore for PostgresStore {
         events: Vec<Event>,
         condition: AppendCondition,
     ) -> Result<Appended, AppendError> {
-        self.write(events, Some(condition)).await
+        self.write(events, Some(condition), None).await
+    }
+
+    async fn append_as(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Appended, AppendError> {
+        self.write(events, condition, Some(append_id)).await
     }
 }

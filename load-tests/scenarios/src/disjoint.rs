@@ -27,6 +27,7 @@ impl Create {
 }
 
 /// Whether a boundary already holds an event.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Exists(Query);
 
 impl Projection for Exists {

@@ -67,6 +67,7 @@ pub struct CourseState {
 }
 
 /// A course's events.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Course(pub String);
 
 impl Projection for Course {
@@ -91,6 +92,7 @@ impl Projection for Course {
 }
 
 /// The courses a student holds.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Student(pub String);
 
 impl Projection for Student {

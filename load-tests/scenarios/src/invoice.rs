@@ -22,6 +22,7 @@ FROM invoices";
 pub struct NextInvoice;
 
 /// The highest invoice number so far (0 before the first).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LastInvoice;
 
 impl Projection for LastInvoice {

@@ -66,6 +66,7 @@ pub struct LoanState {
 }
 
 /// The book's events and the reader's events, read in one round trip.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Loan {
     /// The book id.
     pub book: String,

@@ -54,6 +54,7 @@ pub fn accounts(n: usize, balance: i64) -> Vec<Event> {
 }
 
 /// An account's balance, `None` until it is opened.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Account(pub String);
 
 impl Projection for Account {

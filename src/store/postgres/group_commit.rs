@@ -25,12 +25,15 @@ use crate::event::{Event, Position};
 use crate::metrics as names;
 
 const APPEND_SQL: &str = "SELECT statuses, firsts, dups FROM dcb_append(\
-    $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+    $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+    $19)";
 
 struct Request {
     events: Vec<Event>,
     payloads: Vec<String>,
     condition: Option<AppendCondition>,
+    /// See [`crate::EventStore::append_as`].
+    append_id: Option<Uuid>,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
     /// Held until the request is answered or dropped.
     _slot: OwnedSemaphorePermit,
@@ -64,6 +67,7 @@ impl GroupCommitter {
         events: Vec<Event>,
         payloads: Vec<String>,
         condition: Option<AppendCondition>,
+        append_id: Option<Uuid>,
     ) -> Result<Appended, AppendError> {
         let slot = self
             .slots
@@ -76,6 +80,7 @@ impl GroupCommitter {
             events,
             payloads,
             condition,
+            append_id,
             reply,
             _slot: slot,
         };
@@ -279,6 +284,7 @@ struct Encoded<'a> {
     item_tags: Vec<String>,
     item_tag_starts: Vec<i32>,
     item_tag_counts: Vec<i32>,
+    req_append_ids: Vec<Option<Uuid>>,
 }
 
 /// Array lengths and 1-based offsets as `int`. Validation caps events, tags and items far below
@@ -293,6 +299,7 @@ impl<'a> Encoded<'a> {
         for (r, request) in batch.iter().enumerate() {
             let r = int(r + 1);
             enc.req_event_counts.push(int(request.events.len()));
+            enc.req_append_ids.push(request.append_id);
             for (offset, (event, payload)) in
                 request.events.iter().zip(&request.payloads).enumerate()
             {
@@ -369,6 +376,7 @@ async fn commit(
                 &enc.item_tags,
                 &enc.item_tag_starts,
                 &enc.item_tag_counts,
+                &enc.req_append_ids,
             ],
         )
         .await?;
@@ -387,31 +395,67 @@ async fn commit(
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     for (((status, first), dup), request) in statuses.into_iter().zip(firsts).zip(dups).zip(batch) {
-        let last = |first: i64| {
+        let status = Status::try_from(status)?;
+        let at = |first: i64, replayed: bool| {
             let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
             Appended {
                 first: Position::new(first),
                 last: Position::new(first + n - 1),
-                replayed: status == 2,
+                replayed,
             }
         };
         outcomes.push(match (status, first, dup) {
-            (0, Some(first), _) => {
+            (Status::Appended, Some(first), _) => {
                 metrics::counter!(names::EVENTS_APPENDED_TOTAL)
                     .increment(request.events.len() as u64);
-                Ok(last(first))
+                Ok(at(first, false))
             }
-            (2, Some(first), _) => Ok(last(first)),
-            (1, _, _) => Err(AppendError::ConditionFailed {
+            (Status::Replayed, Some(first), _) => Ok(at(first, true)),
+            (Status::Resent, Some(first), _) => Ok(at(first, false)),
+            (Status::ConditionFailed, _, _) => Err(AppendError::ConditionFailed {
                 after: request.condition.as_ref().and_then(|c| c.after),
             }),
-            (3, _, Some(id)) => Err(AppendError::DuplicateEventId(id)),
-            _ => {
+            (Status::DuplicateId, _, Some(id)) => Err(AppendError::DuplicateEventId(id)),
+            (status, first, dup) => {
                 return Err(StoreError::Corrupt(format!(
-                    "dcb_append answered status {status}"
+                    "dcb_append answered {status:?} with first {first:?} and duplicate {dup:?}"
                 )));
             }
         });
     }
     Ok(outcomes)
+}
+
+/// What `dcb_append` answers for one request (its `statuses` array).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Stored at `firsts[r]`.
+    Appended,
+    /// The condition failed; nothing stored.
+    ConditionFailed,
+    /// Stored before by another identical append, at `firsts[r]`.
+    Replayed,
+    /// An event id is stored with other content, or only part of the request is (`dups[r]`).
+    DuplicateId,
+    /// Stored before by this same append (same `append_id`), at `firsts[r]`: a re-send.
+    Resent,
+}
+
+impl TryFrom<i16> for Status {
+    type Error = StoreError;
+
+    fn try_from(status: i16) -> Result<Self, StoreError> {
+        Ok(match status {
+            0 => Self::Appended,
+            1 => Self::ConditionFailed,
+            2 => Self::Replayed,
+            3 => Self::DuplicateId,
+            4 => Self::Resent,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "dcb_append answered status {other}"
+                )));
+            }
+        })
+    }
 }
