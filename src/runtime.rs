@@ -79,8 +79,12 @@ pub struct Committed {
     pub events: Vec<Event>,
     /// Appends it took (1 without conflict; 0 for a replay).
     pub attempts: u32,
-    /// The command had already been committed under its idempotency key (see
-    /// [`Runtime::execute_with_key`]): `positions` and `events` are that first execution's.
+    /// The command had already been committed under its idempotency key by another execution
+    /// (see [`Runtime::execute_with_key`]): `positions` and `events` are that execution's.
+    /// Exactly one execution of a key answers `false`: the one whose append stored the events
+    /// (the store records an append id with them, so a re-sent append whose first answer was
+    /// lost still knows whether it stored them itself), whichever runtime or process ran the
+    /// others.
     pub replayed: bool,
 }
 

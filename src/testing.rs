@@ -234,6 +234,15 @@ where
         }
     }
 
+    /// What the decision answered: its events, or its rejection.
+    ///
+    /// # Errors
+    ///
+    /// The decision's rejection.
+    pub fn into_result(self) -> Result<Vec<crate::Event>, D::Rejection> {
+        self.result
+    }
+
     /// Asserts the decision rejected the command and returns why.
     ///
     /// # Panics

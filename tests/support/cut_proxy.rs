@@ -125,6 +125,14 @@ impl CutProxy {
         self.shared.armed.load(Ordering::SeqCst)
     }
 
+    /// Stops the proxy and waits until it is gone: its listening port is closed (connecting is
+    /// refused) and no connection through it forwards anything any more.
+    pub async fn close(mut self) {
+        self.accept.abort();
+        // Resolves once the accept loop's future is dropped, with the tasks of its connections.
+        let _ = (&mut self.accept).await;
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
