@@ -6,7 +6,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::event::Position;
-use crate::validate::ValidationError;
+use crate::limits::ValidationError;
 
 /// A read, a migration or a connection failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,9 +30,24 @@ pub enum StoreError {
     /// A stored row could not be decoded (someone wrote to the tables by hand).
     #[error("stored data is malformed: {0}")]
     Corrupt(String),
-    /// The store's background writer has stopped (the runtime is shutting down).
+    /// The store's writer (its appender actor) had stopped before the request reached it: nothing
+    /// was sent to the database.
     #[error("the store is closed")]
     Closed,
+    /// The store's writer stopped after taking the request and before answering it: the append
+    /// may or may not have committed.
+    #[error("the store stopped before answering; the append may have committed")]
+    AnswerLost,
+    /// A builder was given a value it cannot work with.
+    #[error("invalid setting {name} = {value}: {requirement}")]
+    Setting {
+        /// The builder method.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        requirement: &'static str,
+    },
     /// No database to connect to and none could be started (see [`crate::local`]).
     #[error("no database available: {0}")]
     NoDatabase(String),
@@ -42,60 +57,56 @@ impl StoreError {
     /// Whether retrying the same operation may succeed: a lost connection, a server shutting
     /// down or restarting, a pool timeout, a cancelled statement or a lock timeout.
     ///
-    /// An append that failed this way may or may not have committed; re-sending the same events
-    /// is safe because event ids make appends idempotent.
+    /// An append that failed this way may or may not have committed (see
+    /// [`StoreError::may_have_committed`]); re-sending the same events is safe because event ids
+    /// make appends idempotent.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Db(e) => is_transient_db_error(e),
-            StoreError::Pool(_) | StoreError::Closed => true,
+            StoreError::Db(e) => DbFault::of(e).transient,
+            StoreError::Pool(_) | StoreError::Closed | StoreError::AnswerLost => true,
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// Whether an append that failed with this error may nevertheless have been committed: the
     /// connection broke (or the server went down) after the statement was sent, so its answer,
     /// not necessarily its commit, was lost. `false` when the database certainly rolled it back
     /// (a statement or lock timeout, a serialization failure) or never received it (no
-    /// connection could be had).
+    /// connection could be had, the store's writer had stopped).
     pub fn may_have_committed(&self) -> bool {
         match self {
-            StoreError::Db(e) => !matches!(
-                e.code(),
-                Some(
-                    &SqlState::QUERY_CANCELED
-                        | &SqlState::LOCK_NOT_AVAILABLE
-                        | &SqlState::T_R_SERIALIZATION_FAILURE
-                        | &SqlState::T_R_DEADLOCK_DETECTED
-                        | &SqlState::TOO_MANY_CONNECTIONS
-                        | &SqlState::CANNOT_CONNECT_NOW
-                )
-            ),
-            StoreError::Pool(_) | StoreError::Invalid(_) | StoreError::Config(_) => false,
-            _ => true,
+            StoreError::Db(e) => !DbFault::of(e).rolled_back,
+            StoreError::Pool(_)
+            | StoreError::Invalid(_)
+            | StoreError::Config(_)
+            | StoreError::Setting { .. }
+            | StoreError::Closed
+            | StoreError::NoDatabase(_) => false,
+            StoreError::AnswerLost | StoreError::Migration(_) | StoreError::Corrupt(_) => true,
         }
     }
 
     /// A short, stable name for what went wrong: the `reason` label of
     /// `dcb_store_errors_total`. `connection_lost`, `server_shutdown`, `statement_timeout`,
     /// `lock_timeout`, `serialization`, `too_many_connections`, `idle_timeout`, `pool_timeout`,
-    /// `connect_failed`, `database` (any other server error), `closed`, `invalid`, `config`,
-    /// `migration`, `corrupt`, `no_database`.
+    /// `connect_failed`, `database` (any other server error), `closed`, `answer_lost`,
+    /// `invalid`, `config`, `setting`, `migration`, `corrupt`, `no_database`.
     pub fn reason(&self) -> &'static str {
         match self {
-            StoreError::Db(e) => db_error_reason(e),
+            StoreError::Db(e) => DbFault::of(e).reason,
             StoreError::Pool(e) => match e.as_ref() {
                 deadpool_postgres::PoolError::Timeout(_) => "pool_timeout",
-                deadpool_postgres::PoolError::Backend(e) => match db_error_reason(e) {
+                deadpool_postgres::PoolError::Backend(e) => match DbFault::of(e).reason {
                     "database" | "connection_lost" => "connect_failed",
                     other => other,
                 },
                 _ => "connect_failed",
             },
             StoreError::Closed => "closed",
+            StoreError::AnswerLost => "answer_lost",
             StoreError::Invalid(_) => "invalid",
             StoreError::Config(_) => "config",
+            StoreError::Setting { .. } => "setting",
             StoreError::Migration(_) => "migration",
             StoreError::Corrupt(_) => "corrupt",
             StoreError::NoDatabase(_) => "no_database",
@@ -103,28 +114,75 @@ impl StoreError {
     }
 }
 
-fn db_error_reason(e: &tokio_postgres::Error) -> &'static str {
-    let Some(code) = e.code() else {
-        return if e.as_db_error().is_none() {
-            "connection_lost"
-        } else {
-            "database"
+impl StoreError {
+    /// Refuses a count of 0 for the builder setting `name`.
+    pub(crate) fn at_least_one<T>(name: &'static str, value: T) -> Result<(), StoreError>
+    where
+        T: PartialEq + Default,
+    {
+        if value == T::default() {
+            return Err(StoreError::Setting {
+                name,
+                value: "0".to_owned(),
+                requirement: "at least 1",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a database error means to the store. [`DbFault::of`] is the one place where SQLSTATEs
+/// are interpreted; everything else asks it.
+struct DbFault {
+    /// The `reason` label.
+    reason: &'static str,
+    /// Retrying may succeed.
+    transient: bool,
+    /// The server certainly did not commit the statement: it rolled it back, or never ran it.
+    rolled_back: bool,
+}
+
+impl DbFault {
+    const fn new(reason: &'static str, transient: bool, rolled_back: bool) -> Self {
+        Self {
+            reason,
+            transient,
+            rolled_back,
+        }
+    }
+
+    fn of(e: &tokio_postgres::Error) -> Self {
+        let Some(code) = e.code() else {
+            return if e.as_db_error().is_none() {
+                // No SQLSTATE: the socket failed, maybe after the server committed.
+                Self::new("connection_lost", true, false)
+            } else {
+                Self::new("database", false, false)
+            };
         };
-    };
-    match *code {
-        SqlState::ADMIN_SHUTDOWN | SqlState::CRASH_SHUTDOWN | SqlState::CANNOT_CONNECT_NOW => {
-            "server_shutdown"
+        match *code {
+            // The server is stopping: a statement it was running may have committed first.
+            SqlState::ADMIN_SHUTDOWN | SqlState::CRASH_SHUTDOWN => {
+                Self::new("server_shutdown", true, false)
+            }
+            // Refused at connection time: nothing ran.
+            SqlState::CANNOT_CONNECT_NOW => Self::new("server_shutdown", true, true),
+            SqlState::TOO_MANY_CONNECTIONS => Self::new("too_many_connections", true, true),
+            // Cancelled or refused statements roll their transaction back.
+            SqlState::QUERY_CANCELED => Self::new("statement_timeout", true, true),
+            SqlState::LOCK_NOT_AVAILABLE => Self::new("lock_timeout", true, true),
+            SqlState::T_R_SERIALIZATION_FAILURE | SqlState::T_R_DEADLOCK_DETECTED => {
+                Self::new("serialization", true, true)
+            }
+            SqlState::IDLE_SESSION_TIMEOUT | SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT => {
+                Self::new("idle_timeout", true, false)
+            }
+            SqlState::CONNECTION_EXCEPTION | SqlState::CONNECTION_FAILURE => {
+                Self::new("connection_lost", true, false)
+            }
+            _ if e.is_closed() => Self::new("connection_lost", true, false),
+            _ => Self::new("database", false, false),
         }
-        SqlState::QUERY_CANCELED => "statement_timeout",
-        SqlState::LOCK_NOT_AVAILABLE => "lock_timeout",
-        SqlState::T_R_SERIALIZATION_FAILURE | SqlState::T_R_DEADLOCK_DETECTED => "serialization",
-        SqlState::TOO_MANY_CONNECTIONS => "too_many_connections",
-        SqlState::IDLE_SESSION_TIMEOUT | SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT => {
-            "idle_timeout"
-        }
-        SqlState::CONNECTION_EXCEPTION | SqlState::CONNECTION_FAILURE => "connection_lost",
-        _ if e.is_closed() => "connection_lost",
-        _ => "database",
     }
 }
 
@@ -138,32 +196,6 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Pool(Arc::new(e))
     }
-}
-
-/// The one place where SQLSTATEs are interpreted.
-fn is_transient_db_error(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    let Some(code) = e.code() else {
-        // No SQLSTATE: an I/O error on the socket.
-        return e.as_db_error().is_none();
-    };
-    [
-        SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::T_R_DEADLOCK_DETECTED,
-        SqlState::LOCK_NOT_AVAILABLE,
-        SqlState::QUERY_CANCELED,
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::CONNECTION_EXCEPTION,
-        SqlState::CONNECTION_FAILURE,
-        SqlState::TOO_MANY_CONNECTIONS,
-        SqlState::IDLE_SESSION_TIMEOUT,
-        SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-    ]
-    .contains(code)
 }
 
 /// An append did not store its events.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::validate::ValidationError;
+use crate::limits::ValidationError;
 
 /// The place of a stored event in the store: unique, strictly increasing, starting at 1.
 ///

@@ -21,6 +21,7 @@ mod append;
 mod decision;
 pub mod error;
 mod event;
+mod limits;
 pub mod local;
 pub mod metrics;
 mod migrate;
@@ -37,6 +38,7 @@ pub use decision::{Decision, Projection, default_key, union};
 pub use decision::{Leaf, PartState};
 pub use error::{AppendError, StoreError};
 pub use event::{Event, P, Position, SequencedEvent, Tag};
+pub use limits::{Limits, MAX_READABLE_DEPTH, ValidationError};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};
 pub use runtime::{
     Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder, default_actors, keyed_event_id,
@@ -45,4 +47,3 @@ pub use store::{
     EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,
     ReadResult,
 };
-pub use validate::{Limits, MAX_READABLE_DEPTH, ValidationError};

@@ -1,6 +1,7 @@
 //! Queries: the consistency boundary of a decision, an OR of items.
 
 mod builder;
+mod validate;
 
 use std::collections::HashSet;
 use std::hash::Hash;
@@ -8,6 +9,7 @@ use std::hash::Hash;
 pub use builder::{Complete, Empty, Matching, Typed};
 
 use crate::event::{Event, Tag};
+pub(crate) use validate::{validate_query_with, validate_read};
 
 /// One item of a query: matches an event whose type is one of `types` (or any type when `types`
 /// is empty) and that carries every tag of `tags` (or any tags when `tags` is empty).

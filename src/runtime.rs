@@ -16,9 +16,9 @@ use uuid::Uuid;
 use crate::decision::Decision;
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
+use crate::limits::ValidationError;
 use crate::metrics as names;
 use crate::store::{EventStore, PostgresStore};
-use crate::validate::ValidationError;
 use command_actor::CommandMsg;
 pub use job::keyed_event_id;
 use job::{Command, ErasedCommand, Job, JobOutcome};
@@ -177,31 +177,32 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
         }
     }
 
-    /// Command actors (default [`default_actors`]: twice the available cores); commands are
-    /// spread over them by consistency key.
+    /// Command actors (default [`default_actors`]: twice the available cores; at least 1);
+    /// commands are spread over them by consistency key.
     pub fn actors(mut self, actors: usize) -> Self {
-        self.actors = actors.max(1);
+        self.actors = actors;
         self
     }
 
-    /// Commands one actor may hold, queued or running (default 1024); beyond it `execute`
-    /// answers [`ExecuteError::Overloaded`] at once.
+    /// Commands one actor may hold, queued or running (default 1024; at least 1); beyond it
+    /// `execute` answers [`ExecuteError::Overloaded`] at once.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity.max(1);
+        self.queue_capacity = capacity;
         self
     }
 
-    /// Appends tried per command before [`ExecuteError::ConflictsExhausted`] (default 10).
+    /// Appends tried per command before [`ExecuteError::ConflictsExhausted`] (default 10; at
+    /// least 1).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.policy.max_attempts = attempts.max(1);
+        self.policy.max_attempts = attempts;
         self
     }
 
     /// Back-off bounds: the first delay is at most `base`, doubling up to `cap` (defaults 1 ms,
-    /// 100 ms).
+    /// 100 ms; `cap` at least `base`).
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.policy.base_delay = base;
-        self.policy.max_delay = cap.max(base);
+        self.policy.max_delay = cap;
         self
     }
 
@@ -211,9 +212,9 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
         self
     }
 
-    /// Most queued commands an actor decides and appends together (default 64).
+    /// Most queued commands an actor decides and appends together (default 64; at least 1).
     pub fn max_chain(mut self, commands: usize) -> Self {
-        self.max_chain = commands.max(1);
+        self.max_chain = commands;
         self
     }
 
@@ -221,8 +222,10 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
     ///
     /// # Errors
     ///
+    /// [`StoreError::Setting`] for a count of 0 or a back-off cap below its base;
     /// [`StoreError::Closed`] if the actors could not be spawned.
     pub async fn start(self) -> Result<Runtime<S>, StoreError> {
+        self.check()?;
         names::describe();
         // A restart counter that never moved is still a series: "0 restarts", not "no data".
         metrics::counter!(names::ACTOR_RESTARTS_TOTAL).increment(0);
@@ -251,6 +254,24 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
                 store,
             }),
         })
+    }
+}
+
+impl<S> RuntimeBuilder<S> {
+    /// Refuses settings the runtime cannot work with, as the builder was given them.
+    fn check(&self) -> Result<(), StoreError> {
+        StoreError::at_least_one("actors", self.actors)?;
+        StoreError::at_least_one("queue_capacity", self.queue_capacity)?;
+        StoreError::at_least_one("max_chain", self.max_chain)?;
+        StoreError::at_least_one("max_attempts", self.policy.max_attempts)?;
+        if self.policy.max_delay < self.policy.base_delay {
+            return Err(StoreError::Setting {
+                name: "backoff",
+                value: format!("{:?}, {:?}", self.policy.base_delay, self.policy.max_delay),
+                requirement: "a cap at least the base delay",
+            });
+        }
+        Ok(())
     }
 }
 

@@ -35,9 +35,10 @@
 
 use std::marker::PhantomData;
 
+use super::validate::validate_query;
 use super::{Query, QueryItem};
 use crate::event::Tag;
-use crate::validate::{ValidationError, validate_query};
+use crate::limits::ValidationError;
 
 /// State of an item that names nothing yet: it cannot be finalized.
 #[derive(Debug)]

@@ -273,7 +273,7 @@ impl Job {
 impl Drop for Job {
     fn drop(&mut self) {
         let outcome = if self.maybe_stored {
-            let e = self.last_failure.take().unwrap_or(StoreError::Closed);
+            let e = self.last_failure.take().unwrap_or(StoreError::AnswerLost);
             JobOutcome::Failed(AppendError::Store(e))
         } else {
             JobOutcome::Requeue

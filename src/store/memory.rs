@@ -11,8 +11,10 @@ use super::{EventStore, ReadOptions, ReadResult};
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
+use crate::limits::Limits;
 use crate::query::Query;
-use crate::validate::{Limits, validate_events, validate_query_with, validate_read};
+use crate::query::{validate_query_with, validate_read};
+use crate::validate::validate_events;
 
 /// An event store held in memory, with the same semantics as [`super::PostgresStore`].
 #[derive(Debug, Default)]

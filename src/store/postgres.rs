@@ -15,8 +15,10 @@ use super::{EventStore, PoolStatus, ReadOptions, ReadResult};
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent, Tag};
+use crate::limits::Limits;
 use crate::query::Query;
-use crate::validate::{Limits, validate_events, validate_query_with, validate_read};
+use crate::query::{validate_query_with, validate_read};
+use crate::validate::validate_events;
 use group_commit::GroupCommitter;
 
 /// A DCB event store on PostgreSQL.
@@ -128,9 +130,10 @@ impl PostgresStore {
 }
 
 impl PostgresStoreBuilder {
-    /// Most connections in the pool (default 16). Reads take one each; the group committer one.
+    /// Most connections in the pool (default 16; at least 1). Reads take one each; the group
+    /// committer one.
     pub fn pool_size(mut self, size: usize) -> Self {
-        self.pool_size = size.max(1);
+        self.pool_size = size;
         self
     }
 
@@ -152,9 +155,9 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Most appends written in one transaction (default 256).
+    /// Most appends written in one transaction (default 256; at least 1).
     pub fn max_batch(mut self, max: usize) -> Self {
-        self.max_batch = max.max(1);
+        self.max_batch = max;
         self
     }
 
@@ -168,8 +171,11 @@ impl PostgresStoreBuilder {
     ///
     /// # Errors
     ///
-    /// A bad URL, an unreachable server or a failed migration.
+    /// [`StoreError::Setting`] for a pool size or batch of 0; a bad URL, an unreachable server or
+    /// a failed migration.
     pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+        StoreError::at_least_one("pool_size", self.pool_size)?;
+        StoreError::at_least_one("max_batch", self.max_batch)?;
         let mut pg = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| StoreError::Config(Arc::new(e)))?;
         pg.connect_timeout(self.connect_timeout);

@@ -87,7 +87,8 @@ impl GroupCommitter {
         self.appender
             .send_message(AppenderMsg::Append(request))
             .map_err(|_| StoreError::Closed)?;
-        outcome.await.map_err(|_| StoreError::Closed)?
+        // The appender took the request and stopped before answering: committed or not, unknown.
+        outcome.await.map_err(|_| StoreError::AnswerLost)?
     }
 }
 
