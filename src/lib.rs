@@ -41,7 +41,8 @@ pub use event::{Event, P, Position, SequencedEvent, Tag};
 pub use limits::{Limits, MAX_READABLE_DEPTH, ValidationError};
 pub use query::{Complete, Empty, Matching, Query, QueryItem, Typed};
 pub use runtime::{
-    Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder, default_actors, keyed_event_id,
+    CommandOutcome, Committed, ExecuteError, RetryPolicy, Runtime, RuntimeBuilder, default_actors,
+    keyed_event_id,
 };
 pub use store::{
     EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,

@@ -1,9 +1,12 @@
 //! The decision runtime: command actors (ractor) run decisions against the store, routed by
 //! consistency key, with back-off on conflicts, bounded queues, a supervisor and metrics.
 
+mod after_append;
 mod command_actor;
 mod job;
+mod outcome;
 mod supervisor;
+mod warm_cache;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +25,7 @@ use crate::store::{EventStore, PostgresStore};
 use command_actor::CommandMsg;
 pub use job::keyed_event_id;
 use job::{Command, ErasedCommand, Job, JobOutcome};
+pub use outcome::CommandOutcome;
 use supervisor::{Slot, Supervisor, SupervisorMsg};
 
 /// How conflicts are retried: exponential back-off with full jitter, bounded attempts, and a
@@ -125,14 +129,18 @@ pub enum ExecuteError<R> {
 }
 
 impl<R> ExecuteError<R> {
-    /// The `outcome` label of `dcb_commands_total` this error counts as.
-    pub fn outcome(&self) -> &'static str {
+    /// What this error counts as in `dcb_commands_total{outcome}`.
+    pub fn outcome(&self) -> CommandOutcome {
         match self {
-            ExecuteError::Rejected(_) => "rejected",
-            ExecuteError::ConflictsExhausted { .. } => "conflict_exhausted",
-            ExecuteError::Overloaded | ExecuteError::ShuttingDown => "overloaded",
-            ExecuteError::Timeout => "timeout",
-            _ => "error",
+            ExecuteError::Rejected(_) => CommandOutcome::Rejected,
+            ExecuteError::ConflictsExhausted { .. } => CommandOutcome::ConflictExhausted,
+            ExecuteError::Overloaded => CommandOutcome::Overloaded,
+            ExecuteError::ShuttingDown => CommandOutcome::ShuttingDown,
+            ExecuteError::Timeout => CommandOutcome::Timeout,
+            ExecuteError::Panicked(_)
+            | ExecuteError::Invalid(_)
+            | ExecuteError::DuplicateEventId(_)
+            | ExecuteError::Store(_) => CommandOutcome::Error,
         }
     }
 }
@@ -411,13 +419,10 @@ impl<S: EventStore + 'static> Runtime<S> {
         }
         metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
             .record(started.elapsed());
-        if let Err(e) = &result {
-            // Outcomes decided inside the actors are counted there.
-            if matches!(e, ExecuteError::Overloaded | ExecuteError::ShuttingDown) {
-                metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => e.outcome())
-                    .increment(1);
-            }
-        }
+        // Counted once, here, as the caller is answered (after the keyed fix-up above).
+        let outcome = CommandOutcome::of(&result).label();
+        metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => outcome)
+            .increment(1);
         result
     }
 
@@ -498,8 +503,6 @@ impl<S: EventStore + 'static> Runtime<S> {
         let deadline = started + inner.policy.deadline;
         loop {
             if Instant::now() >= deadline {
-                metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => "timeout")
-                    .increment(1);
                 return Err(ExecuteError::Timeout);
             }
             if slot.queued.fetch_add(1, Ordering::AcqRel) >= inner.capacity {
@@ -525,17 +528,7 @@ impl<S: EventStore + 'static> Runtime<S> {
 
     fn map<R: 'static>(outcome: JobOutcome) -> Result<Committed, ExecuteError<R>> {
         match outcome {
-            JobOutcome::Committed {
-                positions,
-                events,
-                attempts,
-                replayed,
-            } => Ok(Committed {
-                positions,
-                events,
-                attempts,
-                replayed,
-            }),
+            JobOutcome::Committed(committed) => Ok(committed),
             JobOutcome::Rejected(why) => match why.downcast::<R>() {
                 Ok(r) => Err(ExecuteError::Rejected(*r)),
                 Err(_) => Err(ExecuteError::Panicked(

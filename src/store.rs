@@ -238,3 +238,43 @@ pub trait EventStore: Send + Sync {
         })
     }
 }
+
+/// Events per read statement. A cold boundary with a long history is read in pages, so that no
+/// single statement grows with the history (a statement timeout would otherwise fail the same big
+/// read on every retry); a warm boundary's read of what is new is one page.
+const READ_PAGE: usize = 512;
+
+/// Every event matching `query` after `after`, in one answer complete up to the head of its first
+/// page (the command actors' cold and warm reads).
+pub(crate) async fn read_complete<S: EventStore>(
+    store: &S,
+    query: &Query,
+    after: Option<Position>,
+) -> Result<ReadResult, StoreError> {
+    let first = store
+        .read(
+            query,
+            ReadOptions::default().after_opt(after).limit(READ_PAGE),
+        )
+        .await?;
+    let head = first.head;
+    let mut events = first.events;
+    let mut last_page = events.len();
+    while last_page == READ_PAGE {
+        let (Some(from), Some(head)) = (events.last().map(|e| e.position), head) else {
+            break;
+        };
+        let page = store
+            .read(
+                query,
+                ReadOptions::default()
+                    .after(from)
+                    .up_to(head)
+                    .limit(READ_PAGE),
+            )
+            .await?;
+        last_page = page.events.len();
+        events.extend(page.events);
+    }
+    Ok(ReadResult { events, head })
+}

@@ -273,7 +273,7 @@ fn classify<R: std::fmt::Debug>(result: Result<Committed, ExecuteError<R>>) -> O
     match result {
         Ok(committed) => Outcome::Committed(committed.events.iter().map(|e| e.id()).collect()),
         Err(ExecuteError::Rejected(_)) => Outcome::Rejected,
-        Err(e) => Outcome::Error(e.outcome(), error_chain(&e)),
+        Err(e) => Outcome::Error(e.outcome().label(), error_chain(&e)),
     }
 }
 

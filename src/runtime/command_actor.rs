@@ -9,22 +9,24 @@
 //! contended boundary does not fail the others again.
 
 use std::any::TypeId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
 
-use super::RetryPolicy;
+use super::after_append::{Next, after_append};
 use super::job::{Decided, ErasedCommand, Job, JobOutcome, State};
+use super::warm_cache::WarmCache;
+use super::{Committed, RetryPolicy};
 use crate::append::AppendCondition;
-use crate::decision::{Leaf, union};
+use crate::decision::union;
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
 use crate::query::Query;
-use crate::store::{EventStore, ReadOptions, ReadResult};
+use crate::store::{EventStore, read_complete};
 
 /// A job's decision in a chain: its events, or its rejection (boxed, typed by the caller).
 type Verdict = Result<Vec<Event>, Box<dyn std::any::Any + Send>>;
@@ -40,9 +42,6 @@ pub(crate) struct CommandActor<S> {
     pub(crate) policy: RetryPolicy,
     pub(crate) max_chain: usize,
 }
-
-/// Warm leaf projections kept per actor; beyond this the cache starts over.
-const CACHED_BOUNDARIES: usize = 4_096;
 
 /// The commands of a chain that fold the same state.
 struct Group {
@@ -60,7 +59,6 @@ struct Group {
 /// fails with it, and the actor is restarted.
 fn fail(chain: Vec<Job>, message: String) -> ActorProcessingErr {
     for job in chain {
-        record_outcome(job.command.name(), "error");
         job.answer(JobOutcome::Panicked(message.clone()));
     }
     Box::new(DecisionPanicked(message))
@@ -68,10 +66,7 @@ fn fail(chain: Vec<Job>, message: String) -> ActorProcessingErr {
 
 pub(crate) struct CommandState {
     queue: VecDeque<Job>,
-    /// Folded state and head of recent leaf projections, by projection value (type and fields):
-    /// a tuple of projections is kept leaf by leaf, so tuples sharing a leaf (two transfers from
-    /// one account) share its warm state.
-    cache: HashMap<Leaf, (State, Option<Position>)>,
+    cache: WarmCache,
     /// A `Process` message is on its way (now or after a back-off).
     scheduled: bool,
     /// A chain whose append failed without a known outcome (the connection dropped, say): it is
@@ -110,7 +105,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
         Ok(CommandState {
             queue: VecDeque::new(),
             scheduled: false,
-            cache: HashMap::new(),
+            cache: WarmCache::default(),
             resend: None,
         })
     }
@@ -151,10 +146,6 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
         }
         Ok(())
     }
-}
-
-fn record_outcome(name: &'static str, outcome: &'static str) {
-    metrics::counter!(names::COMMANDS_TOTAL, "decision" => name, "outcome" => outcome).increment(1);
 }
 
 fn record_attempt(name: &'static str, result: &'static str) {
@@ -238,7 +229,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             let index = match found {
                 Some(index) => index,
                 None => {
-                    let (warm, seen) = match take_warm(&state.cache, command.as_ref()) {
+                    let (warm, seen) = match state.cache.warm(command.as_ref()) {
                         Ok(warm) => warm,
                         Err(message) => return Err(fail(chain, message)),
                     };
@@ -273,7 +264,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .flat_map(|g| g.seen.iter().copied())
             .collect::<Option<Vec<_>>>()
             .and_then(|heads| heads.into_iter().min());
-        let read = match read_paged(self.store.as_ref(), &read_query, after).await {
+        let read = match read_complete(self.store.as_ref(), &read_query, after).await {
             Ok(read) => read,
             Err(e) => {
                 names::record_store_error("read", &e);
@@ -281,7 +272,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     return Ok(self.retry_later(state, chain, &e));
                 }
                 for job in chain {
-                    record_outcome(job.command.name(), "error");
                     job.answer(JobOutcome::Failed(AppendError::Store(e.clone())));
                 }
                 return Ok(None);
@@ -297,17 +287,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
             group.seen.fill(read.head);
             // What is committed up to the read's head is worth keeping, whatever comes next.
-            if let Some(warm) = &group.state {
-                let parts = match group.owner.split(warm) {
-                    Ok(parts) => parts,
-                    Err(message) => return Err(fail(chain, message)),
-                };
-                if state.cache.len() + parts.len() > CACHED_BOUNDARIES {
-                    state.cache.clear();
-                }
-                for (key, part) in group.owner.parts().iter().zip(parts) {
-                    state.cache.insert(key.clone(), (part, read.head));
-                }
+            if let Some(warm) = &group.state
+                && let Err(message) = state.cache.keep(group.owner.as_ref(), warm, read.head)
+            {
+                return Err(fail(chain, message));
             }
         }
 
@@ -337,7 +320,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
                             .as_mut()
                             .map(|s| g.owner.fold(s, &provisional, &g.seen));
                         if let Some(Err(message)) = folded {
-                            record_outcome(job.command.name(), "error");
                             job.answer(JobOutcome::Panicked(message.clone()));
                             return Err(Box::new(DecisionPanicked(message)));
                         }
@@ -346,7 +328,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 }
                 Decided::Rejected(why) => decided.push((job, Err(why))),
                 Decided::Panicked(message) => {
-                    record_outcome(job.command.name(), "error");
                     job.answer(JobOutcome::Panicked(message.clone()));
                     // The other jobs are dropped with this actor and re-submitted by their
                     // callers (they never ran); the supervisor starts a fresh actor.
@@ -395,52 +376,34 @@ impl<S: EventStore + 'static> CommandActor<S> {
             append_id,
             resent,
         } = chain;
-        let appended = self
+        let answer = self
             .store
             .append_as(append_id, events.clone(), Some(condition.clone()))
             .await;
-        match appended {
-            Ok(appended)
-                if appended.replayed
-                    && decided.len() > 1
-                    && appended.first.get() <= condition.after.map_or(0, Position::get) =>
-            {
-                // Identical events were stored before this chain read them (a keyed command
-                // executed again): the others decided on a state counting them twice. Nothing of
-                // theirs is stored; decide each again on its own.
-                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
-                None
-            }
-            Ok(appended) => {
-                // Replayed: another execution of the same keyed commands stored these events
-                // (the store tells it apart from this chain's own first send, by append id).
-                let replayed = appended.replayed;
-                let mut next = appended.first.get();
+        if let Err(AppendError::Store(e)) = &answer {
+            names::record_store_error("append", e);
+        }
+        match after_append(answer, decided.len(), condition.after, resent) {
+            Next::Answer { first, replayed } => {
+                let mut next = first.get();
                 for (job, outcome) in decided {
-                    let count = outcome.as_ref().map_or(0, Vec::len);
-                    let positions = (next..next + i64::try_from(count).unwrap_or(0))
-                        .map(Position::new)
-                        .collect();
-                    next += i64::try_from(count).unwrap_or(0);
+                    let count = i64::try_from(outcome.as_ref().map_or(0, Vec::len)).unwrap_or(0);
+                    let positions = (next..next + count).map(Position::new).collect();
+                    next += count;
                     finish(job, outcome, positions, replayed);
                 }
                 None
             }
-            Err(AppendError::ConditionFailed { .. }) => self.back_off(state, decided),
-            Err(AppendError::Store(e))
-                if e.is_transient() && !e.may_have_committed() && !resent =>
-            {
-                // Certainly not stored (rolled back by a timeout, or never sent): decide again,
-                // one command at a time, since a big chain may be what missed the timeout.
-                names::record_store_error("append", &e);
+            Next::DecideSingly => {
+                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
+                None
+            }
+            Next::Conflict => self.back_off(state, decided),
+            Next::RetryLater(e) => {
                 let jobs = decided.into_iter().map(|(job, _)| job).collect();
                 self.retry_later(state, jobs, &e)
             }
-            Err(AppendError::Store(e)) if e.is_transient() => {
-                names::record_store_error("append", &e);
-                // Committed or not? Unknown. Send the same events again: stored already, they
-                // are a replay answering the original positions; if not, they are appended now
-                // (or meet a real conflict and are decided again).
+            Next::Resend(e) => {
                 let now = Instant::now();
                 let mut live = decided;
                 let mut failures = 0;
@@ -465,34 +428,15 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 });
                 Some(self.transient_delay(failures))
             }
-            Err(e) if resent && !e.is_condition_failed() && !is_duplicate(&e) => {
-                // The first send may have committed, and this error does not say otherwise (only
-                // a failed condition or a duplicate id proves it did not): deciding again could
-                // store the commands twice. Each caller learns the first failure.
-                if let AppendError::Store(store) = &e {
-                    names::record_store_error("append", store);
-                }
+            Next::GiveUp => {
                 for (job, _) in decided {
                     expire(job);
                 }
                 None
             }
-            Err(e) if decided.len() > 1 => {
-                if let AppendError::Store(store) = &e {
-                    names::record_store_error("append", store);
-                }
-                // Whose events were refused? Run these again one at a time to find out.
-                Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
-                tracing::debug!(error = ?e, "chain append failed; retrying its commands singly");
-                None
-            }
-            Err(e) => {
-                if let AppendError::Store(store) = &e {
-                    names::record_store_error("append", store);
-                }
+            Next::Fail(e) => {
                 for (job, _) in decided {
                     record_attempt(job.command.name(), "error");
-                    record_outcome(job.command.name(), "error");
                     job.answer(JobOutcome::Failed(e.clone()));
                 }
                 None
@@ -540,7 +484,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
             record_attempt(name, "conflict");
             job.attempts += 1;
             if job.attempts >= self.policy.max_attempts {
-                record_outcome(name, "conflict_exhausted");
                 let attempts = job.attempts;
                 job.answer(JobOutcome::ConflictsExhausted { attempts });
             } else {
@@ -562,45 +505,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
     }
 }
 
-/// Events per read statement. A cold boundary with a long history is read in pages, so that no
-/// single statement grows with the history (a statement timeout would otherwise fail the same big
-/// read on every retry); a warm boundary's read of what is new is one page.
-const READ_PAGE: usize = 512;
-
-/// The events matching `query` after `after`, complete up to the head of the first page.
-async fn read_paged<S: EventStore>(
-    store: &S,
-    query: &Query,
-    after: Option<Position>,
-) -> Result<ReadResult, StoreError> {
-    let first = store
-        .read(
-            query,
-            ReadOptions::default().after_opt(after).limit(READ_PAGE),
-        )
-        .await?;
-    let head = first.head;
-    let mut events = first.events;
-    let mut last_page = events.len();
-    while last_page == READ_PAGE {
-        let (Some(from), Some(head)) = (events.last().map(|e| e.position), head) else {
-            break;
-        };
-        let page = store
-            .read(
-                query,
-                ReadOptions::default()
-                    .after(from)
-                    .up_to(head)
-                    .limit(READ_PAGE),
-            )
-            .await?;
-        last_page = page.events.len();
-        events.extend(page.events);
-    }
-    Ok(ReadResult { events, head })
-}
-
 /// When the next turn should run: now if a queued job may run, else when the first one backing
 /// off may; `None` with an empty queue.
 fn next_turn(queue: &VecDeque<Job>, now: Instant) -> Option<Duration> {
@@ -615,70 +519,29 @@ fn next_turn(queue: &VecDeque<Job>, now: Instant) -> Option<Duration> {
         .min()
 }
 
-/// A copy of the warm state of a command's projection, joined from its leaves' cached states
-/// (which stay cached: another group of the chain may share a leaf), and the position each leaf
-/// has seen; `(None, [None..])` unless every leaf is cached.
-type Warm = (Option<State>, Vec<Option<Position>>);
-
-fn take_warm(
-    cache: &HashMap<Leaf, (State, Option<Position>)>,
-    command: &dyn ErasedCommand,
-) -> Result<Warm, String> {
-    let parts = command.parts();
-    let cold = (None, vec![None; parts.len()]);
-    let Some(cached) = parts
-        .iter()
-        .map(|key| cache.get(key))
-        .collect::<Option<Vec<_>>>()
-    else {
-        return Ok(cold);
-    };
-    let states: Vec<&State> = cached.iter().map(|(state, _)| state).collect();
-    Ok(match command.join(&states)? {
-        Some(state) => (Some(state), cached.iter().map(|(_, seen)| *seen).collect()),
-        None => cold,
-    })
-}
-
 /// A job past its deadline: `Timeout`, or the transient store failure that kept it from
 /// completing (then, if it was an append, its events may be stored).
 fn expire(mut job: Job) {
-    let name = job.command.name();
     match job.last_failure.take() {
-        Some(e) => {
-            record_outcome(name, "error");
-            job.answer(JobOutcome::Failed(AppendError::Store(e)));
-        }
-        None => {
-            record_outcome(name, "timeout");
-            job.answer(JobOutcome::Timeout);
-        }
+        Some(e) => job.answer(JobOutcome::Failed(AppendError::Store(e))),
+        None => job.answer(JobOutcome::Timeout),
     }
 }
 
-fn is_duplicate(e: &AppendError) -> bool {
-    matches!(e, AppendError::DuplicateEventId(_))
-}
-
 fn finish(job: Job, outcome: Verdict, positions: Vec<Position>, replayed: bool) {
-    let name = job.command.name();
     match outcome {
         Ok(events) => {
             if !events.is_empty() {
-                record_attempt(name, "committed");
+                record_attempt(job.command.name(), "committed");
             }
-            record_outcome(name, "committed");
             let attempts = if replayed { 0 } else { job.attempts + 1 };
-            job.answer(JobOutcome::Committed {
+            job.answer(JobOutcome::Committed(Committed {
                 positions,
                 events,
                 attempts,
                 replayed,
-            });
+            }));
         }
-        Err(why) => {
-            record_outcome(name, "rejected");
-            job.answer(JobOutcome::Rejected(why));
-        }
+        Err(why) => job.answer(JobOutcome::Rejected(why)),
     }
 }

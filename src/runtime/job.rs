@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::Committed;
 use crate::decision::{Decision, Leaf, Projection};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
@@ -190,13 +191,7 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 
 /// How a job ended, as sent back to the caller.
 pub(crate) enum JobOutcome {
-    Committed {
-        positions: Vec<Position>,
-        events: Vec<Event>,
-        attempts: u32,
-        /// Stored by an earlier execution under the same idempotency key.
-        replayed: bool,
-    },
+    Committed(Committed),
     Rejected(Box<dyn Any + Send>),
     ConflictsExhausted {
         attempts: u32,
