@@ -1,6 +1,6 @@
 //! The Prometheus exposition served over HTTP after a workload producing every command outcome:
 //! every metric of `dcb_runtime::metrics::ALL` is there with its type, histograms are histograms,
-//! and `promtool` parses it.
+//! and a strict parser of the text exposition format (0.0.4) accepts it, with the same types.
 
 #[path = "support/gate.rs"]
 mod gate;
@@ -17,6 +17,7 @@ use dcb_runtime::{
     SequencedEvent,
 };
 use gate::Gate;
+use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -431,49 +432,79 @@ async fn the_exposition_is_complete_typed_and_parses() {
     }
     assert!(value(&exposition, names::ACTOR_RESTARTS_TOTAL).is_some_and(|v| v >= 1.0));
 
-    promtool_check(&exposition);
+    let parsed = parse_exposition(&exposition)
+        .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{exposition}"));
+    for name in names::ALL {
+        let expected = if HISTOGRAMS.contains(name) {
+            PrometheusType::Histogram
+        } else if GAUGES.contains(name) {
+            PrometheusType::Gauge
+        } else {
+            PrometheusType::Counter
+        };
+        let family = parsed
+            .families
+            .get(*name)
+            .unwrap_or_else(|| panic!("the parser found no family {name}"));
+        assert_eq!(family.family_type, expected, "the parsed type of {name}");
+    }
 }
 
-/// Validates the exposition with `promtool check metrics`: a parse error fails the test, lint
-/// findings (naming advice) are printed.
-fn promtool_check(exposition: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) => panic!(
-            "promtool is needed to validate the exposition and could not be run ({e}); \
-             install it: apt-get install -y prometheus"
+/// Parses the exposition as the text format 0.0.4 strictly: the grammar (names, label syntax and
+/// escapes, numbers, one sample a line) and the rules of its metric types (a family split in two,
+/// a series twice, a histogram without a `+Inf` bucket or not cumulative, a negative counter are
+/// errors). It stands in for `promtool check metrics`, so the test needs no Prometheus binary.
+fn parse_exposition(
+    exposition: &str,
+) -> Result<MetricsExposition<PrometheusType, PrometheusValue>, String> {
+    openmetrics_parser::prometheus::parse_prometheus(exposition).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_exposition_check_rejects_malformed_text() {
+    let valid = "# HELP dcb_queue_depth Commands waiting.\n\
+                 # TYPE dcb_queue_depth gauge\n\
+                 dcb_queue_depth{actor=\"0\"} 3\n\
+                 \n\
+                 # TYPE dcb_read_duration_seconds histogram\n\
+                 dcb_read_duration_seconds_bucket{le=\"0.005\"} 1\n\
+                 dcb_read_duration_seconds_bucket{le=\"+Inf\"} 2\n\
+                 dcb_read_duration_seconds_sum 0.5\n\
+                 dcb_read_duration_seconds_count 2\n";
+    parse_exposition(valid).expect("a well-formed exposition parses");
+
+    let malformed = [
+        (
+            "a line that is no sample",
+            "dcb_queue_depth 3\nthis is not a sample\n",
         ),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write to promtool");
-    let output = child.wait_with_output().expect("promtool");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // promtool exits 1 when the text cannot be parsed ("error while linting: ..."), 3 when it
-    // parsed and only lint findings remain, 0 when clean.
-    match output.status.code() {
-        Some(0) => eprintln!(
-            "promtool check metrics: clean ({} lines)",
-            exposition.lines().count()
+        (
+            "an unterminated label value",
+            "dcb_queue_depth{actor=\"0} 3\n",
         ),
-        Some(3) => eprintln!("promtool lint findings (not parse errors):\n{report}"),
-        other => {
-            panic!("promtool could not parse the exposition ({other:?}):\n{report}\n{exposition}")
-        }
+        ("a value that is no number", "dcb_queue_depth three\n"),
+        (
+            "a sample of another name in a typed family",
+            "# TYPE dcb_queue_depth gauge\ndcb_queue_dpeth 3\n",
+        ),
+        (
+            "a series twice",
+            "# TYPE dcb_queue_depth gauge\ndcb_queue_depth 3\ndcb_queue_depth 4\n",
+        ),
+        (
+            "a histogram without a +Inf bucket",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+        ),
+        (
+            "a histogram whose buckets are not cumulative",
+            "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
+        ),
+        ("a negative counter", "# TYPE c_total counter\nc_total -1\n"),
+    ];
+    for (what, text) in malformed {
+        assert!(
+            parse_exposition(text).is_err(),
+            "{what} was accepted:\n{text}"
+        );
     }
 }
