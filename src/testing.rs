@@ -71,6 +71,24 @@ impl TestDatabase {
         &self.name
     }
 
+    /// The database's URL with its password replaced by `***`, for printing.
+    pub fn redacted_url(&self) -> String {
+        crate::redact::redact(&self.url)
+    }
+
+    /// Leaves the database on its server instead of dropping it, so that what was stored can be
+    /// looked at afterwards, and returns its name. Removing it is then up to the caller
+    /// (`DROP DATABASE <name> WITH (FORCE)`).
+    pub fn keep(self) -> String {
+        // Dropping `self` would drop the database: take the fields out and never run `Drop`.
+        let mut kept = std::mem::ManuallyDrop::new(self);
+        let _ = (
+            std::mem::take(&mut kept.url),
+            std::mem::take(&mut kept.admin_url),
+        );
+        std::mem::take(&mut kept.name)
+    }
+
     /// A store on this database (migrations already applied).
     ///
     /// # Errors

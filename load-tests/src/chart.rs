@@ -6,8 +6,8 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::progress::Sample;
 use crate::report::Report;
+use crate::timeline::Sample;
 
 type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
 

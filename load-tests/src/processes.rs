@@ -8,8 +8,8 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
-use crate::RunArgs;
-use crate::run::ShareResult;
+use crate::cli::RunArgs;
+use crate::share::ShareResult;
 use crate::workload::Kind;
 
 /// `total` split into `parts` shares differing by at most one.

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::report;
+use crate::latency;
 use crate::telemetry::Snapshot;
+use crate::timeline::Sample;
 
 /// What the callers of one process have done so far.
 pub(crate) struct Live {
@@ -31,32 +31,12 @@ impl Live {
             committed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            interval: Mutex::new(report::histogram()),
+            interval: Mutex::new(latency::histogram()),
         }
     }
 
     fn decided(&self) -> u64 {
         self.committed.load(Ordering::Relaxed) + self.rejected.load(Ordering::Relaxed)
-    }
-}
-
-/// One second of a run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) struct Sample {
-    /// Seconds since the start, at the end of the interval.
-    pub(crate) t_s: f64,
-    pub(crate) committed_per_s: f64,
-    /// Committed plus rejected per second.
-    pub(crate) decided_per_s: f64,
-    pub(crate) conflicts: f64,
-    pub(crate) append_attempts: f64,
-    pub(crate) p99_ms: f64,
-}
-
-impl Sample {
-    /// Failed append conditions per append attempt in this interval.
-    pub(crate) fn conflict_rate(&self) -> f64 {
-        crate::telemetry::ratio(self.conflicts, self.append_attempts).unwrap_or(0.0)
     }
 }
 

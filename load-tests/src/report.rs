@@ -1,50 +1,18 @@
-//! Latency recording and the final report (human summary and JSON).
+//! The report of a timed run: merged from the processes' shares, shown as a human summary
+//! (its `Display`) and serialized as the JSON report.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
+use std::fmt;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
-
 use uuid::Uuid;
 
 use crate::chaos::{Accounting, Chaos};
-use crate::progress::Sample;
-use crate::run::ShareResult;
+use crate::database::KeptDatabase;
+use crate::latency::{self, LatencyMs};
+use crate::share::ShareResult;
 use crate::telemetry::{Snapshot, ratio};
-
-/// Latencies in microseconds, 1 µs to 60 s at 3 significant digits.
-pub(crate) fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
-pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
-    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
-    h.saturating_record(us);
-}
-
-#[derive(Serialize, Debug, Default, Clone, Copy)]
-pub(crate) struct LatencyMs {
-    pub(crate) p50: f64,
-    pub(crate) p95: f64,
-    pub(crate) p99: f64,
-    pub(crate) max: f64,
-    pub(crate) mean: f64,
-}
-
-impl LatencyMs {
-    pub(crate) fn of(h: &Histogram<u64>) -> Self {
-        let ms = |us: u64| us as f64 / 1000.0;
-        Self {
-            p50: ms(h.value_at_quantile(0.50)),
-            p95: ms(h.value_at_quantile(0.95)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-            mean: h.mean() / 1000.0,
-        }
-    }
-}
+use crate::timeline::{self, Sample};
 
 /// The JSON report of a timed run.
 #[derive(Serialize, Debug, Default)]
@@ -82,6 +50,9 @@ pub(crate) struct Report {
     /// Counted with SQL over the `events` table after the run.
     pub(crate) invariant_violations: i64,
     pub(crate) events_in_store: i64,
+    /// Of `events_in_store`, those the scenario's set-up stored before the run (courses, books
+    /// and readers, accounts): every other one was decided by a command.
+    pub(crate) setup_events: i64,
     /// Mean appends per dcb_append transaction (group commit).
     pub(crate) mean_batch_size: Option<f64>,
     /// Mean duration of one dcb_append transaction, in ms.
@@ -100,6 +71,9 @@ pub(crate) struct Report {
     /// Under `--chaos`: acknowledged, acknowledged_missing, duplicates, unacknowledged_stored.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub(crate) accounting: Option<Accounting>,
+    /// With `--keep-database`: the database left on the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) kept_database: Option<KeptDatabase>,
     /// One sample per second (per process when several ran: summed rates, worst p99).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) timeline: Vec<Sample>,
@@ -114,7 +88,7 @@ pub(crate) struct Report {
 impl Report {
     /// Merges what each process did. Throughput is over the longest process's duration.
     pub(crate) fn merge(scenario: &str, shares: Vec<ShareResult>) -> Self {
-        let mut latencies = histogram();
+        let mut latencies = latency::histogram();
         let mut metrics = Snapshot::default();
         let mut report = Report {
             scenario: scenario.to_owned(),
@@ -134,7 +108,7 @@ impl Report {
                 latencies.saturating_record_n(value, count);
             }
             metrics = metrics.plus(share.metrics);
-            merge_timeline(&mut report.timeline, &share.timeline);
+            timeline::merge(&mut report.timeline, &share.timeline);
             report.sent_ids.extend(share.sent_ids);
             report.acked_ids.extend(share.acked_ids);
         }
@@ -176,64 +150,81 @@ impl Report {
             )
         })
     }
+}
 
-    pub(crate) fn print(&self) {
-        println!("scenario             {}", self.scenario);
-        println!(
+/// The human summary, one figure a line.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "scenario             {}", self.scenario)?;
+        writeln!(
+            f,
             "concurrency          {} caller(s) in {} process(es), {} actor(s) each; {} key(s), skew {}",
             self.concurrency, self.processes, self.actors, self.keys, self.skew
-        );
-        println!(
+        )?;
+        writeln!(
+            f,
             "duration             {:.1} s (seed {})",
             self.duration_s, self.seed
-        );
-        println!(
+        )?;
+        writeln!(
+            f,
             "commands             {} ({} committed, {} rejected by a rule, {} errors)",
             self.commands, self.committed, self.rejected, self.errors
-        );
+        )?;
         for (outcome, n) in &self.errors_by_outcome {
-            println!("  errors: {outcome:<12} {n}");
+            writeln!(f, "  errors: {outcome:<12} {n}")?;
         }
         for message in &self.first_errors {
-            println!("  e.g. {message}");
+            writeln!(f, "  e.g. {message}")?;
         }
-        println!(
+        writeln!(
+            f,
             "conflicts            {} failed append conditions ({:.1} % of appends), {} retries",
             self.conflicts,
             self.conflict_rate * 100.0,
             self.retries
-        );
+        )?;
         if self.store_errors > 0 {
-            println!(
+            writeln!(
+                f,
                 "store errors         {} failed reads or appends, retried until the deadline",
                 self.store_errors
-            );
+            )?;
         }
-        println!(
+        writeln!(
+            f,
             "throughput           {:.0} committed/s ({:.0} decided/s)",
             self.throughput_per_s, self.decisions_per_s
-        );
+        )?;
         let l = self.latency_ms;
-        println!(
+        writeln!(
+            f,
             "latency (ms)         p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
             l.p50, l.p95, l.p99, l.max
-        );
+        )?;
         if let (Some(b), Some(r)) = (self.baseline_tps, self.ratio) {
-            println!(
+            writeln!(
+                f,
                 "baseline             {b:.0} plain inserts/s at the same concurrency; ratio {r:.2}x"
-            );
+            )?;
         }
         if let (Some(b), Some(t)) = (self.mean_batch_size, self.mean_append_transaction_ms) {
-            println!(
+            writeln!(
+                f,
                 "group commit         {b:.1} appends per transaction on average, {t:.2} ms each"
-            );
+            )?;
         }
         if let Some(r) = self.mean_read_ms {
-            println!("reads                {r:.2} ms on average");
+            writeln!(f, "reads                {r:.2} ms on average")?;
         }
-        println!("events in store      {}", self.events_in_store);
+        write!(f, "events in store      {}", self.events_in_store)?;
+        if self.setup_events > 0 {
+            write!(f, " ({} set up before the run)", self.setup_events)?;
+        }
+        writeln!(f)?;
         if let (Some(chaos), Some(a)) = (self.chaos, self.accounting) {
-            println!(
+            writeln!(
+                f,
                 "chaos                {chaos:?}, injected {} time(s): {} acknowledged, {} of them \
                  missing, {} duplicates, {} stored for commands that answered an error",
                 self.chaos_injected.unwrap_or(0),
@@ -241,41 +232,12 @@ impl Report {
                 a.acknowledged_missing,
                 a.duplicates,
                 a.unacknowledged_stored
-            );
+            )?;
         }
-        println!(
+        write!(
+            f,
             "invariant violations {} (counted with SQL over the events table)",
             self.invariant_violations
-        );
+        )
     }
-}
-
-/// Adds `other`'s samples to `into`, second by second: rates and counts add up, p99 is the worse.
-fn merge_timeline(into: &mut Vec<Sample>, other: &[Sample]) {
-    for (i, s) in other.iter().enumerate() {
-        match into.get_mut(i) {
-            None => into.push(*s),
-            Some(t) => {
-                t.t_s = t.t_s.max(s.t_s);
-                t.committed_per_s += s.committed_per_s;
-                t.decided_per_s += s.decided_per_s;
-                t.conflicts += s.conflicts;
-                t.append_attempts += s.append_attempts;
-                t.p99_ms = t.p99_ms.max(s.p99_ms);
-            }
-        }
-    }
-}
-
-pub(crate) fn write_json(path: Option<&Path>, value: &impl Serialize) -> anyhow::Result<()> {
-    let json = serde_json::to_string_pretty(value)?;
-    match path {
-        Some(p) => {
-            std::fs::write(p, json + "\n")
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
-            eprintln!("report written to {}", p.display());
-        }
-        None => println!("{json}"),
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! One process's share of a run: its callers, its runtime, its counts.
+//! Running one process's share of a run: its callers, its runtime, its counts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,47 +7,15 @@ use std::time::Instant;
 
 use dcb_runtime::{PostgresStore, Runtime};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Serialize};
-
-use crate::RunArgs;
-use uuid::Uuid;
 
 use crate::chaos::{self, Chaos};
+use crate::cli::RunArgs;
 use crate::keys::KeyPicker;
-use crate::progress::{Display, Goal, Live, Sample, Sampler};
-use crate::report;
+use crate::latency;
+use crate::progress::{Display, Goal, Live, Sampler};
+use crate::share::{Share, ShareResult};
 use crate::telemetry::Snapshot;
 use crate::workload::{Kind, Outcome, Workload};
-
-/// What one process is asked to do.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Share {
-    pub(crate) process: usize,
-    pub(crate) callers: usize,
-    /// Commands to send in all (else run for the duration).
-    pub(crate) commands: Option<u64>,
-}
-
-/// What one process did: merged by the parent when several processes run.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct ShareResult {
-    pub(crate) committed: u64,
-    pub(crate) rejected: u64,
-    pub(crate) errors: u64,
-    /// Errors by the `outcome` label they count under in `dcb_commands_total`.
-    pub(crate) errors_by_outcome: BTreeMap<String, u64>,
-    /// The first few error messages, for the summary.
-    pub(crate) first_errors: Vec<String>,
-    pub(crate) duration_s: f64,
-    /// Command latencies in µs as `(value, count)` pairs.
-    pub(crate) latency_us: Vec<(u64, u64)>,
-    pub(crate) metrics: Snapshot,
-    pub(crate) timeline: Vec<Sample>,
-    /// Under `--chaos`: the id of the event each command sent would store, and those of the
-    /// commands acknowledged as committed.
-    pub(crate) sent_ids: Vec<Uuid>,
-    pub(crate) acked_ids: Vec<Uuid>,
-}
 
 const ERRORS_KEPT: usize = 5;
 
@@ -99,7 +67,7 @@ pub(crate) async fn run_share(
         let mut rng = fastrand::Rng::with_seed(caller_seed(args.seed(), share.process, caller));
         let commands = share.commands;
         callers.push(tokio::spawn(async move {
-            let mut latencies = report::histogram();
+            let mut latencies = latency::histogram();
             let (mut sent, mut acked) = (Vec::new(), Vec::new());
             for n in 0.. {
                 let more = match commands {
@@ -113,8 +81,8 @@ pub(crate) async fn run_share(
                 let (outcome, id) = workload.step(&runtime, &mut rng, caller, n).await;
                 sent.extend(id);
                 let took = began.elapsed();
-                report::record(&mut latencies, took);
-                report::record(&mut live.interval.lock().expect("interval lock"), took);
+                latency::record(&mut latencies, took);
+                latency::record(&mut live.interval.lock().expect("interval lock"), took);
                 match outcome {
                     Outcome::Committed(ids) => {
                         if keyed {
@@ -136,7 +104,7 @@ pub(crate) async fn run_share(
             (latencies, sent, acked)
         }));
     }
-    let mut latencies = report::histogram();
+    let mut latencies = latency::histogram();
     let (mut sent_ids, mut acked_ids) = (Vec::new(), Vec::new());
     for caller in callers {
         let (l, sent, acked) = caller.await?;

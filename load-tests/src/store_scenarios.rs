@@ -11,9 +11,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::report::{self, LatencyMs, Report};
+use crate::cli::{RunArgs, StoreSizeArgs};
+use crate::database::{self, RunDatabase};
+use crate::json_report;
+use crate::latency::{self, LatencyMs};
+use crate::report::Report;
 use crate::telemetry::Snapshot;
-use crate::{RunArgs, StoreSizeArgs, database};
 
 #[derive(Default)]
 struct Counters {
@@ -23,13 +26,27 @@ struct Counters {
 }
 
 /// Every decision on a boundary of its own: `thing:<worker>-<n>`, read (empty), then append one
-/// event conditional on the boundary still being empty.
+/// event conditional on the boundary still being empty. On a fresh database, dropped or (with
+/// `--keep-database`) kept afterwards, whether the run succeeded or not.
 pub(crate) async fn disjoint(
     args: &RunArgs,
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<Report> {
     let before = Snapshot::take(metrics);
-    let run = database::open(args.database_url.as_deref()).await?;
+    let run = database::open(args.database_url.as_deref(), args.keep_database).await?;
+    let measured = disjoint_in(&run, args, metrics, before).await;
+    let kept = run.close();
+    let mut report = measured?;
+    report.kept_database = kept;
+    Ok(report)
+}
+
+async fn disjoint_in(
+    run: &RunDatabase,
+    args: &RunArgs,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+    before: Snapshot,
+) -> anyhow::Result<Report> {
     let store = PostgresStore::builder(run.db.url())
         .pool_size(args.concurrency + 1)
         .connect()
@@ -46,7 +63,7 @@ pub(crate) async fn disjoint(
         let store = store.clone();
         let counters = counters.clone();
         workers.push(tokio::spawn(async move {
-            let mut latencies = report::histogram();
+            let mut latencies = latency::histogram();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let began = Instant::now();
@@ -64,7 +81,7 @@ pub(crate) async fn disjoint(
                 {
                     Ok(_) => {
                         counters.committed.fetch_add(1, Ordering::Relaxed);
-                        report::record(&mut latencies, began.elapsed());
+                        latency::record(&mut latencies, began.elapsed());
                     }
                     Err(AppendError::ConditionFailed { .. }) => {
                         counters.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -78,7 +95,7 @@ pub(crate) async fn disjoint(
             anyhow::Ok(latencies)
         }));
     }
-    let mut latencies = report::histogram();
+    let mut latencies = latency::histogram();
     for w in workers {
         latencies.add(w.await??)?;
     }
@@ -183,8 +200,8 @@ async fn time_decisions(
     commands: usize,
     size: i64,
 ) -> anyhow::Result<SizePoint> {
-    let mut reads: Histogram<u64> = report::histogram();
-    let mut appends: Histogram<u64> = report::histogram();
+    let mut reads: Histogram<u64> = latency::histogram();
+    let mut appends: Histogram<u64> = latency::histogram();
     for n in 0..commands {
         let boundary = P("filler", (n % 1000).to_string());
         let own = P("probe", format!("{size}-{n}"));
@@ -198,7 +215,7 @@ async fn time_decisions(
         let read = store
             .read(&query, ReadOptions::default().backwards().limit(10))
             .await?;
-        report::record(&mut reads, began.elapsed());
+        latency::record(&mut reads, began.elapsed());
         let event = Event::new("Probe", json!({"n": n}))
             .with_tag(boundary)
             .with_tag(own);
@@ -206,7 +223,7 @@ async fn time_decisions(
         store
             .append_if(vec![event], AppendCondition::new(query, read.head))
             .await?;
-        report::record(&mut appends, began.elapsed());
+        latency::record(&mut appends, began.elapsed());
     }
     Ok(SizePoint {
         events_stored: size,
@@ -217,7 +234,7 @@ async fn time_decisions(
 
 /// append_if latency with a small and a large store: conditions must be index lookups.
 pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
-    let run = database::open(args.database_url.as_deref()).await?;
+    let run = database::open(args.database_url.as_deref(), false).await?;
     let store = PostgresStore::connect(run.db.url()).await?;
     let client = run.db.client().await?;
     fill_to(&client, args.small).await?;
@@ -235,15 +252,28 @@ pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
         small,
         large,
     };
-    for p in [&report.small, &report.large] {
-        println!(
-            "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms",
-            p.events_stored, p.read_ms.mean, p.read_ms.p99, p.append_if_ms.mean, p.append_if_ms.p99
-        );
+    json_report::print_figures(args.json.as_ref(), &report);
+    json_report::write(args.json.as_ref(), &report)
+}
+
+/// One line per store size, then their ratio.
+impl std::fmt::Display for SizeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for p in [&self.small, &self.large] {
+            writeln!(
+                f,
+                "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms",
+                p.events_stored,
+                p.read_ms.mean,
+                p.read_ms.p99,
+                p.append_if_ms.mean,
+                p.append_if_ms.p99
+            )?;
+        }
+        write!(
+            f,
+            "large/small: append_if {:.2}x, read {:.2}x",
+            self.append_if_ratio, self.read_ratio
+        )
     }
-    println!(
-        "large/small: append_if {:.2}x, read {:.2}x",
-        report.append_if_ratio, report.read_ratio
-    );
-    report::write_json(args.json.as_deref(), &report)
 }

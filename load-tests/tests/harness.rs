@@ -1,6 +1,7 @@
 //! The load-test binary end to end, against the real database: every scenario runs a few
 //! seconds with 32 callers and the report, counted from the `events` table, shows no violated
-//! invariant and no error; the options do what they say.
+//! invariant and no error; the options do what they say (`--keep-database` is checked by
+//! counting the kept database's events with SQL here).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -206,6 +207,137 @@ fn bad_options_are_refused_with_a_message() {
             "{args:?}: no error message: {stderr}"
         );
     }
+}
+
+#[test]
+fn without_json_stdout_holds_only_the_summary() {
+    let output = run(&["disjoint", "--commands", "20", "--concurrency", "4"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("scenario             disjoint\n"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('{'),
+        "JSON on stdout without --json: {stdout}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("invariant violations 0"), "{stdout}");
+}
+
+/// The server the binary runs on without `--database-url`, as `dcb_runtime::local` finds it
+/// (these tests need one that answers: a throwaway server cannot keep a database).
+fn default_server() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| dcb_runtime::local::DEFAULT_URL.to_owned())
+}
+
+/// The name and URL in the `database kept: <name> at <url> (...)` line on stderr.
+fn kept_database(output: &Output) -> (String, String) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("database kept: "))
+        .unwrap_or_else(|| panic!("no kept database printed: {stderr}"));
+    let (name, rest) = line.split_once(" at ").expect("<name> at <url>");
+    let (url, _) = rest.split_once(" (").expect("<url> (how to remove it)");
+    (name.to_owned(), url.to_owned())
+}
+
+/// Counts the events stored in the kept database `name` on `server`, then drops it.
+fn count_events_and_drop(server: &str, name: &str) -> i64 {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async {
+        let url = dcb_runtime::testing::with_database(server, name);
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the kept database is there");
+        tokio::spawn(connection);
+        let events: i64 = client
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .expect("the events are counted")
+            .get(0);
+        let (admin, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls)
+            .await
+            .expect("the server answers");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .expect("the kept database is dropped");
+        events
+    })
+}
+
+#[test]
+fn keep_database_on_a_named_server_keeps_what_the_run_stored_and_json_dash_is_all_of_stdout() {
+    let server = default_server();
+    let output = run(&[
+        "transfer",
+        "--duration",
+        "2s",
+        "--concurrency",
+        "8",
+        "--keys",
+        "20",
+        "--database-url",
+        &server,
+        "--keep-database",
+        "--json",
+        "-",
+    ]);
+    let (name, url) = kept_database(&output);
+    let events = count_events_and_drop(&server, &name);
+    let r: Value = serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("scenario             transfer\n"),
+        "the summary is not on stderr: {stderr}"
+    );
+    assert_eq!(r["kept_database"]["name"], name.as_str(), "{r}");
+    assert_eq!(r["kept_database"]["url"], url.as_str(), "{r}");
+    assert!(url.contains(&name), "{url}");
+    // The 20 accounts opened, then one event per committed transfer.
+    assert_eq!(r["setup_events"], 20, "{r}");
+    let expected = r["committed"].as_i64().unwrap() + r["setup_events"].as_i64().unwrap();
+    assert_eq!(events, expected, "{r}");
+}
+
+#[test]
+fn keep_database_on_the_default_server() {
+    let json = scratch("kept-default.json");
+    let output = run(&[
+        "disjoint",
+        "--commands",
+        "40",
+        "--concurrency",
+        "4",
+        "--keep-database",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let (name, _) = kept_database(&output);
+    let events = count_events_and_drop(&default_server(), &name);
+    let r = report(&json);
+    assert_eq!(r["kept_database"]["name"], name.as_str(), "{r}");
+    assert_eq!(r["setup_events"], 0, "{r}");
+    assert_eq!(r["committed"], 40, "{r}");
+    assert_eq!(events, 40, "{r}");
+}
+
+#[test]
+fn keep_database_is_refused_on_the_throwaway_server_of_chaos_restart() {
+    let output = load_tests()
+        .args(["invoice", "--chaos", "restart", "--keep-database"])
+        .args(["--commands", "1"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted: {stderr}");
+    assert!(
+        stderr.contains("error: --keep-database cannot keep"),
+        "{stderr}"
+    );
 }
 
 /// Runs `scenario` under `--chaos kind` and checks the database's account of it: everything

@@ -1,0 +1,174 @@
+//! The command line: the subcommands and their options.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::chaos::Chaos;
+use crate::json_report::JsonDestination;
+use crate::workload::Kind;
+
+/// Drive dcb-runtime under load against a real PostgreSQL and report throughput, latency,
+/// conflicts and invariant violations counted from the database afterwards.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Every command on its own new boundary: the no-contention baseline.
+    Disjoint(RunArgs),
+    /// Every command on ONE boundary: the next gapless invoice number (the hottest boundary).
+    Invoice(RunArgs),
+    /// Students subscribe to `--keys` courses of capacity 10 (at most 5 courses per student).
+    Enrollment(RunArgs),
+    /// Readers borrow and return `--keys` books (one reader per book, at most 3 books each).
+    Lending(RunArgs),
+    /// Random transfers between `--keys` accounts; no balance may go below zero.
+    Transfer(RunArgs),
+    /// Runs a scenario at several concurrencies and charts throughput and p99 against them.
+    Sweep(SweepArgs),
+    /// The store alone, without the runtime: read + conditional append on distinct boundaries.
+    StoreDisjoint(RunArgs),
+    /// Latency of read + conditional append with 10,000 and with 1,000,000 events stored.
+    StoreSize(StoreSizeArgs),
+    /// Only the plain-insert rate (one event row plus its tags per transaction) at each of the
+    /// given concurrencies, to find PostgreSQL's best.
+    Baseline(BaselineArgs),
+}
+
+/// Options shared by the timed scenarios.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RunArgs {
+    /// How long to run, e.g. 10s, 1m (ignored with --commands).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Send this many commands in all, then stop (instead of running for --duration).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) commands: Option<u64>,
+    /// Concurrent callers, in all processes together.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    pub(crate) concurrency: usize,
+    /// Command actors of the runtime in each process (default: the runtime's, twice the cores).
+    #[arg(long, default_value_t = dcb_runtime::default_actors(), value_parser = at_least_one)]
+    pub(crate) actors: usize,
+    /// Keys to spread commands over: courses, books (and readers), accounts.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    pub(crate) keys: usize,
+    /// Zipf exponent of key popularity: 0 is uniform, 1 makes key 0 twice as popular as key 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) skew: f64,
+    /// OS processes running the callers against the same database; results are merged.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub(crate) processes: usize,
+    /// Seed of the callers' random choices (default: random, printed in the report).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// Database server (libpq URL); else DATABASE_URL; else the local default. The run uses a
+    /// fresh database on that server and drops it afterwards (unless --keep-database).
+    #[arg(long)]
+    pub(crate) database_url: Option<String>,
+    /// Keep the run's database on its server afterwards and print its name and URL, to look at
+    /// what the run stored. Refused on a throwaway server, which is removed on exit (under
+    /// --chaos restart, or when no server answers).
+    #[arg(long)]
+    pub(crate) keep_database: bool,
+    /// Also measure the plain-insert rate (one event row plus its tags per transaction) of the
+    /// same database at the same concurrency, and report the ratio.
+    #[arg(long)]
+    pub(crate) baseline: bool,
+    /// Write the JSON report to this file, or with `-` to stdout (the summary then goes to
+    /// stderr, so stdout holds only the JSON).
+    #[arg(long, value_name = "PATH|-")]
+    pub(crate) json: Option<JsonDestination>,
+    /// Draw throughput, conflict rate and p99 over time into this .svg or .png file.
+    #[arg(long)]
+    pub(crate) chart: Option<PathBuf>,
+    /// Inject faults while running: kill-connections, restart, pool-starvation, timeouts.
+    /// Commands then carry idempotency keys, and the report counts acknowledged commands
+    /// missing from the store and commands stored twice.
+    #[arg(long, value_enum)]
+    pub(crate) chaos: Option<Chaos>,
+    /// Serve Prometheus `/metrics` on this address (e.g. 127.0.0.1:9464) while the run lasts
+    /// (with --processes, the first process serves it).
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Internal: run as one of --processes against this prepared database.
+    #[arg(long, hide = true)]
+    pub(crate) child_of: Option<String>,
+    /// Internal: which of --processes this is.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub(crate) process_index: usize,
+}
+
+impl RunArgs {
+    /// The seed (set before a run starts).
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed.unwrap_or_default()
+    }
+
+    pub(crate) fn goal(&self) -> String {
+        match self.commands {
+            Some(n) => format!("{n} commands"),
+            None => format!("{:?}", self.duration),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct SweepArgs {
+    /// The scenario to sweep.
+    #[arg(value_enum)]
+    pub(crate) scenario: Kind,
+    /// Concurrencies to run at.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
+    pub(crate) levels: Vec<usize>,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BaselineArgs {
+    /// How long to measure each concurrency.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Concurrencies to measure, e.g. 1,8,16,64.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,64")]
+    pub(crate) concurrency: Vec<usize>,
+    /// Database server (libpq URL); else DATABASE_URL; else the local default.
+    #[arg(long)]
+    pub(crate) database_url: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct StoreSizeArgs {
+    /// Decisions timed at each store size.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) commands: usize,
+    /// The large store size.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) large: i64,
+    /// The small store size.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) small: i64,
+    /// Database server (libpq URL); else DATABASE_URL; else the local default.
+    #[arg(long)]
+    pub(crate) database_url: Option<String>,
+    /// Write the JSON report to this file, or with `-` to stdout (the figures then go to
+    /// stderr).
+    #[arg(long, value_name = "PATH|-")]
+    pub(crate) json: Option<JsonDestination>,
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -1,0 +1,40 @@
+//! One process's share of a run: what it is asked to do and what it did. The parent merges the
+//! results of all processes into the report; a child process sends its result as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::telemetry::Snapshot;
+use crate::timeline::Sample;
+
+/// What one process is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Share {
+    pub(crate) process: usize,
+    pub(crate) callers: usize,
+    /// Commands to send in all (else run for the duration).
+    pub(crate) commands: Option<u64>,
+}
+
+/// What one process did: merged by the parent when several processes run.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ShareResult {
+    pub(crate) committed: u64,
+    pub(crate) rejected: u64,
+    pub(crate) errors: u64,
+    /// Errors by the `outcome` label they count under in `dcb_commands_total`.
+    pub(crate) errors_by_outcome: BTreeMap<String, u64>,
+    /// The first few error messages, for the summary.
+    pub(crate) first_errors: Vec<String>,
+    pub(crate) duration_s: f64,
+    /// Command latencies in µs as `(value, count)` pairs.
+    pub(crate) latency_us: Vec<(u64, u64)>,
+    pub(crate) metrics: Snapshot,
+    pub(crate) timeline: Vec<Sample>,
+    /// Under `--chaos`: the id of the event each command sent would store, and those of the
+    /// commands acknowledged as committed.
+    pub(crate) sent_ids: Vec<Uuid>,
+    pub(crate) acked_ids: Vec<Uuid>,
+}
