@@ -11,8 +11,8 @@ pub const READ_DURATION_SECONDS: &str = "dcb_read_duration_seconds";
 /// Counter: events stored (replays not counted).
 pub const EVENTS_APPENDED_TOTAL: &str = "dcb_events_appended_total";
 
-/// Counter: commands by `decision` and `outcome` (committed, rejected, conflict_exhausted,
-/// overloaded, timeout, error).
+/// Counter: commands by `decision` and `outcome` ([`crate::CommandOutcome::label`]: committed,
+/// rejected, conflict_exhausted, overloaded, timeout, shutting_down, error), one per answer.
 pub const COMMANDS_TOTAL: &str = "dcb_commands_total";
 /// Counter: conditional appends by `decision` and `result` (committed, conflict, error).
 pub const APPEND_ATTEMPTS_TOTAL: &str = "dcb_append_attempts_total";

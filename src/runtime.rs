@@ -147,9 +147,8 @@ impl<R> ExecuteError<R> {
 
 /// The default number of command actors: twice the cores available to the process. Fewer
 /// actors make longer chains (more commands per read and per append) and fewer conflicts
-/// between actors; more actors overlap more reads. Measured on 2 cores with 64 callers: 4
-/// actors decided 12,450 distinct commands/s and 1,466 transfers/s, 16 actors 9,063 and 1,438
-/// (p99 169 vs 313 ms).
+/// between actors; more actors overlap more reads (the README's "Performance" gives the figures
+/// measured with 4 and with 16 actors on 2 cores).
 pub fn default_actors() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
 }
@@ -519,9 +518,9 @@ impl<S: EventStore + 'static> Runtime<S> {
                 let _ = tokio::time::timeout_at(deadline.into(), current.changed()).await;
                 continue;
             }
-            match outcome.await {
-                Ok(JobOutcome::Requeue) | Err(_) => {}
-                Ok(outcome) => return Self::map(outcome),
+            // No answer: the job never ran (its actor stopped first), submit it again.
+            if let Ok(outcome) = outcome.await {
+                return Self::map(outcome);
             }
         }
     }
@@ -548,7 +547,6 @@ impl<S: EventStore + 'static> Runtime<S> {
                     ExecuteError::ConflictsExhausted { attempts: 0 }
                 }
             }),
-            JobOutcome::Requeue => Err(ExecuteError::Timeout),
         }
     }
 

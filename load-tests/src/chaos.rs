@@ -65,13 +65,20 @@ impl Injector {
                 Chaos::Restart => (run_for / 3).max(Duration::from_secs(2)),
                 Chaos::PoolStarvation | Chaos::Timeouts => return Ok(()),
             };
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let started = tokio::time::Instant::now();
+            let mut ticks = tokio::time::interval_at(started + period, period);
             // A restart takes a while: the next one waits a whole period after it.
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Faults only while commands are sent: the commands still in flight after that are
+            // let finish (restarting a loaded server again and again while they drain kept some
+            // of them from ever meeting a running server before their deadline).
+            let sending_ends = tokio::time::sleep_until(started + run_for);
+            tokio::pin!(sending_ends);
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
                     _ = stopped.changed() => return Ok(()),
+                    () = &mut sending_ends => return Ok(()),
                 }
                 if *stopped.borrow() {
                     return Ok(());

@@ -204,7 +204,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
     }
 
-    /// Runs one chain; returns the back-off delay when it must be retried later.
+    /// Runs one chain; returns the delay before its append is re-sent, when its outcome was
+    /// unknown (every other retry waits in its job's `not_before`).
     async fn run_chain(
         &self,
         state: &mut CommandState,
@@ -269,7 +270,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
             Err(e) => {
                 names::record_store_error("read", &e);
                 if e.is_transient() {
-                    return Ok(self.retry_later(state, chain, &e));
+                    self.retry_later(state, chain, &e);
+                    return Ok(None);
                 }
                 for job in chain {
                     job.answer(JobOutcome::Failed(AppendError::Store(e.clone())));
@@ -366,8 +368,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
         Ok(self.append(state, resend).await)
     }
 
-    /// Appends a decided chain and answers its jobs; returns the back-off delay when something
-    /// must run again later (a conflict, or a transient failure that keeps the chain to resend).
+    /// Appends a decided chain and answers its jobs, or puts them back in the queue to run again;
+    /// returns the delay before the same append is re-sent, when its outcome was unknown.
     async fn append(&self, state: &mut CommandState, chain: Resend) -> Option<Duration> {
         let Resend {
             decided,
@@ -398,10 +400,14 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
                 None
             }
-            Next::Conflict => self.back_off(state, decided),
+            Next::Conflict => {
+                self.back_off(state, decided);
+                None
+            }
             Next::RetryLater(e) => {
                 let jobs = decided.into_iter().map(|(job, _)| job).collect();
-                self.retry_later(state, jobs, &e)
+                self.retry_later(state, jobs, &e);
+                None
             }
             Next::Resend(e) => {
                 let now = Instant::now();
@@ -447,12 +453,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
     /// After a transient failure that certainly stored nothing (a read, or an append rolled
     /// back): the chain goes back to the front of the queue, to be decided again after a
     /// back-off (jobs out of time answer the failure at the next turn).
-    fn retry_later(
-        &self,
-        state: &mut CommandState,
-        mut chain: Vec<Job>,
-        error: &StoreError,
-    ) -> Option<Duration> {
+    fn retry_later(&self, state: &mut CommandState, mut chain: Vec<Job>, error: &StoreError) {
         let failures = chain
             .iter_mut()
             .map(|job| job.failed(error))
@@ -462,7 +463,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
         // statement timeout, the same chain (or a longer one) would fail again and again.
         let delay = self.transient_delay(failures);
         Self::requeue_solo(state, chain.into_iter(), Some(delay));
-        None
     }
 
     /// Back-off after transient failures: the conflict back-off's curve up to ten times its cap
@@ -476,7 +476,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
 
     /// Counts the conflict, gives up on jobs out of attempts, and puts the rest back at the
     /// front of the queue to run again after a jittered exponential delay.
-    fn back_off(&self, state: &mut CommandState, decided: Vec<(Job, Verdict)>) -> Option<Duration> {
+    fn back_off(&self, state: &mut CommandState, decided: Vec<(Job, Verdict)>) {
         let mut retry = Vec::new();
         let mut attempt = 0;
         for (mut job, _) in decided {
@@ -493,7 +493,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
         }
         if retry.is_empty() {
-            return None;
+            return;
         }
         // The chain's condition was the union of all its boundaries: retried together, one
         // command's contended boundary would fail the others again (chains only grow while
@@ -501,7 +501,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
         let delay = self.policy.delay(attempt);
         metrics::histogram!(names::BACKOFF_SECONDS).record(delay);
         Self::requeue_solo(state, retry.into_iter(), Some(delay));
-        None
     }
 }
 

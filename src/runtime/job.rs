@@ -193,18 +193,15 @@ fn panic_message(panic: &(dyn Any + Send)) -> String {
 pub(crate) enum JobOutcome {
     Committed(Committed),
     Rejected(Box<dyn Any + Send>),
-    ConflictsExhausted {
-        attempts: u32,
-    },
+    ConflictsExhausted { attempts: u32 },
     Timeout,
     Panicked(String),
     Failed(AppendError),
-    /// The job never ran (its actor stopped first): safe to submit again.
-    Requeue,
 }
 
-/// A command queued on or running in a command actor. Dropping it unanswered (its actor died)
-/// answers `Requeue`; either way it leaves its actor's queue count.
+/// A command queued on or running in a command actor. Dropped unanswered (its actor died), it
+/// answers nothing, which tells the caller the job never ran and is safe to submit again; either
+/// way it leaves its actor's queue count.
 pub(crate) struct Job {
     pub(crate) command: Arc<dyn ErasedCommand>,
     pub(crate) attempts: u32,
@@ -216,7 +213,7 @@ pub(crate) struct Job {
     /// Backing off: not to run before this instant.
     pub(crate) not_before: Option<Instant>,
     /// Its events went out in an append whose outcome is unknown: it must not be decided again
-    /// (with fresh event ids it could be stored twice), so it is never answered `Requeue`.
+    /// (with fresh event ids it could be stored twice), so it is never dropped unanswered.
     pub(crate) maybe_stored: bool,
     pub(crate) deadline: Instant,
     reply: Option<oneshot::Sender<JobOutcome>>,
@@ -252,27 +249,28 @@ impl Job {
     }
 
     pub(crate) fn answer(mut self, outcome: JobOutcome) {
-        self.reply_with(outcome);
+        self.reply_with(Some(outcome));
     }
 
     /// Leaves the queue first, so a caller answered at full capacity can submit again at once.
-    fn reply_with(&mut self, outcome: JobOutcome) {
+    fn reply_with(&mut self, outcome: Option<JobOutcome>) {
         if let Some(reply) = self.reply.take() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            // The caller may have given up waiting; nothing to do then.
-            let _ = reply.send(outcome);
+            // The caller may have given up waiting; nothing to do then. Without an outcome the
+            // sender is dropped: the caller sees the job never ran.
+            if let Some(outcome) = outcome {
+                let _ = reply.send(outcome);
+            }
         }
     }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        let outcome = if self.maybe_stored {
+        let outcome = self.maybe_stored.then(|| {
             let e = self.last_failure.take().unwrap_or(StoreError::AnswerLost);
             JobOutcome::Failed(AppendError::Store(e))
-        } else {
-            JobOutcome::Requeue
-        };
+        });
         self.reply_with(outcome);
     }
 }
