@@ -29,11 +29,7 @@ const KEY: &str = "withdrawal-1";
 async fn set_up(deadline: Duration) -> (TestDatabase, CutProxy, Runtime<PostgresStore>) {
     let db = TestDatabase::create().await.expect("test database");
     let proxy = CutProxy::start(db.url()).await;
-    let store = PostgresStore::builder(proxy.url(db.url()))
-        .pool_size(1)
-        .connect()
-        .await
-        .expect("store through the proxy");
+    let store = proxy.single_connection_store(db.url()).await;
     store
         .append(vec![account_opened("a1", 100), account_opened("a2", 0)])
         .await

@@ -16,7 +16,7 @@ mod hooked;
 
 use cut_proxy::CutProxy;
 use dcb_runtime::testing::TestDatabase;
-use dcb_runtime::{EventStore, PostgresStore, Runtime};
+use dcb_runtime::{EventStore, Runtime};
 use dcb_scenarios::transfer::{Transfer, account_opened};
 use gate::Gate;
 use hooked::Hooked;
@@ -31,11 +31,7 @@ async fn a_re_sent_append_finding_another_runtimes_commit_answers_replayed() {
         .start()
         .await
         .expect("runtime 1");
-    let store2 = PostgresStore::builder(proxy.url(db.url()))
-        .pool_size(1)
-        .connect()
-        .await
-        .expect("store through the proxy");
+    let store2 = proxy.single_connection_store(db.url()).await;
     // Prepares dcb_append on R2's one connection, so its cut append is really sent.
     store2
         .append(vec![account_opened("a1", 100), account_opened("a2", 0)])
@@ -98,11 +94,7 @@ async fn a_re_sent_append_finding_another_runtimes_commit_answers_replayed() {
 async fn a_re_sent_append_finding_its_own_first_send_answers_not_replayed() {
     let db = TestDatabase::create().await.expect("test database");
     let proxy = CutProxy::start(db.url()).await;
-    let store = PostgresStore::builder(proxy.url(db.url()))
-        .pool_size(1)
-        .connect()
-        .await
-        .expect("store through the proxy");
+    let store = proxy.single_connection_store(db.url()).await;
     store
         .append(vec![account_opened("a1", 100), account_opened("a2", 0)])
         .await

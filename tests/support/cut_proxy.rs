@@ -110,6 +110,20 @@ impl CutProxy {
         through
     }
 
+    /// A store on the database `url` names whose one connection goes through this proxy, so
+    /// that every statement of the store (reads, appends, look-ups) takes it.
+    ///
+    /// # Panics
+    ///
+    /// The store cannot connect.
+    pub async fn single_connection_store(&self, url: &str) -> dcb_runtime::PostgresStore {
+        dcb_runtime::PostgresStore::builder(self.url(url))
+            .pool_size(1)
+            .connect()
+            .await
+            .expect("store through the proxy")
+    }
+
     /// Cuts the next response: see the module documentation.
     pub fn arm(&self) {
         self.arming().arm();
