@@ -460,3 +460,106 @@ impl TryFrom<i16> for Status {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::event::P;
+    use crate::query::{Query, QueryItem};
+
+    /// A request appending one `T` event tagged `k:<tag>`, conditioned on `condition`.
+    fn request(id: u128, tag: &str, condition: Option<Query>) -> Request {
+        let slots = Arc::new(Semaphore::new(1));
+        let (reply, _) = oneshot::channel();
+        Request {
+            events: vec![
+                Event::new("T", serde_json::json!({}))
+                    .tagged("k", tag)
+                    .with_id(Uuid::from_u128(id)),
+            ],
+            payloads: vec!["{}".to_owned()],
+            condition: condition.map(|q| AppendCondition::new(q, None)),
+            append_id: None,
+            reply,
+            _slot: slots.try_acquire_owned().expect("a free slot"),
+        }
+    }
+
+    fn on(tag: &str) -> Option<Query> {
+        Some(QueryItem::new(["T"], [P("k", tag)]).into())
+    }
+
+    fn ids(requests: &[Request]) -> Vec<u128> {
+        requests
+            .iter()
+            .map(|r| r.events[0].id().as_u128())
+            .collect()
+    }
+
+    #[test]
+    fn independent_requests_are_taken_in_order() {
+        let mut pending: VecDeque<Request> = (1..=4)
+            .map(|i| request(i, &i.to_string(), on(&i.to_string())))
+            .collect();
+        let taken = take_independent(&mut pending, 10);
+        assert_eq!(ids(&taken), [1, 2, 3, 4]);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_condition_matches_a_taken_event_waits_for_the_next_batch() {
+        let mut pending: VecDeque<Request> = [
+            request(1, "a", on("a")),
+            request(2, "a", on("a")), // would not see 1 committed
+            request(3, "b", on("b")),
+            request(4, "b", None),    // unconditional: depends on nothing
+            request(5, "c", on("b")), // its condition matches 3 (and 4)
+        ]
+        .into();
+        let taken = take_independent(&mut pending, 10);
+        assert_eq!(ids(&taken), [1, 3, 4]);
+        assert_eq!(ids(pending.make_contiguous()), [2, 5], "deferred, in order");
+        // Next batch: they see the others committed and no longer depend on anything pending.
+        let taken = take_independent(&mut pending, 10);
+        assert_eq!(ids(&taken), [2, 5]);
+    }
+
+    #[test]
+    fn a_condition_on_another_tag_or_type_does_not_wait() {
+        let other_type: Query = QueryItem::new(["U"], [P("k", "a")]).into();
+        let mut pending: VecDeque<Request> = [
+            request(1, "a", on("a")),
+            request(2, "b", Some(other_type)),
+            request(3, "c", on("d")),
+        ]
+        .into();
+        assert_eq!(ids(&take_independent(&mut pending, 10)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn shared_ids_and_a_condition_on_everything_wait() {
+        let mut pending: VecDeque<Request> = [
+            request(1, "a", None),
+            request(1, "b", None), // the same event id: a replay must see the first committed
+            request(2, "c", Some(Query::all())),
+            request(3, "d", on("d")),
+        ]
+        .into();
+        let taken = take_independent(&mut pending, 10);
+        assert_eq!(ids(&taken), [1, 3]);
+        assert_eq!(ids(pending.make_contiguous()), [1, 2]);
+        // Alone in a batch, a condition on everything goes (the batch has nothing to match).
+        let mut alone: VecDeque<Request> = [request(2, "c", Some(Query::all()))].into();
+        assert_eq!(ids(&take_independent(&mut alone, 10)), [2]);
+    }
+
+    #[test]
+    fn at_most_max_are_taken_and_the_rest_keep_their_order() {
+        let mut pending: VecDeque<Request> =
+            (1..=5).map(|i| request(i, &i.to_string(), None)).collect();
+        assert_eq!(ids(&take_independent(&mut pending, 2)), [1, 2]);
+        assert_eq!(ids(pending.make_contiguous()), [3, 4, 5]);
+    }
+}
