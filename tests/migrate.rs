@@ -1,12 +1,13 @@
-//! `migrate()` applies the migrations once, however many processes' stores call it at once.
+//! `migrate()` applies the migrations once, however many processes' stores call it at once, and
+//! whatever statement and lock timeouts the database sets for the application.
 
 use dcb_runtime::local::LocalPostgres;
 use dcb_runtime::testing::with_database;
 use dcb_runtime::{Event, EventStore, PostgresStore, Query};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_migrations_apply_each_migration_once() {
+/// A new empty database: an admin connection to its server, its name, its URL.
+async fn empty_database() -> (tokio_postgres::Client, String, String) {
     let server = LocalPostgres::from_env().await.expect("a server");
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let (admin, connection) = tokio_postgres::connect(server.url(), tokio_postgres::NoTls)
@@ -18,6 +19,12 @@ async fn concurrent_migrations_apply_each_migration_once() {
         .await
         .expect("create an empty database");
     let url = with_database(server.url(), &name);
+    (admin, name, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_migrations_apply_each_migration_once() {
+    let (admin, name, url) = empty_database().await;
 
     // Sixteen stores connect (and migrate) at once on an empty database.
     let connecting: Vec<_> = (0..16)
@@ -69,6 +76,52 @@ async fn concurrent_migrations_apply_each_migration_once() {
     assert_eq!(read.events.len(), 1);
 
     drop(stores);
+    drop(client);
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .expect("drop the database");
+}
+
+/// A 1 ms statement and lock timeout on the database (what `--chaos timeouts` of the load test
+/// sets, or an operator's guard): eight stores still migrate at once, though all but one wait
+/// far longer than 1 ms for the migration lock, and the application's sessions keep the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_run_whatever_timeouts_the_database_sets() {
+    let (admin, name, url) = empty_database().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET statement_timeout = '1ms'; \
+             ALTER DATABASE {name} SET lock_timeout = '1ms'"
+        ))
+        .await
+        .expect("timeouts");
+    let connecting: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PostgresStore::builder(url).pool_size(1).connect().await })
+        })
+        .collect();
+    for c in connecting {
+        let store = c
+            .await
+            .expect("task")
+            .expect("migrated despite the timeouts");
+        drop(store);
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("client");
+    tokio::spawn(connection);
+    let timeout: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(
+        timeout, "1ms",
+        "the application's sessions keep the database's timeout"
+    );
     drop(client);
     admin
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
