@@ -9,6 +9,10 @@
 //! with small limits so that random input lands on both sides of every one of them; the other
 //! tests check the default limits at and just past each boundary.
 
+#[macro_use]
+#[path = "support/stores.rs"]
+mod stores;
+
 use std::cell::Cell;
 
 use dcb_runtime::testing::TestDatabase;
@@ -810,25 +814,12 @@ proptest! {
 // The default limits, at each boundary and one past it, on both stores
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `check` on a fresh PostgreSQL store and on a memory store.
-macro_rules! on_both_stores {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            #[tokio::test]
-            async fn postgres() {
-                let db = super::TestDatabase::create().await.expect("test database");
-                super::$check(&db.store().await.expect("store")).await;
-            }
-
-            #[tokio::test]
-            async fn memory() {
-                super::$check(&super::MemoryStore::new()).await;
-            }
-        }
-    )*};
-}
-
+// Each check on a fresh PostgreSQL store and on a memory store.
 on_both_stores!(
+    #[tokio::test]
+    |check, store, db| {
+        check(&store).await;
+    };
     payloads_nested_to_the_limit_pass_and_deeper_ones_are_refused,
     text_at_each_byte_limit_passes_and_one_byte_more_is_refused,
     a_nul_is_a_typed_error_wherever_it_hides,

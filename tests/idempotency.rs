@@ -5,42 +5,33 @@
 //! ids only in part, is `DuplicateEventId`. Each check is written once, generic over the store,
 //! and run on both; on PostgreSQL the tables are counted with plain SQL afterwards.
 
+#[macro_use]
+#[path = "support/stores.rs"]
+mod stores;
+
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{
-    AppendCondition, AppendError, Appended, Event, EventStore, MemoryStore, P, Position,
-    PostgresStore, Query, QueryItem, ReadOptions, SequencedEvent,
+    AppendCondition, AppendError, Appended, Event, EventStore, P, Position, PostgresStore, Query,
+    QueryItem, ReadOptions,
 };
 use futures::future::join_all;
 use serde_json::json;
+use stores::{all_events, assert_tables_hold, assert_tables_hold_on_postgres};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// Runs each named check on a fresh PostgreSQL database and on a fresh `MemoryStore`. A check
-/// returns how many events must be stored when it is done; on PostgreSQL that is verified with
-/// SQL on both tables.
-macro_rules! on_both_stores {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            #[tokio::test]
-            async fn postgres() {
-                let db = super::TestDatabase::create().await.expect("test database");
-                let store = db.store().await.expect("store");
-                let stored = super::$check(&store).await;
-                super::assert_tables_hold(&db, &store, stored).await;
-            }
-
-            #[tokio::test]
-            async fn memory() {
-                super::$check(&super::MemoryStore::new()).await;
-            }
-        }
-    )*};
-}
-
+// Each named check on a fresh PostgreSQL database and on a fresh `MemoryStore`. A check returns
+// how many events must be stored when it is done; on PostgreSQL that is verified with SQL on both
+// tables.
 on_both_stores!(
+    #[tokio::test]
+    |check, store, db| {
+        let stored = check(&store).await;
+        assert_tables_hold_on_postgres(db, &store, stored).await;
+    };
     a_resent_append_returns_the_original_positions,
     a_resent_append_if_replays_even_when_its_condition_would_now_fail,
     the_same_id_with_another_payload_is_a_duplicate,
@@ -53,46 +44,6 @@ on_both_stores!(
     fifty_concurrent_resends_all_replay,
     a_resend_racing_a_conditional_copy_stores_once,
 );
-
-async fn all_events<S: EventStore>(s: &S) -> Vec<SequencedEvent> {
-    s.read(&Query::all(), ReadOptions::default())
-        .await
-        .expect("read all")
-        .events
-}
-
-/// On PostgreSQL: the tables hold exactly `n` events, each id once, at positions 1..=n, and one
-/// `event_tags` row per tag of each stored event.
-async fn assert_tables_hold(db: &TestDatabase, store: &PostgresStore, n: usize) {
-    let client = db.client().await.expect("client");
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), coalesce(min(position), 0), \
-             coalesce(max(position), 0) FROM events",
-            &[],
-        )
-        .await
-        .expect("count events");
-    let n = i64::try_from(n).unwrap();
-    let (count, ids, min, max): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(count, n, "rows in events");
-    assert_eq!(ids, n, "distinct ids in events");
-    if n > 0 {
-        assert_eq!((min, max), (1, n), "positions are 1..=n");
-    }
-    let tags: i64 = client
-        .query_one("SELECT count(*) FROM event_tags", &[])
-        .await
-        .expect("count event_tags")
-        .get(0);
-    let expected: usize = all_events(store)
-        .await
-        .iter()
-        .map(|e| e.event.tags().len())
-        .sum();
-    assert_eq!(tags, i64::try_from(expected).unwrap(), "rows in event_tags");
-}
 
 /// The events as stored, without positions.
 async fn stored_events<S: EventStore>(s: &S) -> Vec<Event> {

@@ -5,41 +5,32 @@
 //! at a limit must be accepted and read back unchanged. On PostgreSQL the tables are also counted
 //! with plain SQL afterwards.
 
+#[macro_use]
+#[path = "support/stores.rs"]
+mod stores;
+
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{
     AppendCondition, AppendError, Appended, Event, EventStore, Limits, MemoryStore, P, Position,
-    PostgresStore, Query, QueryItem, ReadOptions, SequencedEvent, StoreError, Tag, ValidationError,
+    PostgresStore, Query, QueryItem, ReadOptions, StoreError, Tag, ValidationError,
 };
 use serde_json::{Map, Value, json};
+use stores::{all_events, assert_tables_hold, assert_tables_hold_on_postgres};
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// Runs each named check on a fresh PostgreSQL database and on a fresh `MemoryStore`. A check
-/// returns how many events it expects to be stored when it is done; on PostgreSQL that is
-/// verified with SQL on both tables.
-macro_rules! on_both_stores {
-    ($($check:ident),* $(,)?) => {$(
-        mod $check {
-            #[tokio::test]
-            async fn postgres() {
-                let db = super::TestDatabase::create().await.expect("test database");
-                let store = db.store().await.expect("store");
-                let stored = super::$check(&store).await;
-                super::assert_tables_hold(&db, &store, stored).await;
-            }
-
-            #[tokio::test]
-            async fn memory() {
-                super::$check(&super::MemoryStore::new()).await;
-            }
-        }
-    )*};
-}
-
+// Each named check on a fresh PostgreSQL database and on a fresh `MemoryStore`. A check returns
+// how many events it expects to be stored when it is done; on PostgreSQL that is verified with
+// SQL on both tables.
 on_both_stores!(
+    #[tokio::test]
+    |check, store, db| {
+        let stored = check(&store).await;
+        assert_tables_hold_on_postgres(db, &store, stored).await;
+    };
     an_append_without_events_is_refused,
     an_empty_type_is_refused,
     a_type_longer_than_the_limit_is_refused_and_one_at_the_limit_accepted,
@@ -62,14 +53,6 @@ on_both_stores!(
     strings_full_of_sql_are_stored_verbatim,
 );
 
-/// Every stored event, in order.
-async fn all_events<S: EventStore>(s: &S) -> Vec<SequencedEvent> {
-    s.read(&Query::all(), ReadOptions::default())
-        .await
-        .expect("read all")
-        .events
-}
-
 /// The store holds exactly `n` events (and, when `n` is 0, no head either).
 async fn assert_stored<S: EventStore>(s: &S, n: usize) {
     let read = s
@@ -80,43 +63,6 @@ async fn assert_stored<S: EventStore>(s: &S, n: usize) {
     if n == 0 {
         assert_eq!(read.head, None, "an empty store has no head");
     }
-}
-
-/// On PostgreSQL: the tables hold exactly `n` events, with distinct ids and positions 1..=n, and
-/// exactly one `event_tags` row per tag of each stored event.
-async fn assert_tables_hold(db: &TestDatabase, store: &PostgresStore, n: usize) {
-    let client = db.client().await.expect("client");
-    let row = client
-        .query_one(
-            "SELECT count(*), count(DISTINCT id), coalesce(min(position), 0), \
-             coalesce(max(position), 0) FROM events",
-            &[],
-        )
-        .await
-        .expect("count events");
-    let n = i64::try_from(n).unwrap();
-    let (count, ids, min, max): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    assert_eq!(count, n, "rows in events");
-    assert_eq!(ids, n, "distinct ids in events");
-    if n > 0 {
-        assert_eq!((min, max), (1, n), "positions are 1..=n");
-    }
-    let tags: i64 = client
-        .query_one("SELECT count(*) FROM event_tags", &[])
-        .await
-        .expect("count event_tags")
-        .get(0);
-    let expected_tags: usize = all_events(store)
-        .await
-        .iter()
-        .map(|e| e.event.tags().len())
-        .sum();
-    assert_eq!(
-        tags,
-        i64::try_from(expected_tags).unwrap(),
-        "rows in event_tags"
-    );
 }
 
 /// The validation error of a refused append; panics on any other outcome.
