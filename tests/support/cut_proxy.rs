@@ -159,6 +159,21 @@ impl CutProxy {
     }
 }
 
+/// A fresh database, a proxy in front of its server, and a store on the database whose one
+/// connection goes through the proxy ([`CutProxy::single_connection_store`]).
+pub async fn proxied() -> (
+    dcb_runtime::testing::TestDatabase,
+    CutProxy,
+    dcb_runtime::PostgresStore,
+) {
+    let db = dcb_runtime::testing::TestDatabase::create()
+        .await
+        .expect("test database");
+    let proxy = CutProxy::start(db.url()).await;
+    let store = proxy.single_connection_store(db.url()).await;
+    (db, proxy, store)
+}
+
 impl Drop for CutProxy {
     fn drop(&mut self) {
         // The accept loop owns the connections' tasks: aborting it drops (aborts) them all.
