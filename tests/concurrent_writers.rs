@@ -6,6 +6,9 @@
 //! subscriptions), so a condition that dropped either item would show up as an overbooked course
 //! or a student over their limit.
 
+#[path = "support/enrollment_sql.rs"]
+mod enrollment_sql;
+
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use dcb_runtime::{
     AppendCondition, AppendError, Event, EventStore, P, PostgresStore, Query, QueryItem,
     ReadOptions,
 };
+use enrollment_sql::subscribed_per_course;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use uuid::Uuid;
@@ -369,19 +373,7 @@ async fn no_course_is_overbooked_by_concurrent_tasks_and_processes() {
 
     // (a) Plain SQL over the table: no course above capacity, and (the proof that there was
     // contention to survive) every course full.
-    let client = db.client().await.expect("sql client");
-    let rows = client
-        .query(
-            "SELECT payload->>'course_id', count(*) FROM events \
-             WHERE type = 'StudentSubscribed' GROUP BY 1",
-            &[],
-        )
-        .await
-        .expect("count per course");
-    let per_course: HashMap<String, i64> = rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-        .collect();
+    let per_course = subscribed_per_course(&db).await;
     let overbooked: Vec<_> = per_course
         .iter()
         .filter(|(_, n)| **n > i64::try_from(CAPACITY).unwrap())
@@ -395,6 +387,7 @@ async fn no_course_is_overbooked_by_concurrent_tasks_and_processes() {
         );
     }
     // The other boundary of the decision: no student twice in a course, none above the limit.
+    let client = db.client().await.expect("sql client");
     let twice: i64 = client
         .query_one(
             "SELECT count(*) FROM (SELECT 1 FROM events WHERE type = 'StudentSubscribed' \

@@ -1,12 +1,14 @@
 //! One group-commit batch mixing passing and failing conditions: each caller gets exactly its own
 //! outcome, and the store holds exactly the committed events.
 
+#[path = "support/recorder.rs"]
+mod recorder;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{AppendCondition, AppendError, Appended, Event, EventStore, P, Query, QueryItem};
-use metrics_exporter_prometheus::PrometheusHandle;
+use recorder::recorder;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -14,17 +16,6 @@ use uuid::Uuid;
 const SINGLES: usize = 400;
 /// Pairs of appends whose conditions depend on each other.
 const PAIRS: usize = 25;
-
-/// The binary's Prometheus recorder (a process has one global recorder).
-fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        dcb_runtime::metrics::prometheus_builder()
-            .expect("builder")
-            .install_recorder()
-            .expect("recorder")
-    })
-}
 
 /// `<name>_sum` and `<name>_count` of an unlabelled histogram, from an exposition.
 fn histogram_sum_count(exposition: &str, name: &str) -> (f64, f64) {

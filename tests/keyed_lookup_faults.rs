@@ -12,28 +12,25 @@ mod cut_proxy;
 mod gate;
 #[path = "support/hooked.rs"]
 mod hooked;
+#[path = "support/proxied_accounts.rs"]
+mod proxied_accounts;
 
 use std::time::Duration;
 
 use cut_proxy::CutProxy;
 use dcb_runtime::testing::TestDatabase;
-use dcb_runtime::{EventStore, ExecuteError, PostgresStore, Runtime};
-use dcb_scenarios::transfer::{Refused, Transfer, account_opened};
+use dcb_runtime::{ExecuteError, PostgresStore, Runtime};
+use dcb_scenarios::transfer::{Refused, Transfer};
 use gate::Gate;
 use hooked::Hooked;
+use proxied_accounts::{accounts_behind_a_proxy, transfers_stored};
 
 const KEY: &str = "withdrawal-1";
 
-/// Accounts a1 (100) and a2 (0) in a fresh database, a proxy in front of its server, and a
-/// runtime whose store has one connection, through the proxy (every statement takes it).
+/// Accounts a1 (100) and a2 (0) behind a proxy, and a runtime of one actor on the store whose one
+/// connection goes through the proxy.
 async fn set_up(deadline: Duration) -> (TestDatabase, CutProxy, Runtime<PostgresStore>) {
-    let db = TestDatabase::create().await.expect("test database");
-    let proxy = CutProxy::start(db.url()).await;
-    let store = proxy.single_connection_store(db.url()).await;
-    store
-        .append(vec![account_opened("a1", 100), account_opened("a2", 0)])
-        .await
-        .expect("accounts");
+    let (db, proxy, store) = accounts_behind_a_proxy().await;
     let runtime = Runtime::builder(store)
         .actors(1)
         .deadline(deadline)
@@ -41,19 +38,6 @@ async fn set_up(deadline: Duration) -> (TestDatabase, CutProxy, Runtime<Postgres
         .await
         .expect("runtime");
     (db, proxy, runtime)
-}
-
-/// Transfers stored, counted with SQL over a direct connection.
-async fn transfers_stored(db: &TestDatabase) -> i64 {
-    let client = db.client().await.expect("direct client");
-    client
-        .query_one(
-            "SELECT count(*) FROM events WHERE type = 'MoneyTransferred'",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@ mod cut_proxy;
 mod gate;
 #[path = "support/hooked.rs"]
 mod hooked;
+#[path = "support/proxied_accounts.rs"]
+mod proxied_accounts;
 
 use cut_proxy::CutProxy;
 use dcb_runtime::testing::TestDatabase;
@@ -20,6 +22,7 @@ use dcb_runtime::{EventStore, Runtime};
 use dcb_scenarios::transfer::{Transfer, account_opened};
 use gate::Gate;
 use hooked::Hooked;
+use proxied_accounts::{accounts_behind_a_proxy, transfers_stored};
 
 const KEY: &str = "transfer-7";
 
@@ -75,16 +78,7 @@ async fn a_re_sent_append_finding_another_runtimes_commit_answers_replayed() {
         second.replayed,
         "runtime 1 stored the events, yet runtime 2 answers replayed: false: {second:?}"
     );
-    let client = db.client().await.expect("direct client");
-    let stored: i64 = client
-        .query_one(
-            "SELECT count(*) FROM events WHERE type = 'MoneyTransferred'",
-            &[],
-        )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(stored, 1);
+    assert_eq!(transfers_stored(&db).await, 1);
     r1.shutdown().await;
     r2.shutdown().await;
 }
@@ -92,13 +86,7 @@ async fn a_re_sent_append_finding_another_runtimes_commit_answers_replayed() {
 /// The control: a re-send that finds its own first send's events answers `replayed: false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_re_sent_append_finding_its_own_first_send_answers_not_replayed() {
-    let db = TestDatabase::create().await.expect("test database");
-    let proxy = CutProxy::start(db.url()).await;
-    let store = proxy.single_connection_store(db.url()).await;
-    store
-        .append(vec![account_opened("a1", 100), account_opened("a2", 0)])
-        .await
-        .expect("accounts");
+    let (_db, proxy, store) = accounts_behind_a_proxy().await;
     let runtime = Runtime::builder(store)
         .actors(1)
         .start()

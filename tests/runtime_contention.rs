@@ -1,11 +1,15 @@
 //! The runtime under contention: many callers on few boundaries, invariants counted from the
 //! `events` table afterwards.
 
+#[path = "support/enrollment_sql.rs"]
+mod enrollment_sql;
+
 use std::sync::Arc;
 
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{EventStore, ExecuteError, Runtime};
 use dcb_scenarios::enrollment::{Refused, Subscribe, course_defined};
+use enrollment_sql::subscribed_per_course;
 
 const COURSES: usize = 5;
 const CAPACITY: u64 = 150;
@@ -68,19 +72,10 @@ async fn a_thousand_commands_on_five_boundaries_never_overbook() {
     // 1,000 commands for 750 seats: exactly 750 commit.
     assert_eq!(committed, COURSES as u64 * CAPACITY);
 
-    let client = db.client().await.expect("client");
-    let rows = client
-        .query(
-            "SELECT payload->>'course_id', count(*) FROM events \
-             WHERE type = 'StudentSubscribed' GROUP BY 1",
-            &[],
-        )
-        .await
-        .expect("count");
-    assert_eq!(rows.len(), COURSES);
-    for row in rows {
-        let count: i64 = row.get(1);
-        assert_eq!(count, CAPACITY as i64, "course {}", row.get::<_, String>(0));
+    let per_course = subscribed_per_course(&db).await;
+    assert_eq!(per_course.len(), COURSES);
+    for (course, count) in per_course {
+        assert_eq!(count, CAPACITY as i64, "course {course}");
     }
     // Key routing puts every command of a course on one actor: they queue instead of conflicting.
     let exposition = metrics.render();

@@ -4,8 +4,10 @@
 
 #[path = "support/gate.rs"]
 mod gate;
+#[path = "support/recorder.rs"]
+mod recorder;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dcb_runtime::testing::TestDatabase;
@@ -15,18 +17,8 @@ use dcb_runtime::{
 };
 use gate::{Gate, finish, poll_each_once};
 use metrics_exporter_prometheus::PrometheusHandle;
+use recorder::recorder;
 use serde_json::json;
-
-/// The binary's Prometheus recorder (a process has one global recorder).
-fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        dcb_runtime::metrics::prometheus_builder()
-            .expect("builder")
-            .install_recorder()
-            .expect("recorder")
-    })
-}
 
 /// The tests of this binary count restarts on the one global recorder: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
