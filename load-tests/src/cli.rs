@@ -51,6 +51,17 @@ pub(crate) struct RunArgs {
     /// Send this many commands in all, then stop (instead of running for --duration).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) commands: Option<u64>,
+    /// Open loop: send commands at this fixed rate per second in total (over all callers and
+    /// processes) for --duration, whether earlier ones have answered or not, and time each from
+    /// when it was due. --concurrency then bounds the commands in flight.
+    #[arg(
+        long,
+        value_name = "PER_S",
+        value_parser = positive_rate,
+        allow_negative_numbers = true,
+        conflicts_with = "commands"
+    )]
+    pub(crate) rate: Option<f64>,
     /// Concurrent callers, in all processes together.
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub(crate) concurrency: usize,
@@ -113,9 +124,10 @@ impl RunArgs {
     }
 
     pub(crate) fn goal(&self) -> String {
-        match self.commands {
-            Some(n) => format!("{n} commands"),
-            None => format!("{:?}", self.duration),
+        match (self.commands, self.rate) {
+            (Some(n), _) => format!("{n} commands"),
+            (None, Some(rate)) => format!("{:?} at {rate} commands/s", self.duration),
+            (None, None) => format!("{:?}", self.duration),
         }
     }
 }
@@ -169,6 +181,15 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A rate of commands per second: a finite number above 0.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(_) => Err("must be above 0 commands per second".into()),
         Err(e) => Err(e.to_string()),
     }
 }

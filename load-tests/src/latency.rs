@@ -17,6 +17,13 @@ pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(us);
 }
 
+/// A histogram's recorded values and their counts, to send and merge elsewhere.
+pub(crate) fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
 /// The percentiles of a histogram, in milliseconds.
 #[derive(Serialize, Debug, Default, Clone, Copy)]
 pub(crate) struct LatencyMs {

@@ -4,6 +4,7 @@ mod baseline;
 mod chaos;
 mod chart;
 mod cli;
+mod cpu;
 mod database;
 mod json_report;
 mod keys;
@@ -14,6 +15,7 @@ mod progress;
 mod report;
 mod run;
 mod scenario;
+mod schedule;
 mod share;
 mod store_scenarios;
 mod sweep;
@@ -61,6 +63,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 args.processes == 1,
                 "store-disjoint runs in one process (--processes is for the runtime scenarios)"
             );
+            anyhow::ensure!(
+                args.rate.is_none(),
+                "store-disjoint runs closed-loop only (--rate is for the runtime scenarios)"
+            );
             let metrics = telemetry::install(args.metrics_addr)?;
             let seed = *args.seed.get_or_insert_with(|| fastrand::u64(..));
             let mut report = store_scenarios::disjoint(&args, &metrics).await?;
@@ -71,8 +77,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Baseline(args) => {
             let run = database::open(args.database_url.as_deref(), false).await?;
             for c in args.concurrency {
-                let tps = baseline::plain_insert_tps(run.db.url(), c, args.duration).await?;
-                println!("concurrency {c:>4}: {tps:>8.0} plain inserts/s");
+                let b = baseline::plain_inserts(run.db.url(), c, args.duration).await?;
+                let ms = |x: Option<f64>| x.map_or("n/a".to_owned(), |x| format!("{x:.3}"));
+                println!(
+                    "concurrency {c:>4}: {:>8.0} plain inserts/s, cpu (ms/insert) client {} server {}",
+                    b.tps,
+                    ms(b.cpu_client_ms_per_insert),
+                    ms(b.cpu_server_ms_per_insert)
+                );
             }
             Ok(())
         }

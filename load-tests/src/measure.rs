@@ -81,6 +81,7 @@ async fn measure_in(
             process: 0,
             callers: args.concurrency,
             commands: args.commands,
+            rate: args.rate,
         };
         vec![run_share(kind, args, url, share, metrics, Display::Auto).await?]
     } else {
@@ -92,6 +93,7 @@ async fn measure_in(
     };
     let mut report = Report::merge(kind.name(), shares);
     report.concurrency = args.concurrency;
+    report.rate_per_s = args.rate;
     report.actors = args.actors;
     report.keys = args.keys;
     report.skew = args.skew;
@@ -127,9 +129,8 @@ async fn measure_in(
     report.events_in_store = dcb_scenarios::count(&client, "SELECT count(*) FROM events").await?;
     if args.baseline {
         eprintln!("baseline: plain inserts for {:?}", args.duration);
-        let tps = baseline::plain_insert_tps(url, args.concurrency, args.duration).await?;
-        report.baseline_tps = Some(tps);
-        report.ratio = Some(report.throughput_per_s / tps);
+        let b = baseline::plain_inserts(url, args.concurrency, args.duration).await?;
+        report.with_baseline(b);
     }
     Ok(report)
 }

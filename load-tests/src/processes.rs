@@ -47,6 +47,11 @@ pub(crate) async fn run_children(
                 clap::ValueEnum::to_possible_value(&chaos).expect("every chaos kind has a name");
             cmd.args(["--chaos", name.get_name()]);
         }
+        if let Some(rate) = args.rate {
+            // The process's part of the rate, in proportion to its callers.
+            let part = rate * callers as f64 / args.concurrency as f64;
+            cmd.args(["--rate", &part.to_string()]);
+        }
         if let Some(n) = args.commands {
             cmd.args(["--commands", &split(n, args.processes, index).to_string()]);
         }

@@ -7,7 +7,9 @@ use std::fmt;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::baseline::Baseline;
 use crate::chaos::{Accounting, Chaos};
+use crate::cpu;
 use crate::database::KeptDatabase;
 use crate::latency::{self, LatencyMs};
 use crate::share::ShareResult;
@@ -47,6 +49,30 @@ pub(crate) struct Report {
     /// Failed append conditions per append attempt.
     pub(crate) conflict_rate: f64,
     pub(crate) latency_ms: LatencyMs,
+    /// `--rate`: the commands per second asked for, in all processes together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rate_per_s: Option<f64>,
+    /// `--rate`: commands due before the end of the run (rate x duration).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) due: Option<u64>,
+    /// `--rate`: commands sent after they were due, because every caller was busy then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) late: Option<u64>,
+    /// `--rate`: commands due but never sent, still waiting for a free caller at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unsent: Option<u64>,
+    /// `--rate`: latency from when each command was due (not when it was sent) to its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scheduled_latency_ms: Option<LatencyMs>,
+    /// CPU seconds (user + system) of the harness process(es) while the callers ran.
+    pub(crate) cpu_client_s: Option<f64>,
+    /// CPU seconds of the run's PostgreSQL backends while the callers ran; null when the server
+    /// is not on this machine.
+    pub(crate) cpu_server_s: Option<f64>,
+    /// `cpu_client_s` in ms per committed command.
+    pub(crate) cpu_client_ms_per_decision: Option<f64>,
+    /// `cpu_server_s` in ms per committed command; null when the server is not on this machine.
+    pub(crate) cpu_server_ms_per_decision: Option<f64>,
     /// Counted with SQL over the `events` table after the run.
     pub(crate) invariant_violations: i64,
     pub(crate) events_in_store: i64,
@@ -63,6 +89,13 @@ pub(crate) struct Report {
     pub(crate) baseline_tps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ratio: Option<f64>,
+    /// With `--baseline`: CPU ms of the harness per plain insert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline_cpu_client_ms_per_insert: Option<Option<f64>>,
+    /// With `--baseline`: CPU ms of the inserting backends per plain insert (null when the
+    /// server is not on this machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline_cpu_server_ms_per_insert: Option<Option<f64>>,
     /// The fault injected with `--chaos`, and how many times (backends killed, restarts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) chaos: Option<Chaos>,
@@ -88,14 +121,25 @@ pub(crate) struct Report {
 impl Report {
     /// Merges what each process did. Throughput is over the longest process's duration.
     pub(crate) fn merge(scenario: &str, shares: Vec<ShareResult>) -> Self {
-        let mut latencies = latency::histogram();
+        let (mut latencies, mut scheduled) = (latency::histogram(), latency::histogram());
         let mut metrics = Snapshot::default();
         let mut report = Report {
             scenario: scenario.to_owned(),
             processes: shares.len(),
             ..Report::default()
         };
+        // Summed over the processes; unknown if unknown for any.
+        let (mut cpu_client_s, mut cpu_server_s) = (Some(0.0), Some(0.0));
+        let (mut due, mut late, mut sent) = (0, 0, 0);
         for share in shares {
+            cpu_client_s = cpu_client_s.zip(share.cpu_client_s).map(|(a, b)| a + b);
+            cpu_server_s = cpu_server_s.zip(share.cpu_server_s).map(|(a, b)| a + b);
+            due += share.due;
+            late += share.late;
+            sent += share.committed + share.rejected + share.errors;
+            for (value, count) in share.scheduled_latency_us {
+                scheduled.saturating_record_n(value, count);
+            }
             report.committed += share.committed;
             report.rejected += share.rejected;
             report.errors += share.errors;
@@ -117,7 +161,30 @@ impl Report {
         report.decisions_per_s =
             (report.committed + report.rejected) as f64 / report.duration_s.max(1e-9);
         report.latency_ms = LatencyMs::of(&latencies);
+        if due > 0 {
+            report.due = Some(due);
+            report.late = Some(late);
+            report.unsent = Some(due.saturating_sub(sent));
+            report.scheduled_latency_ms = Some(LatencyMs::of(&scheduled));
+        }
+        report.with_cpu(cpu_client_s, cpu_server_s);
         report.with_metrics(metrics)
+    }
+
+    /// Sets the CPU figures of the run (after `committed`).
+    pub(crate) fn with_cpu(&mut self, client_s: Option<f64>, server_s: Option<f64>) {
+        self.cpu_client_s = client_s;
+        self.cpu_server_s = server_s;
+        self.cpu_client_ms_per_decision = cpu::ms_per(client_s, self.committed);
+        self.cpu_server_ms_per_decision = cpu::ms_per(server_s, self.committed);
+    }
+
+    /// Sets the `--baseline` figures (after `throughput_per_s`).
+    pub(crate) fn with_baseline(&mut self, b: Baseline) {
+        self.baseline_tps = Some(b.tps);
+        self.ratio = Some(self.throughput_per_s / b.tps);
+        self.baseline_cpu_client_ms_per_insert = Some(b.cpu_client_ms_per_insert);
+        self.baseline_cpu_server_ms_per_insert = Some(b.cpu_server_ms_per_insert);
     }
 
     /// Adds what the library's own metrics counted.
@@ -202,12 +269,51 @@ impl fmt::Display for Report {
             "latency (ms)         p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
             l.p50, l.p95, l.p99, l.max
         )?;
+        if let (Some(rate), Some(due), Some(late), Some(unsent)) =
+            (self.rate_per_s, self.due, self.late, self.unsent)
+        {
+            writeln!(
+                f,
+                "rate                 {rate} commands/s asked: {due} due, {} sent ({late} late: \
+                 every caller busy when due), {unsent} never sent",
+                self.commands
+            )?;
+        }
+        if let Some(l) = self.scheduled_latency_ms {
+            writeln!(
+                f,
+                "scheduled latency (ms) p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2} (from when due)",
+                l.p50, l.p95, l.p99, l.max
+            )?;
+        }
         if let (Some(b), Some(r)) = (self.baseline_tps, self.ratio) {
             writeln!(
                 f,
                 "baseline             {b:.0} plain inserts/s at the same concurrency; ratio {r:.2}x"
             )?;
         }
+        let ms = |x: Option<f64>| x.map_or("n/a".to_owned(), |x| format!("{x:.3}"));
+        write!(
+            f,
+            "cpu (ms/decision)    client {} server {}",
+            ms(self.cpu_client_ms_per_decision),
+            ms(self.cpu_server_ms_per_decision)
+        )?;
+        if let (Some(client), Some(server)) = (
+            self.baseline_cpu_client_ms_per_insert,
+            self.baseline_cpu_server_ms_per_insert,
+        ) {
+            write!(
+                f,
+                "; baseline: client {} server {} per insert",
+                ms(client),
+                ms(server)
+            )?;
+        }
+        if self.cpu_server_ms_per_decision.is_none() {
+            write!(f, " (server: not on this machine, or not sampled)")?;
+        }
+        writeln!(f)?;
         if let (Some(b), Some(t)) = (self.mean_batch_size, self.mean_append_transaction_ms) {
             writeln!(
                 f,

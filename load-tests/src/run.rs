@@ -10,9 +10,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::chaos::{self, Chaos};
 use crate::cli::RunArgs;
+use crate::cpu::{self, ServerCpu};
 use crate::keys::KeyPicker;
 use crate::latency;
 use crate::progress::{Display, Goal, Live, Sampler};
+use crate::schedule::Schedule;
 use crate::share::{Share, ShareResult};
 use crate::telemetry::Snapshot;
 use crate::workload::{Kind, Outcome, Workload};
@@ -28,11 +30,14 @@ pub(crate) async fn run_share(
     metrics: &PrometheusHandle,
     display: Display,
 ) -> anyhow::Result<ShareResult> {
+    // The process's backends carry its name, for their CPU to be told apart.
+    let application_name = format!("dcb-load-p{}", share.process);
+    let store_url = cpu::with_application_name(url, &application_name);
     let store = match args.chaos {
-        Some(Chaos::PoolStarvation) => PostgresStore::builder(url)
+        Some(Chaos::PoolStarvation) => PostgresStore::builder(&store_url)
             .pool_size(chaos::STARVED_POOL)
             .wait_timeout(chaos::STARVED_WAIT),
-        _ => PostgresStore::builder(url).pool_size(args.actors + 4),
+        _ => PostgresStore::builder(&store_url).pool_size(args.actors + 4),
     }
     .connect()
     .await?;
@@ -52,36 +57,61 @@ pub(crate) async fn run_share(
         Some(n) => Goal::Commands(n),
         None => Goal::Duration(args.duration),
     };
+    let server_cpu = ServerCpu::start(url, &application_name).await;
+    let client_cpu = cpu::process_s();
     let sampler = Sampler::start(live.clone(), metrics.clone(), display, goal);
     let start = Instant::now();
     let deadline = start + args.duration;
+    let schedule = share
+        .rate
+        .map(|rate| Arc::new(Schedule::new(start, rate, args.duration)));
     let mut callers = Vec::with_capacity(share.callers);
     for caller in 0..share.callers {
-        let (runtime, workload, live, issued, errors) = (
+        let (runtime, workload, live, issued, errors, schedule) = (
             runtime.clone(),
             workload.clone(),
             live.clone(),
             issued.clone(),
             errors.clone(),
+            schedule.clone(),
         );
         let mut rng = fastrand::Rng::with_seed(caller_seed(args.seed(), share.process, caller));
         let commands = share.commands;
         callers.push(tokio::spawn(async move {
-            let mut latencies = latency::histogram();
+            let (mut latencies, mut scheduled) = (latency::histogram(), latency::histogram());
             let (mut sent, mut acked) = (Vec::new(), Vec::new());
             for n in 0.. {
-                let more = match commands {
-                    Some(limit) => issued.fetch_add(1, Ordering::Relaxed) < limit,
-                    None => Instant::now() < deadline,
+                // Open loop: the next due command, waited for unless already overdue.
+                let due_at = match &schedule {
+                    Some(schedule) => match schedule.take(Instant::now()) {
+                        Some(slot) => {
+                            if !slot.late {
+                                tokio::time::sleep_until(slot.due_at.into()).await;
+                            }
+                            Some(slot.due_at)
+                        }
+                        None => break,
+                    },
+                    None => {
+                        let more = match commands {
+                            Some(limit) => issued.fetch_add(1, Ordering::Relaxed) < limit,
+                            None => Instant::now() < deadline,
+                        };
+                        if !more {
+                            break;
+                        }
+                        None
+                    }
                 };
-                if !more {
-                    break;
-                }
                 let began = Instant::now();
                 let (outcome, id) = workload.step(&runtime, &mut rng, caller, n).await;
                 sent.extend(id);
-                let took = began.elapsed();
+                let answered = Instant::now();
+                let took = answered - began;
                 latency::record(&mut latencies, took);
+                if let Some(due_at) = due_at {
+                    latency::record(&mut scheduled, answered - due_at);
+                }
                 latency::record(&mut live.interval.lock().expect("interval lock"), took);
                 match outcome {
                     Outcome::Committed(ids) => {
@@ -101,19 +131,23 @@ pub(crate) async fn run_share(
                     }
                 };
             }
-            (latencies, sent, acked)
+            (latencies, scheduled, sent, acked)
         }));
     }
-    let mut latencies = latency::histogram();
+    let (mut latencies, mut scheduled) = (latency::histogram(), latency::histogram());
     let (mut sent_ids, mut acked_ids) = (Vec::new(), Vec::new());
     for caller in callers {
-        let (l, sent, acked) = caller.await?;
+        let (l, s, sent, acked) = caller.await?;
         latencies.add(l)?;
+        scheduled.add(s)?;
         sent_ids.extend(sent);
         acked_ids.extend(acked);
     }
     let duration_s = start.elapsed().as_secs_f64();
     let timeline = sampler.finish().await;
+    // Before the shutdown closes the pool's connections (an exited backend's CPU is lost).
+    let cpu_client_s = cpu::process_since(client_cpu);
+    let cpu_server_s = server_cpu.finish().await;
     runtime.shutdown().await;
     let (errors_by_outcome, first_errors) = std::mem::take(&mut *errors.lock().expect("errors"));
     Ok(ShareResult {
@@ -123,10 +157,12 @@ pub(crate) async fn run_share(
         errors_by_outcome,
         first_errors,
         duration_s,
-        latency_us: latencies
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value()))
-            .collect(),
+        latency_us: latency::pairs(&latencies),
+        scheduled_latency_us: latency::pairs(&scheduled),
+        due: schedule.as_ref().map_or(0, |s| s.due()),
+        late: schedule.as_ref().map_or(0, |s| s.late()),
+        cpu_client_s,
+        cpu_server_s,
         metrics: Snapshot::take(metrics).since(before),
         timeline,
         sent_ids,

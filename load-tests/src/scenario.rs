@@ -54,6 +54,7 @@ async fn child(
         process: args.process_index,
         callers: args.concurrency,
         commands: args.commands,
+        rate: args.rate,
     };
     let result = run_share(kind, args, url, share, metrics, Display::Quiet).await?;
     println!("{}", serde_json::to_string(&result)?);

@@ -16,6 +16,8 @@ pub(crate) struct Share {
     pub(crate) callers: usize,
     /// Commands to send in all (else run for the duration).
     pub(crate) commands: Option<u64>,
+    /// Open loop: this process's commands per second (its part of `--rate`).
+    pub(crate) rate: Option<f64>,
 }
 
 /// What one process did: merged by the parent when several processes run.
@@ -31,6 +33,17 @@ pub(crate) struct ShareResult {
     pub(crate) duration_s: f64,
     /// Command latencies in µs as `(value, count)` pairs.
     pub(crate) latency_us: Vec<(u64, u64)>,
+    /// Under `--rate`: latencies in µs from when each command was due, as `(value, count)`.
+    pub(crate) scheduled_latency_us: Vec<(u64, u64)>,
+    /// Under `--rate`: commands due before the end of the run.
+    pub(crate) due: u64,
+    /// Under `--rate`: commands sent after they were due, every caller being busy then.
+    pub(crate) late: u64,
+    /// CPU seconds of this process while its callers ran; `None` without `/proc`.
+    pub(crate) cpu_client_s: Option<f64>,
+    /// CPU seconds of this process's PostgreSQL backends while its callers ran; `None` when the
+    /// server is not on this machine.
+    pub(crate) cpu_server_s: Option<f64>,
     pub(crate) metrics: Snapshot,
     pub(crate) timeline: Vec<Sample>,
     /// Under `--chaos`: the id of the event each command sent would store, and those of the

@@ -12,11 +12,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::{RunArgs, StoreSizeArgs};
+use crate::cpu::{self, ServerCpu};
 use crate::database::{self, RunDatabase};
 use crate::json_report;
 use crate::latency::{self, LatencyMs};
 use crate::report::Report;
 use crate::telemetry::Snapshot;
+
+/// The store's backends carry this name, to be told apart.
+const APPLICATION_NAME: &str = "dcb-load-store";
 
 #[derive(Default)]
 struct Counters {
@@ -47,7 +51,7 @@ async fn disjoint_in(
     metrics: &metrics_exporter_prometheus::PrometheusHandle,
     before: Snapshot,
 ) -> anyhow::Result<Report> {
-    let store = PostgresStore::builder(run.db.url())
+    let store = PostgresStore::builder(cpu::with_application_name(run.db.url(), APPLICATION_NAME))
         .pool_size(args.concurrency + 1)
         .connect()
         .await?;
@@ -56,6 +60,8 @@ async fn disjoint_in(
         args.concurrency, args.duration
     );
     let counters = Arc::new(Counters::default());
+    let server_cpu = ServerCpu::start(run.db.url(), APPLICATION_NAME).await;
+    let client_cpu = cpu::process_s();
     let start = Instant::now();
     let deadline = start + args.duration;
     let mut workers = Vec::new();
@@ -100,6 +106,8 @@ async fn disjoint_in(
         latencies.add(w.await??)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_client_s = cpu::process_since(client_cpu);
+    let cpu_server_s = server_cpu.finish().await;
     let client = run.db.client().await?;
     let violations = dcb_scenarios::count(&client, dcb_scenarios::disjoint::INVARIANT_SQL).await?;
     let events_in_store = dcb_scenarios::count(&client, "SELECT count(*) FROM events").await?;
@@ -126,12 +134,12 @@ async fn disjoint_in(
     .with_metrics(Snapshot::take(metrics).since(before));
     // The store counts its own conflicts (there are no runtime retries here).
     report.conflicts = conflicts;
+    report.with_cpu(cpu_client_s, cpu_server_s);
     if args.baseline {
         eprintln!("baseline: plain inserts for {:?}", args.duration);
-        let tps = crate::baseline::plain_insert_tps(run.db.url(), args.concurrency, args.duration)
-            .await?;
-        report.baseline_tps = Some(tps);
-        report.ratio = Some(report.throughput_per_s / tps);
+        let b =
+            crate::baseline::plain_inserts(run.db.url(), args.concurrency, args.duration).await?;
+        report.with_baseline(b);
     }
     Ok(report)
 }

@@ -13,6 +13,11 @@ use crate::telemetry;
 
 /// The scenario at each concurrency level, on a fresh database each time.
 pub(crate) async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.run.rate.is_none(),
+        "sweep varies the closed-loop concurrency: --rate (a fixed arrival rate) is refused with \
+         it; run the scenario with --rate at each rate instead"
+    );
     let metrics = telemetry::install(args.run.metrics_addr)?;
     let mut run = args.run.clone();
     run.seed.get_or_insert_with(|| fastrand::u64(..));

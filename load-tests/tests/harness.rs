@@ -127,6 +127,153 @@ fn transfer_never_overdraws_in_two_processes() {
     );
 }
 
+/// A CPU figure of the report that must be there and above zero.
+fn positive(r: &Value, field: &str) -> f64 {
+    let x = r[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {field}: {r}"));
+    assert!(x > 0.0, "{field} is {x}: {r}");
+    x
+}
+
+#[test]
+fn rate_sends_on_schedule_and_times_from_when_due_with_cpu_per_decision() {
+    let r = scenario("disjoint", &["--rate", "200", "--duration", "2s"]);
+    assert_eq!(r["rate_per_s"], 200.0, "{r}");
+    // Command k is due at k / 200 s for k / 200 < 2: exactly 400, and never more sent.
+    assert_eq!(r["due"], 400, "{r}");
+    let (committed, commands) = (
+        r["committed"].as_u64().unwrap(),
+        r["commands"].as_u64().unwrap(),
+    );
+    assert_eq!(commands + r["unsent"].as_u64().unwrap(), 400, "{r}");
+    // 200/s is far below what 32 callers decide on disjoint boundaries (thousands a second):
+    // at least 80 % of what was due commits even on a loaded machine.
+    assert!(
+        (320..=400).contains(&committed),
+        "{committed} committed: {r}"
+    );
+    let late = r["late"].as_u64().unwrap();
+    assert!(late <= commands, "{r}");
+    let s = &r["scheduled_latency_ms"];
+    let (p50, p99) = (s["p50"].as_f64().unwrap(), s["p99"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99, "{r}");
+    assert!(p99 <= s["max"].as_f64().unwrap(), "{r}");
+    // Timed from when due, not from when sent: never below the service latency's percentile.
+    assert!(p50 >= r["latency_ms"]["p50"].as_f64().unwrap(), "{r}");
+    positive(&r, "cpu_client_ms_per_decision");
+    positive(&r, "cpu_server_ms_per_decision");
+}
+
+#[test]
+fn rate_beyond_one_caller_counts_late_and_unsent_commands_and_times_them_from_when_due() {
+    let json = scratch("rate-overload.json");
+    run(&[
+        "disjoint",
+        "--rate",
+        "5000",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = report(&json);
+    assert_eq!(r["due"], 5000, "{r}");
+    let (commands, late, unsent) = (
+        r["commands"].as_u64().unwrap(),
+        r["late"].as_u64().unwrap(),
+        r["unsent"].as_u64().unwrap(),
+    );
+    // One caller, one command at a time, cannot keep up with 5000/s: the schedule does not
+    // slow down to its pace, so commands go out late and some never go out.
+    assert_eq!(commands + unsent, 5000, "{r}");
+    assert!(late > 0 && unsent > 0, "{r}");
+    // A command sent late waited for the caller: timed from when it was due, the median one
+    // took longer than nearly any command took from when it was sent.
+    let scheduled_p50 = r["scheduled_latency_ms"]["p50"].as_f64().unwrap();
+    assert!(
+        scheduled_p50 > r["latency_ms"]["p99"].as_f64().unwrap(),
+        "{r}"
+    );
+}
+
+#[test]
+fn rate_over_two_processes_adds_up_and_sums_their_cpu() {
+    let r = scenario(
+        "disjoint",
+        &["--rate", "150", "--duration", "2s", "--processes", "2"],
+    );
+    assert_eq!(r["processes"], 2, "{r}");
+    // Each process has half the callers and so half the rate: 150 in 2 s in all.
+    assert_eq!(r["due"], 300, "{r}");
+    positive(&r, "cpu_client_ms_per_decision");
+    positive(&r, "cpu_server_ms_per_decision");
+}
+
+#[test]
+fn baseline_reports_cpu_per_plain_insert() {
+    let json = scratch("baseline-cpu.json");
+    run(&[
+        "disjoint",
+        "--duration",
+        "1s",
+        "--concurrency",
+        "4",
+        "--baseline",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = report(&json);
+    assert!(r["baseline_tps"].as_f64().unwrap() > 0.0, "{r}");
+    positive(&r, "baseline_cpu_client_ms_per_insert");
+    positive(&r, "baseline_cpu_server_ms_per_insert");
+    positive(&r, "cpu_client_ms_per_decision");
+    positive(&r, "cpu_server_ms_per_decision");
+    // Without --rate there is no schedule to report.
+    assert!(r.get("scheduled_latency_ms").is_none(), "{r}");
+}
+
+#[test]
+fn bad_rates_are_refused_with_a_clear_message() {
+    for (args, says) in [
+        (
+            &["disjoint", "--rate", "0"][..],
+            "must be above 0 commands per second",
+        ),
+        (
+            &["disjoint", "--rate", "-5"],
+            "must be above 0 commands per second",
+        ),
+        (
+            &["disjoint", "--rate", "fast"],
+            "invalid value 'fast' for '--rate",
+        ),
+        (
+            &["disjoint", "--rate", "10", "--commands", "5"],
+            "cannot be used with '--commands",
+        ),
+        (
+            &["sweep", "disjoint", "--rate", "10"],
+            "--rate (a fixed arrival rate) is refused",
+        ),
+        (
+            &["store-disjoint", "--rate", "10"],
+            "--rate is for the runtime scenarios",
+        ),
+    ] {
+        let output = load_tests().args(args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?} does not say {says:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn commands_sends_exactly_that_many_over_processes_and_the_chart_is_drawn() {
     let json = scratch("commands.json");
