@@ -114,6 +114,10 @@ async fn sample(url: &str, application_name: &str) -> anyhow::Result<Option<Hash
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
         .get(0);
+    // The server is local when this very backend is a PostgreSQL process here (a remote
+    // server's pid may name some unrelated local process, or none). Checked while the session
+    // is open: its backend exits with it.
+    let local = is_postgres(&own.to_string()).unwrap_or(false);
     let rows = client
         .query(
             "SELECT pid FROM pg_stat_activity \
@@ -123,9 +127,7 @@ async fn sample(url: &str, application_name: &str) -> anyhow::Result<Option<Hash
         .await?;
     drop(client);
     let _ = connection.await;
-    // The server is local when this very backend is a PostgreSQL process here (a remote
-    // server's pid may name some unrelated local process, or none).
-    if !is_postgres(&own.to_string()).unwrap_or(false) {
+    if !local {
         return Ok(None);
     }
     let mut ticks = HashMap::new();
