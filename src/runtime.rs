@@ -87,8 +87,8 @@ pub struct Committed {
     /// (see [`Runtime::execute_with_key`]): `positions` and `events` are that execution's.
     /// Exactly one execution of a key answers `false`: the one whose append stored the events
     /// (the store records an append id with them, so a re-sent append whose first answer was
-    /// lost still knows whether it stored them itself), whichever runtime or process ran the
-    /// others.
+    /// lost still knows whether it stored them itself), whichever runtime ran the others (tested
+    /// with two runtimes on separate pools in one test process, not with two OS processes).
     pub replayed: bool,
 }
 
