@@ -11,6 +11,8 @@
 //! - [`Runtime`]: command actors (chains, warm boundaries), supervisor, back-off ([`RetryPolicy`]).
 //! - [`Limits`], [`ValidationError`]: what input is accepted.
 //! - [`error`]: [`StoreError`] and [`AppendError`].
+//! - [`subscription`]: the read side: subscriptions (transactional or at least once) and
+//!   in-memory views.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`local`]: finding or starting a database; [`testing`]: a fresh database per test.
 #![warn(missing_docs, unreachable_pub)]
@@ -29,6 +31,7 @@ mod query;
 mod redact;
 mod runtime;
 mod store;
+pub mod subscription;
 pub mod testing;
 mod validate;
 
@@ -48,3 +51,5 @@ pub use store::{
     EventStore, MemoryStore, PoolStatus, PostgresStore, PostgresStoreBuilder, ReadOptions,
     ReadResult,
 };
+/// The PostgreSQL client the transactional handlers of [`subscription`] write through.
+pub use tokio_postgres;

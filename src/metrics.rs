@@ -36,6 +36,21 @@ pub const POOL_CONNECTIONS: &str = "dcb_pool_connections";
 /// commands survived as well as those they did not.
 pub const STORE_ERRORS_TOTAL: &str = "dcb_store_errors_total";
 
+/// Gauge: a subscription's checkpoint (the last position handled), by `subscription`.
+pub const SUBSCRIPTION_POSITION: &str = "dcb_subscription_position";
+/// Gauge: the store's head minus a subscription's checkpoint, by `subscription`.
+pub const SUBSCRIPTION_LAG_EVENTS: &str = "dcb_subscription_lag_events";
+/// Gauge: seconds from the append of the last event a subscription handled to its checkpoint's
+/// advance (database clock), by `subscription`.
+pub const SUBSCRIPTION_LAG_SECONDS: &str = "dcb_subscription_lag_seconds";
+/// Counter: events handed to a subscription's handler and checkpointed, by `subscription`.
+pub const SUBSCRIPTION_EVENTS_TOTAL: &str = "dcb_subscription_events_total";
+/// Counter: a subscription's failures by `subscription` and `kind` (handler, store); a handler
+/// failure is retried, and stops the subscription after its attempts.
+pub const SUBSCRIPTION_ERRORS_TOTAL: &str = "dcb_subscription_errors_total";
+/// Gauge: 1 on the process whose consumer holds the subscription, 0 elsewhere, by `subscription`.
+pub const SUBSCRIPTION_ACTIVE: &str = "dcb_subscription_active";
+
 /// Every metric name, for checks that an exposition is complete.
 pub const ALL: &[&str] = &[
     COMMANDS_TOTAL,
@@ -52,6 +67,12 @@ pub const ALL: &[&str] = &[
     ACTOR_RESTARTS_TOTAL,
     POOL_CONNECTIONS,
     STORE_ERRORS_TOTAL,
+    SUBSCRIPTION_POSITION,
+    SUBSCRIPTION_LAG_EVENTS,
+    SUBSCRIPTION_LAG_SECONDS,
+    SUBSCRIPTION_EVENTS_TOTAL,
+    SUBSCRIPTION_ERRORS_TOTAL,
+    SUBSCRIPTION_ACTIVE,
 ];
 
 /// Where [`install_prometheus`] listens unless told otherwise: loopback only.
@@ -156,6 +177,36 @@ pub fn describe() {
         ACTOR_RESTARTS_TOTAL,
         Unit::Count,
         "Command actors restarted by the supervisor."
+    );
+    describe_gauge!(
+        SUBSCRIPTION_POSITION,
+        Unit::Count,
+        "A subscription's checkpoint: the last position handled."
+    );
+    describe_gauge!(
+        SUBSCRIPTION_LAG_EVENTS,
+        Unit::Count,
+        "The store's head minus a subscription's checkpoint."
+    );
+    describe_gauge!(
+        SUBSCRIPTION_LAG_SECONDS,
+        Unit::Seconds,
+        "Seconds from the append of the last event a subscription handled to its checkpoint."
+    );
+    describe_counter!(
+        SUBSCRIPTION_EVENTS_TOTAL,
+        Unit::Count,
+        "Events handled and checkpointed by a subscription."
+    );
+    describe_counter!(
+        SUBSCRIPTION_ERRORS_TOTAL,
+        Unit::Count,
+        "A subscription's failures by kind (handler, store)."
+    );
+    describe_gauge!(
+        SUBSCRIPTION_ACTIVE,
+        Unit::Count,
+        "1 on the process whose consumer holds the subscription."
     );
     describe_gauge!(
         POOL_CONNECTIONS,

@@ -32,8 +32,12 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// The connection settings, for the sessions a pool cannot serve: a subscription's lock
+    /// holder and the notification listener.
+    config: tokio_postgres::Config,
     limits: Limits,
     committer: GroupCommitter,
+    wakeups: std::sync::OnceLock<crate::subscription::Wakeups>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -109,6 +113,21 @@ impl PostgresStore {
     /// A connection or migration failure.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         crate::migrate::run(&self.inner.pool).await
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.inner.config
+    }
+
+    /// The process's one notification listener, started by the first follower that asks.
+    pub(crate) fn wakeups(&self) -> &crate::subscription::Wakeups {
+        self.inner
+            .wakeups
+            .get_or_init(|| crate::subscription::Wakeups::start(self.inner.config.clone()))
     }
 
     async fn write(
@@ -190,7 +209,7 @@ impl PostgresStoreBuilder {
         };
         pg.options(options);
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -213,8 +232,10 @@ impl PostgresStoreBuilder {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
+                config: pg,
                 limits: self.limits,
                 committer,
+                wakeups: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -9,6 +9,7 @@
 pub mod disjoint;
 pub mod enrollment;
 pub mod invoice;
+pub mod ledger;
 pub mod lending;
 pub mod transfer;
 

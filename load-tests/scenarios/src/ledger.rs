@@ -1,0 +1,60 @@
+//! **ledger** — a transactional read model of every event, for the read side's tests, example
+//! and load tests: one row per event id with the times it was applied and when, written in the
+//! subscription's transaction. Exact when every stored event has exactly one row, applied once,
+//! at its position (checked with SQL against `events`).
+
+use dcb_runtime::SequencedEvent;
+use dcb_runtime::subscription::{HandlerError, TransactionalHandler};
+use dcb_runtime::tokio_postgres::Transaction;
+
+/// The read model's table (idempotent).
+pub const SCHEMA_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS projected_events (\
+    id uuid PRIMARY KEY, position bigint NOT NULL, type text NOT NULL, \
+    applied int NOT NULL, projected_at timestamptz NOT NULL)";
+
+/// Differences from a fold over `events`: events without their row (or at another position or
+/// of another type), rows without their event, and rows applied other than once.
+pub const MISMATCH_SQL: &str = "\
+SELECT (SELECT count(*) FROM events e WHERE NOT EXISTS (\
+            SELECT 1 FROM projected_events p \
+            WHERE p.id = e.id AND p.position = e.position AND p.type = e.type)) \
+     + (SELECT count(*) FROM projected_events p \
+        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = p.id)) \
+     + (SELECT count(*) FROM projected_events WHERE applied <> 1)";
+
+/// Rows applied more than once (a subset of [`MISMATCH_SQL`], for messages).
+pub const REAPPLIED_SQL: &str = "SELECT count(*) FROM projected_events WHERE applied > 1";
+
+/// Commit-to-projected lag of every projected event in seconds, p50 and p99: from the start of
+/// the appending transaction (`recorded_at`) to the row's write in the projecting one.
+pub const LAG_SQL: &str = "\
+SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), 0)::float8, \
+       coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), 0)::float8 \
+FROM (SELECT extract(epoch FROM p.projected_at - e.recorded_at)::float8 AS lag \
+      FROM projected_events p JOIN events e ON e.id = p.id) l";
+
+/// The handler: one statement per batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ledger;
+
+impl TransactionalHandler for Ledger {
+    async fn handle(
+        &mut self,
+        tx: &Transaction<'_>,
+        events: &[SequencedEvent],
+    ) -> Result<(), HandlerError> {
+        let ids: Vec<_> = events.iter().map(|e| e.event.id()).collect();
+        let positions: Vec<i64> = events.iter().map(|e| e.position.get()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event.event_type()).collect();
+        tx.execute(
+            "INSERT INTO projected_events (id, position, type, applied, projected_at) \
+             SELECT id, position, type, 1, clock_timestamp() \
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS u(id, position, type) \
+             ON CONFLICT (id) DO UPDATE SET applied = projected_events.applied + 1",
+            &[&ids, &positions, &types],
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! The two delivery modes: a handler's work and the checkpoint's advance in one transaction
+//! (exactly once), or the handler first and the checkpoint after it (at least once).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::SystemTime;
+
+use deadpool_postgres::Pool;
+use futures::FutureExt;
+
+use super::checkpoint;
+use crate::error::StoreError;
+use crate::event::SequencedEvent;
+
+/// What a handler answers when it cannot handle a batch; the subscription retries it, then stops.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler whose effects live in the store's database: it writes through the transaction it is
+/// given, in which the subscription's checkpoint then advances. Each event's effect is applied
+/// exactly once, whatever fails when (an error, a panic, a lost connection or a killed process
+/// rolls back the handler's writes with the checkpoint).
+pub trait TransactionalHandler: Send + 'static {
+    /// Applies `events` (in position order, at least one) through `tx`. Must not commit or roll
+    /// back `tx` itself.
+    fn handle(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        events: &[SequencedEvent],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A handler whose effects live elsewhere (an e-mail, a message queue): the checkpoint advances
+/// after it succeeds, so after a failure or a takeover a batch may be handed over again. Each
+/// event's id ([`crate::Event::id`]) is the key to deduplicate by.
+pub trait Handler: Send + 'static {
+    /// Handles `events` (in position order, at least one).
+    fn handle(
+        &mut self,
+        events: &[SequencedEvent],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Why a batch was not delivered.
+pub(crate) enum Undelivered {
+    /// The handler failed (or panicked); nothing of the batch counts as handled.
+    Handler(String),
+    /// The database failed; for a transactional handler the batch may or may not have committed.
+    Store(StoreError),
+    /// The checkpoint had moved: another consumer is active.
+    Overtaken,
+}
+
+impl From<StoreError> for Undelivered {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for Undelivered {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Undelivered {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// A delivery mode: hands `events` over and moves the checkpoint of `name` from `from` to `to`;
+/// answers the database's clock at the move.
+pub(crate) trait Delivery: Send + 'static {
+    fn deliver(
+        &mut self,
+        pool: &Pool,
+        name: &str,
+        events: &[SequencedEvent],
+        from: i64,
+        to: i64,
+    ) -> impl Future<Output = Result<SystemTime, Undelivered>> + Send;
+}
+
+/// Runs a handler's future, turning a panic into a handler failure.
+async fn guarded<F>(handling: F) -> Result<(), Undelivered>
+where
+    F: Future<Output = Result<(), HandlerError>>,
+{
+    match AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Undelivered::Handler(e.to_string())),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(Undelivered::Handler(format!(
+                "the handler panicked: {message}"
+            )))
+        }
+    }
+}
+
+/// [`TransactionalHandler`] delivery.
+pub(crate) struct InTransaction<H>(pub(crate) H);
+
+impl<H: TransactionalHandler> Delivery for InTransaction<H> {
+    async fn deliver(
+        &mut self,
+        pool: &Pool,
+        name: &str,
+        events: &[SequencedEvent],
+        from: i64,
+        to: i64,
+    ) -> Result<SystemTime, Undelivered> {
+        let mut client = pool.get().await?;
+        let tx = client.transaction().await?;
+        if !events.is_empty() {
+            guarded(self.0.handle(&tx, events)).await?;
+        }
+        // The row lock this takes also queues a consumer that lost its lock without knowing
+        // behind this one; it then finds the checkpoint moved.
+        let Some(at) = checkpoint::advance(&*tx, name, from, to).await? else {
+            return Err(Undelivered::Overtaken);
+        };
+        tx.commit().await?;
+        Ok(at)
+    }
+}
+
+/// [`Handler`] delivery.
+pub(crate) struct AfterHandling<H>(pub(crate) H);
+
+impl<H: Handler> Delivery for AfterHandling<H> {
+    async fn deliver(
+        &mut self,
+        pool: &Pool,
+        name: &str,
+        events: &[SequencedEvent],
+        from: i64,
+        to: i64,
+    ) -> Result<SystemTime, Undelivered> {
+        if !events.is_empty() {
+            guarded(self.0.handle(events)).await?;
+        }
+        let client = pool.get().await?;
+        checkpoint::advance(&**client, name, from, to)
+            .await?
+            .ok_or(Undelivered::Overtaken)
+    }
+}
