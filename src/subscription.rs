@@ -299,6 +299,11 @@ impl SubscriptionHandle {
         self.progress.borrow().clone()
     }
 
+    /// A receiver of every change of progress.
+    pub fn watch(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
+
     /// Waits until the progress satisfies `done`; fails if the subscription stops first.
     async fn wait_until(
         &self,

@@ -37,6 +37,12 @@ pub(crate) enum Command {
     StoreDisjoint(RunArgs),
     /// Latency of read + conditional append with 10,000 and with 1,000,000 events stored.
     StoreSize(StoreSizeArgs),
+    /// One projector process: the ledger read model by a transactional subscription on a
+    /// prepared database (what `--projection` starts); prints `active` or `standby` as its state
+    /// changes and stops when its stdin closes.
+    Project(ProjectArgs),
+    /// How fast a transactional projection catches up with --events stored events.
+    CatchUp(CatchUpArgs),
     /// Only the plain-insert rate (one event row plus its tags per transaction) at each of the
     /// given concurrencies, to find PostgreSQL's best.
     Baseline(BaselineArgs),
@@ -109,6 +115,12 @@ pub(crate) struct RunArgs {
     /// (with --processes, the first process serves it).
     #[arg(long)]
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Keep the ledger read model by a transactional subscription in a projector process beside
+    /// the run, and report its lag (commit to projected), its events/s and whether it equals a
+    /// fold over `events` (the run fails if not). Under --chaos, two projectors run and the
+    /// active one is killed with SIGKILL every 2 s (and restarted).
+    #[arg(long)]
+    pub(crate) projection: bool,
     /// Internal: run as one of --processes against this prepared database.
     #[arg(long, hide = true)]
     pub(crate) child_of: Option<String>,
@@ -173,6 +185,35 @@ pub(crate) struct StoreSizeArgs {
     pub(crate) database_url: Option<String>,
     /// Write the JSON report to this file, or with `-` to stdout (the figures then go to
     /// stderr).
+    #[arg(long, value_name = "PATH|-")]
+    pub(crate) json: Option<JsonDestination>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ProjectArgs {
+    /// The prepared database (libpq URL).
+    #[arg(long)]
+    pub(crate) database_url: String,
+    /// The subscription's name.
+    #[arg(long, default_value = "ledger")]
+    pub(crate) name: String,
+    /// Most events per batch.
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
+    pub(crate) batch_size: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct CatchUpArgs {
+    /// Events stored before the projection starts (generated in SQL).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub(crate) events: i64,
+    /// Most events per batch (one transaction each).
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one)]
+    pub(crate) batch_size: usize,
+    /// Database server (libpq URL); else DATABASE_URL; else the local default.
+    #[arg(long)]
+    pub(crate) database_url: Option<String>,
+    /// Write the JSON report to this file, or with `-` to stdout.
     #[arg(long, value_name = "PATH|-")]
     pub(crate) json: Option<JsonDestination>,
 }

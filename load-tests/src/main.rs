@@ -12,6 +12,7 @@ mod latency;
 mod measure;
 mod processes;
 mod progress;
+mod projection;
 mod report;
 mod run;
 mod scenario;
@@ -73,6 +74,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             report.seed = seed;
             scenario::conclude(&report, &args)
         }
+        Command::Project(args) => projection::project(args).await,
+        Command::CatchUp(args) => projection::catch_up(args).await,
         Command::StoreSize(args) => store_scenarios::store_size(args).await,
         Command::Baseline(args) => {
             let run = database::open(args.database_url.as_deref(), false).await?;

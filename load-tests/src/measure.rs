@@ -73,6 +73,11 @@ async fn measure_in(
         args.skew,
         args.goal()
     );
+    let projectors = if args.projection {
+        Some(crate::projection::Projectors::start(url, args.chaos.is_some()).await?)
+    } else {
+        None
+    };
     let injector = args.chaos.map(|kind| {
         chaos::Injector::start(kind, url.to_owned(), run.server.clone(), args.duration)
     });
@@ -87,11 +92,17 @@ async fn measure_in(
     } else {
         processes::run_children(kind, args, url).await?
     };
+    let callers_ended = std::time::Instant::now();
     let injected = match injector {
         Some(injector) => Some(injector.finish().await?),
         None => None,
     };
+    let projection = match projectors {
+        Some(p) => Some(p.finish(url, callers_ended).await?),
+        None => None,
+    };
     let mut report = Report::merge(kind.name(), shares);
+    report.projection = projection;
     report.concurrency = args.concurrency;
     report.rate_per_s = args.rate;
     report.actors = args.actors;

@@ -104,6 +104,9 @@ pub(crate) struct Report {
     /// Under `--chaos`: acknowledged, acknowledged_missing, duplicates, unacknowledged_stored.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub(crate) accounting: Option<Accounting>,
+    /// With `--projection`: what the projection did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) projection: Option<crate::projection::ProjectionReport>,
     /// With `--keep-database`: the database left on the server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) kept_database: Option<KeptDatabase>,
@@ -206,13 +209,16 @@ impl Report {
     /// command lost or a command stored twice.
     pub(crate) fn failure(&self) -> Option<String> {
         let a = self.accounting.unwrap_or_default();
+        let mismatches = self.projection.map_or(0, |p| p.mismatches);
         let failed = self.invariant_violations > 0
+            || mismatches > 0
             || self.errors > 0
             || a.acknowledged_missing > 0
             || a.duplicates > 0;
         failed.then(|| {
             format!(
-                "{} invariant violations, {} errors, {} acknowledged but missing, {} duplicates",
+                "{} invariant violations, {} errors, {} acknowledged but missing, {} duplicates, \
+                 {mismatches} read-model mismatches",
                 self.invariant_violations, self.errors, a.acknowledged_missing, a.duplicates
             )
         })
@@ -339,6 +345,25 @@ impl fmt::Display for Report {
                 a.duplicates,
                 a.unacknowledged_stored
             )?;
+        }
+        if let Some(p) = self.projection {
+            write!(
+                f,
+                "projection           {} events, lag p50 {:.1} ms p99 {:.1} ms (append to projected), \
+                 {:.0} events/s, head reached {:.0} ms after the callers; read model vs fold \
+                 over events: {} mismatches ({} applied twice)",
+                p.events_projected,
+                p.lag_p50_ms,
+                p.lag_p99_ms,
+                p.events_per_s,
+                p.drain_ms,
+                p.mismatches,
+                p.reapplied
+            )?;
+            if p.projectors_killed > 0 {
+                write!(f, "; {} projectors killed", p.projectors_killed)?;
+            }
+            writeln!(f)?;
         }
         write!(
             f,
