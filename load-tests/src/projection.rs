@@ -54,7 +54,10 @@ pub(crate) async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         .pool_size(4)
         .connect()
         .await?;
-    connect(&args.database_url).await?.batch_execute(SCHEMA_SQL).await?;
+    connect(&args.database_url)
+        .await?
+        .batch_execute(SCHEMA_SQL)
+        .await?;
     let handle = Subscription::new(&args.name, Query::all())
         .batch_size(args.batch_size)
         .run_transactional(&store, Ledger)
@@ -145,7 +148,10 @@ impl Projectors {
                         _ = stopped.changed() => break,
                         () = tokio::time::sleep(Duration::from_secs(2)) => {}
                     }
-                    if let Some(p) = projectors.iter_mut().find(|p| p.active.load(Ordering::SeqCst)) {
+                    if let Some(p) = projectors
+                        .iter_mut()
+                        .find(|p| p.active.load(Ordering::SeqCst))
+                    {
                         p.child.start_kill()?;
                         p.child.wait().await?;
                         killed.fetch_add(1, Ordering::Relaxed);
@@ -184,7 +190,10 @@ impl Projectors {
         let until = Instant::now() + DRAIN_LIMIT;
         loop {
             let position: Option<i64> = client
-                .query_opt("SELECT position FROM dcb_subscriptions WHERE name = $1", &[&NAME])
+                .query_opt(
+                    "SELECT position FROM dcb_subscriptions WHERE name = $1",
+                    &[&NAME],
+                )
                 .await?
                 .map(|r| r.get(0));
             if position.is_some_and(|p| p >= head) {
@@ -264,7 +273,9 @@ pub(crate) async fn catch_up(args: CatchUpArgs) -> anyhow::Result<()> {
         stored = upto;
         eprintln!("  {stored} stored");
     }
-    client.batch_execute("ANALYZE events; ANALYZE event_tags").await?;
+    client
+        .batch_execute("ANALYZE events; ANALYZE event_tags")
+        .await?;
     let started = Instant::now();
     let handle = Subscription::new(NAME, Query::all())
         .batch_size(args.batch_size)
