@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dcb_runtime::metrics as names;
+use dcb_runtime::subscription::{Handler, HandlerError, Subscription};
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{
     Decision, Event, EventStore, ExecuteError, P, Projection, Query, QueryItem, Runtime,
@@ -32,6 +33,10 @@ const GAUGES: &[&str] = &[
     names::INFLIGHT_COMMANDS,
     names::QUEUE_DEPTH,
     names::POOL_CONNECTIONS,
+    names::SUBSCRIPTION_POSITION,
+    names::SUBSCRIPTION_LAG_EVENTS,
+    names::SUBSCRIPTION_LAG_SECONDS,
+    names::SUBSCRIPTION_ACTIVE,
 ];
 const COUNTERS: &[&str] = &[
     names::COMMANDS_TOTAL,
@@ -40,6 +45,8 @@ const COUNTERS: &[&str] = &[
     names::EVENTS_APPENDED_TOTAL,
     names::ACTOR_RESTARTS_TOTAL,
     names::STORE_ERRORS_TOTAL,
+    names::SUBSCRIPTION_EVENTS_TOTAL,
+    names::SUBSCRIPTION_ERRORS_TOTAL,
 ];
 /// Every `outcome` of `dcb_commands_total`.
 const OUTCOMES: &[&str] = &[
@@ -50,6 +57,19 @@ const OUTCOMES: &[&str] = &[
     "timeout",
     "error",
 ];
+
+/// Fails its first batch, then takes every one.
+struct FailsOnce(bool);
+
+impl Handler for FailsOnce {
+    async fn handle(&mut self, _events: &[SequencedEvent]) -> Result<(), HandlerError> {
+        if std::mem::replace(&mut self.0, true) {
+            Ok(())
+        } else {
+            Err("the first batch fails".into())
+        }
+    }
+}
 
 /// Counts the bumps of one hot counter.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -331,6 +351,23 @@ async fn the_exposition_is_complete_typed_and_parses() {
     );
     lost.shutdown().await;
 
+    // A subscription whose handler fails once, then follows every event.
+    let head = store
+        .read(
+            &Query::all(),
+            dcb_runtime::ReadOptions::default().limit(1).backwards(),
+        )
+        .await
+        .expect("head")
+        .head
+        .expect("events were stored");
+    let subscription = Subscription::new("watched", Query::all())
+        .retry(3, Duration::from_millis(1), Duration::from_millis(2))
+        .run_at_least_once(&store, FailsOnce(false))
+        .await
+        .expect("subscription");
+    subscription.caught_up_to(head).await.expect("caught up");
+
     // The sampled gauges appear within a sampling period or two: scrape until every name is
     // there (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -431,6 +468,27 @@ async fn the_exposition_is_complete_typed_and_parses() {
         );
     }
     assert!(value(&exposition, names::ACTOR_RESTARTS_TOTAL).is_some_and(|v| v >= 1.0));
+    let of = |name: &str, labels: &str| format!("{name}{{subscription=\"watched\"{labels}}}");
+    #[allow(clippy::cast_precision_loss)]
+    let head = head.get() as f64;
+    for (series, expected) in [
+        (of(names::SUBSCRIPTION_ACTIVE, ""), 1.0),
+        (of(names::SUBSCRIPTION_POSITION, ""), head),
+        (of(names::SUBSCRIPTION_LAG_EVENTS, ""), 0.0),
+        (of(names::SUBSCRIPTION_EVENTS_TOTAL, ""), head),
+        (
+            of(names::SUBSCRIPTION_ERRORS_TOTAL, ",kind=\"handler\""),
+            1.0,
+        ),
+        (of(names::SUBSCRIPTION_ERRORS_TOTAL, ",kind=\"store\""), 0.0),
+    ] {
+        assert_eq!(
+            value(&exposition, &series),
+            Some(expected),
+            "{series}\n{exposition}"
+        );
+    }
+    subscription.shutdown().await;
 
     let parsed = parse_exposition(&exposition)
         .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{exposition}"));

@@ -115,10 +115,11 @@ pub(crate) struct RunArgs {
     /// (with --processes, the first process serves it).
     #[arg(long)]
     pub(crate) metrics_addr: Option<SocketAddr>,
-    /// Keep the ledger read model by a transactional subscription in a projector process beside
-    /// the run, and report its lag (commit to projected), its events/s and whether it equals a
-    /// fold over `events` (the run fails if not). Under --chaos, two projectors run and the
-    /// active one is killed with SIGKILL every 2 s (and restarted).
+    /// Keep the ledger read model by a transactional subscription beside the run (in this
+    /// process), and report its lag (append to projected), its events/s and whether it equals a
+    /// fold over `events` (the run fails if not). Under --chaos a second projector runs in a
+    /// process of its own and is killed with SIGKILL whenever it is the active one (then
+    /// restarted).
     #[arg(long)]
     pub(crate) projection: bool,
     /// Internal: run as one of --processes against this prepared database.

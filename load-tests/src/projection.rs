@@ -1,8 +1,9 @@
 //! `--projection`: the ledger read model (`dcb_scenarios::ledger`) kept by a transactional
-//! subscription in projector processes (`load-tests project`) beside the run, and what it did:
-//! commit-to-projected lag, the projector's events/s, and exact equality with a fold over
-//! `events`. Under `--chaos` two projectors run and the active one is killed with SIGKILL every
-//! two seconds (and started again), besides the faults the chaos kind injects.
+//! subscription beside the run, and what it did: append-to-projected lag, the projection's
+//! events/s, and exact equality with a fold over `events`. The harness process runs one
+//! projector; under `--chaos` a second one runs in a process of its own (`load-tests project`),
+//! killed with SIGKILL whenever it is the active one (and started again), besides the faults the
+//! chaos kind injects on every connection.
 //!
 //! `catch-up`: the rate at which a transactional projection catches up with a long history.
 
@@ -91,9 +92,12 @@ pub(crate) async fn project(args: ProjectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Projector processes beside a run.
+/// The projectors of a run: one in the harness process (its metrics are in the run's
+/// `/metrics`), and under `--chaos` one more in a process of its own, SIGKILLed whenever it is
+/// the active one.
 pub(crate) struct Projectors {
     started: Instant,
+    in_process: dcb_runtime::subscription::SubscriptionHandle,
     stop: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<u64>>,
 }
@@ -130,11 +134,16 @@ impl Projector {
 
 impl Projectors {
     /// Creates the read model and starts the projector(s) on the prepared database at `url`;
-    /// with `kill`, two of them, the active one SIGKILLed every two seconds.
+    /// with `kill`, also a projector process, SIGKILLed (and started again) whenever it is found
+    /// active at a two-second tick.
     pub(crate) async fn start(url: &str, kill: bool) -> anyhow::Result<Self> {
         let client = connect(url).await?;
         client.batch_execute(SCHEMA_SQL).await?;
-        let count = if kill { 2 } else { 1 };
+        let store = PostgresStore::builder(url).pool_size(4).connect().await?;
+        let in_process = Subscription::new(NAME, Query::all())
+            .run_transactional(&store, Ledger)
+            .await?;
+        let count = usize::from(kill);
         let mut projectors = (0..count)
             .map(|_| Projector::spawn(url))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -170,6 +179,7 @@ impl Projectors {
         });
         Ok(Self {
             started: Instant::now(),
+            in_process,
             stop,
             task,
         })
@@ -208,6 +218,7 @@ impl Projectors {
         let drain_ms = callers_ended.elapsed().as_secs_f64() * 1e3;
         let _ = self.stop.send(true);
         let projectors_killed = self.task.await??;
+        self.in_process.shutdown().await;
         let count = |sql: &'static str| {
             let client = &client;
             async move { anyhow::Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0)) }

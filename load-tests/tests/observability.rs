@@ -115,7 +115,7 @@ fn prometheus_scrapes_a_running_load_test_and_answers_the_dashboard() {
                 "--actors",
                 "8",
             ])
-            .args(["--chaos", "kill-connections"])
+            .args(["--chaos", "kill-connections", "--projection"])
             .args(["--keys", "5", "--metrics-addr", &metrics_addr])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
