@@ -531,3 +531,28 @@ fn chaos_pool_starvation_loses_nothing() {
 fn chaos_timeouts_lose_nothing() {
     chaos("enrollment", "timeouts");
 }
+
+/// `--projection` keeps the ledger read model beside the scenario (under chaos with a second
+/// projector process, SIGKILLed when active), and reports its lag and its equality with the events.
+#[test]
+fn projection_follows_the_run_exactly_even_with_its_connections_killed() {
+    for extra in [
+        &["--projection"][..],
+        &[
+            "--projection",
+            "--chaos",
+            "kill-connections",
+            "--duration",
+            "5s",
+        ],
+    ] {
+        let r = scenario("transfer", extra);
+        let p = &r["projection"];
+        assert_eq!(p["mismatches"], 0, "{r}");
+        assert_eq!(p["reapplied"], 0, "{r}");
+        assert_eq!(p["events_projected"], r["events_in_store"], "{r}");
+        for field in ["lag_p50_ms", "lag_p99_ms", "events_per_s"] {
+            positive(p, field);
+        }
+    }
+}
