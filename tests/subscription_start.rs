@@ -23,7 +23,7 @@ impl Handler for Collect {
 }
 
 fn numbered(i: usize) -> Event {
-    let colour = if i % 3 == 0 { "red" } else { "blue" };
+    let colour = if i.is_multiple_of(3) { "red" } else { "blue" };
     Event::new("Numbered", json!({ "i": i })).tagged("colour", colour)
 }
 
