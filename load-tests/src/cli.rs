@@ -120,8 +120,10 @@ pub(crate) struct RunArgs {
     /// fold over `events` (the run fails if not). Under --chaos a second projector runs in a
     /// process of its own and is killed with SIGKILL whenever it is the active one (then
     /// restarted).
-    #[arg(long)]
-    pub(crate) projection: bool,
+    /// `--projection tally` keeps a light read model instead (events counted by type, one upsert
+    /// per batch), to tell the subscription's own cost from a per-event read model's.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "ledger")]
+    pub(crate) projection: Option<crate::projection::ReadModel>,
     /// Internal: run as one of --processes against this prepared database.
     #[arg(long, hide = true)]
     pub(crate) child_of: Option<String>,
@@ -201,6 +203,9 @@ pub(crate) struct ProjectArgs {
     /// Most events per batch.
     #[arg(long, default_value_t = 500, value_parser = at_least_one)]
     pub(crate) batch_size: usize,
+    /// The read model to keep.
+    #[arg(long, value_enum, default_value = "ledger")]
+    pub(crate) read_model: crate::projection::ReadModel,
 }
 
 #[derive(Args, Debug, Clone)]

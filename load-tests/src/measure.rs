@@ -73,10 +73,11 @@ async fn measure_in(
         args.skew,
         args.goal()
     );
-    let projectors = if args.projection {
-        Some(crate::projection::Projectors::start(url, args.chaos.is_some()).await?)
-    } else {
-        None
+    let projectors = match args.projection {
+        Some(model) => {
+            Some(crate::projection::Projectors::start(url, model, args.chaos.is_some()).await?)
+        }
+        None => None,
     };
     let injector = args.chaos.map(|kind| {
         chaos::Injector::start(kind, url.to_owned(), run.server.clone(), args.duration)

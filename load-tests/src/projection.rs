@@ -12,9 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dcb_runtime::subscription::SubscriptionHandle;
 use dcb_runtime::subscription::{Subscription, SubscriptionState};
 use dcb_runtime::{PostgresStore, Query};
-use dcb_scenarios::ledger::{LAG_SQL, Ledger, MISMATCH_SQL, REAPPLIED_SQL, SCHEMA_SQL};
+use dcb_scenarios::ledger::{
+    LAG_SQL, Ledger, MISMATCH_SQL, REAPPLIED_SQL, SCHEMA_SQL, TALLY_LAG_SQL, TALLY_MISMATCH_SQL,
+    TALLY_SCHEMA_SQL, Tally,
+};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -28,16 +32,85 @@ pub(crate) const NAME: &str = "ledger";
 /// The most a run waits, after its callers stop, for the projection to reach the head.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
+/// The read models the harness can keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum ReadModel {
+    /// One row per event id (`dcb_scenarios::ledger::Ledger`): as much writing as the append.
+    Ledger,
+    /// Events counted by type, one upsert per batch (`dcb_scenarios::ledger::Tally`).
+    Tally,
+}
+
+impl ReadModel {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Ledger => "ledger",
+            Self::Tally => "tally",
+        }
+    }
+
+    fn schema_sql(self) -> &'static str {
+        match self {
+            Self::Ledger => SCHEMA_SQL,
+            Self::Tally => TALLY_SCHEMA_SQL,
+        }
+    }
+
+    fn mismatch_sql(self) -> &'static str {
+        match self {
+            Self::Ledger => MISMATCH_SQL,
+            Self::Tally => TALLY_MISMATCH_SQL,
+        }
+    }
+
+    /// Per event for the ledger, per batch (its last event) for the tally.
+    fn lag_sql(self) -> &'static str {
+        match self {
+            Self::Ledger => LAG_SQL,
+            Self::Tally => TALLY_LAG_SQL,
+        }
+    }
+
+    fn projected_sql(self) -> &'static str {
+        match self {
+            Self::Ledger => "SELECT count(*) FROM projected_events",
+            Self::Tally => "SELECT coalesce(sum(events), 0)::bigint FROM projected_tally",
+        }
+    }
+
+    fn reapplied_sql(self) -> &'static str {
+        match self {
+            Self::Ledger => REAPPLIED_SQL,
+            // Counted as mismatches: a batch applied twice makes a type's count too high.
+            Self::Tally => "SELECT 0::bigint",
+        }
+    }
+
+    async fn run(
+        self,
+        subscription: Subscription,
+        store: &PostgresStore,
+    ) -> Result<SubscriptionHandle, dcb_runtime::StoreError> {
+        match self {
+            Self::Ledger => subscription.run_transactional(store, Ledger).await,
+            Self::Tally => subscription.run_transactional(store, Tally).await,
+        }
+    }
+}
+
 /// What the projection did during a run.
 #[derive(Serialize, Debug, Clone, Copy, Default)]
 pub(crate) struct ProjectionReport {
+    pub(crate) read_model: Option<ReadModel>,
     pub(crate) events_projected: i64,
     /// Events whose row is missing or wrong, rows without their event, rows applied other than
     /// once (0: the read model equals the fold over `events`).
     pub(crate) mismatches: i64,
     /// Of the mismatches, rows applied more than once.
     pub(crate) reapplied: i64,
-    /// From the start of the appending transaction to the row's write in the projecting one.
+    /// From the start of the appending transaction to the write in the projecting one (per
+    /// event for the ledger, per batch for the tally).
     pub(crate) lag_p50_ms: f64,
     pub(crate) lag_p99_ms: f64,
     /// Projected events per second, from the projectors' start until the head was reached.
@@ -57,12 +130,10 @@ pub(crate) async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         .await?;
     connect(&args.database_url)
         .await?
-        .batch_execute(SCHEMA_SQL)
+        .batch_execute(args.read_model.schema_sql())
         .await?;
-    let handle = Subscription::new(&args.name, Query::all())
-        .batch_size(args.batch_size)
-        .run_transactional(&store, Ledger)
-        .await?;
+    let settings = Subscription::new(&args.name, Query::all()).batch_size(args.batch_size);
+    let handle = args.read_model.run(settings, &store).await?;
     let mut progress = handle.watch();
     let report = async {
         let mut last = None;
@@ -96,6 +167,7 @@ pub(crate) async fn project(args: ProjectArgs) -> anyhow::Result<()> {
 /// `/metrics`), and under `--chaos` one more in a process of its own, SIGKILLed whenever it is
 /// the active one.
 pub(crate) struct Projectors {
+    model: ReadModel,
     started: Instant,
     in_process: dcb_runtime::subscription::SubscriptionHandle,
     stop: watch::Sender<bool>,
@@ -109,9 +181,10 @@ struct Projector {
 }
 
 impl Projector {
-    fn spawn(url: &str) -> anyhow::Result<Self> {
+    fn spawn(url: &str, model: ReadModel) -> anyhow::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["project", "--database-url", url, "--name", NAME])
+            .args(["--read-model", model.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -136,16 +209,16 @@ impl Projectors {
     /// Creates the read model and starts the projector(s) on the prepared database at `url`;
     /// with `kill`, also a projector process, SIGKILLed (and started again) whenever it is found
     /// active at a two-second tick.
-    pub(crate) async fn start(url: &str, kill: bool) -> anyhow::Result<Self> {
+    pub(crate) async fn start(url: &str, model: ReadModel, kill: bool) -> anyhow::Result<Self> {
         let client = connect(url).await?;
-        client.batch_execute(SCHEMA_SQL).await?;
+        client.batch_execute(model.schema_sql()).await?;
         let store = PostgresStore::builder(url).pool_size(4).connect().await?;
-        let in_process = Subscription::new(NAME, Query::all())
-            .run_transactional(&store, Ledger)
+        let in_process = model
+            .run(Subscription::new(NAME, Query::all()), &store)
             .await?;
         let count = usize::from(kill);
         let mut projectors = (0..count)
-            .map(|_| Projector::spawn(url))
+            .map(|_| Projector::spawn(url, model))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (stop, mut stopped) = watch::channel(false);
         let url = url.to_owned();
@@ -164,7 +237,7 @@ impl Projectors {
                         p.child.start_kill()?;
                         p.child.wait().await?;
                         killed.fetch_add(1, Ordering::Relaxed);
-                        *p = Projector::spawn(&url)?;
+                        *p = Projector::spawn(&url, model)?;
                     }
                 }
             } else {
@@ -178,6 +251,7 @@ impl Projectors {
             Ok(killed.into_inner())
         });
         Ok(Self {
+            model,
             started: Instant::now(),
             in_process,
             stop,
@@ -223,13 +297,15 @@ impl Projectors {
             let client = &client;
             async move { anyhow::Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0)) }
         };
-        let lag = client.query_one(LAG_SQL, &[]).await?;
+        let model = self.model;
+        let lag = client.query_one(model.lag_sql(), &[]).await?;
         let busy_s = self.started.elapsed().as_secs_f64();
-        let events_projected = count("SELECT count(*) FROM projected_events").await?;
+        let events_projected = count(model.projected_sql()).await?;
         Ok(ProjectionReport {
             events_projected,
-            mismatches: count(MISMATCH_SQL).await?,
-            reapplied: count(REAPPLIED_SQL).await?,
+            read_model: Some(model),
+            mismatches: count(model.mismatch_sql()).await?,
+            reapplied: count(model.reapplied_sql()).await?,
             lag_p50_ms: lag.get::<_, f64>(0) * 1e3,
             lag_p99_ms: lag.get::<_, f64>(1) * 1e3,
             #[allow(clippy::cast_precision_loss)]

@@ -349,9 +349,10 @@ impl fmt::Display for Report {
         if let Some(p) = self.projection {
             write!(
                 f,
-                "projection           {} events, lag p50 {:.1} ms p99 {:.1} ms (append to projected), \
+                "projection           {}: {} events, lag p50 {:.1} ms p99 {:.1} ms (append to projected), \
                  {:.0} events/s, head reached {:.0} ms after the callers; read model vs fold \
                  over events: {} mismatches ({} applied twice)",
+                p.read_model.map_or("?", crate::projection::ReadModel::name),
                 p.events_projected,
                 p.lag_p50_ms,
                 p.lag_p99_ms,

@@ -538,6 +538,7 @@ fn chaos_timeouts_lose_nothing() {
 fn projection_follows_the_run_exactly_even_with_its_connections_killed() {
     for extra in [
         &["--projection"][..],
+        &["--projection", "tally"],
         &[
             "--projection",
             "--chaos",

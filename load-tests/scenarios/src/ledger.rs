@@ -58,3 +58,52 @@ impl TransactionalHandler for Ledger {
         Ok(())
     }
 }
+
+/// A light read model: events counted by type, one upsert per batch (what a dashboard counter
+/// costs), to tell the subscription's own cost from a per-event read model's.
+pub const TALLY_SCHEMA_SQL: &str = "\
+CREATE TABLE IF NOT EXISTS projected_tally (type text PRIMARY KEY, events bigint NOT NULL); \
+CREATE TABLE IF NOT EXISTS projected_batches (\
+    last_position bigint PRIMARY KEY, events int NOT NULL, projected_at timestamptz NOT NULL)";
+
+/// The tally's lag in seconds, p50 and p99 over its batches: from the start of the transaction
+/// that appended a batch's last event to the batch's write.
+pub const TALLY_LAG_SQL: &str = "\
+SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), 0)::float8, \
+       coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), 0)::float8 \
+FROM (SELECT extract(epoch FROM b.projected_at - e.recorded_at)::float8 AS lag \
+      FROM projected_batches b JOIN events e ON e.position = b.last_position) l";
+
+/// Differences between the tally and a count of `events` by type.
+pub const TALLY_MISMATCH_SQL: &str = "\
+SELECT count(*) FROM projected_tally t \
+FULL JOIN (SELECT type, count(*) AS events FROM events GROUP BY type) e USING (type) \
+WHERE t.events IS DISTINCT FROM e.events";
+
+/// The tally's handler.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally;
+
+impl TransactionalHandler for Tally {
+    async fn handle(
+        &mut self,
+        tx: &Transaction<'_>,
+        events: &[SequencedEvent],
+    ) -> Result<(), HandlerError> {
+        let types: Vec<&str> = events.iter().map(|e| e.event.event_type()).collect();
+        let last = events.last().map_or(0, |e| e.position.get());
+        let count = i32::try_from(events.len())?;
+        tx.execute(
+            "WITH tally AS (\
+                 INSERT INTO projected_tally (type, events) \
+                 SELECT type, count(*) FROM unnest($1::text[]) AS u(type) GROUP BY type \
+                 ON CONFLICT (type) DO UPDATE \
+                 SET events = projected_tally.events + EXCLUDED.events) \
+             INSERT INTO projected_batches (last_position, events, projected_at) \
+             VALUES ($2, $3, clock_timestamp())",
+            &[&types, &last, &count],
+        )
+        .await?;
+        Ok(())
+    }
+}
