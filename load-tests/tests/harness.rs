@@ -557,3 +557,22 @@ fn projection_follows_the_run_exactly_even_with_its_connections_killed() {
         }
     }
 }
+
+/// `catch-up` stores its events in SQL, projects them all and compares the read model.
+#[test]
+fn catch_up_projects_every_stored_event_once() {
+    let json = scratch("catch-up.json");
+    run(&[
+        "catch-up",
+        "--events",
+        "5000",
+        "--batch-size",
+        "300",
+        "--json",
+        json.to_str().expect("utf-8 temp path"),
+    ]);
+    let r = report(&json);
+    assert_eq!(r["events"], 5000, "{r}");
+    assert_eq!(r["mismatches"], 0, "{r}");
+    positive(&r, "events_per_s");
+}
