@@ -37,7 +37,7 @@ pub use checkpoint::Start;
 use consumer::{Consumer, ConsumerMsg, Shared};
 use delivery::{AfterHandling, Delivery, InTransaction};
 pub use delivery::{Handler, HandlerError, TransactionalHandler};
-pub use view::View;
+pub use view::{View, ViewStopped};
 pub(crate) use wakeup::Wakeups;
 
 /// Longest subscription name accepted.
@@ -365,12 +365,26 @@ impl SubscriptionHandle {
     }
 
     /// Stops the consumer and gives its lock back (a standby elsewhere takes over); a batch in
-    /// progress is finished first.
+    /// progress is finished first. A handler still busy after 30 s is abandoned: the consumer is
+    /// killed, its transaction rolls back with its connection, and its lock goes with its session.
     pub async fn shutdown(self) {
-        let _ = self
+        if self
             .actor
             .stop_and_wait(None, Some(Duration::from_secs(30)))
-            .await;
+            .await
+            .is_err()
+        {
+            tracing::warn!(subscription = %self.name, "a handler did not finish within 30 s; killing its consumer");
+            self.actor.kill();
+        }
+    }
+}
+
+/// Dropping the handle stops the consumer (without waiting for it); [`SubscriptionHandle::shutdown`]
+/// waits.
+impl Drop for SubscriptionHandle {
+    fn drop(&mut self) {
+        self.actor.stop(None);
     }
 }
 

@@ -92,8 +92,48 @@ async fn a_view_follows_the_decisions_it_projects() {
             .expect("transfer");
         last = committed.positions.last().copied().unwrap_or(last);
     }
-    view.caught_up_to(last).await;
+    view.caught_up_to(last).await.expect("caught up");
     assert_eq!(view.state(), Some(90));
     assert!(view.position() >= last);
     runtime.shutdown().await;
+}
+
+/// Counts events, and panics on one of type `Bad`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Fussy;
+
+impl dcb_runtime::Projection for Fussy {
+    type State = u64;
+    fn query(&self) -> Query {
+        Query::all()
+    }
+    fn initial_state(&self) -> u64 {
+        0
+    }
+    fn evolve(&self, count: &mut u64, event: &SequencedEvent) {
+        assert_ne!(event.event.event_type(), "Bad", "a bad event");
+        *count += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_whose_projection_panics_stops_with_its_state_before_the_page() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    for i in 0..3 {
+        store.append(vec![numbered(i)]).await.expect("append");
+    }
+    let view = View::start(&store, Fussy).await.expect("view");
+    assert_eq!((view.state(), view.position()), (3, Position::new(3)));
+    let appended = store
+        .append(vec![numbered(3), Event::new("Bad", json!({})), numbered(4)])
+        .await
+        .expect("append");
+    let stopped = view
+        .caught_up_to(Position::new(appended.first.get() + 2))
+        .await
+        .expect_err("the view stops");
+    assert_eq!(stopped.position, Position::new(3));
+    // Nothing of the failing page was applied.
+    assert_eq!(view.state(), 3);
 }

@@ -97,18 +97,20 @@ pub(crate) async fn advance(
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
-/// Records the event the subscription stopped on and why.
+/// Records the event the subscription stopped on and why, if the checkpoint is still at
+/// `checkpoint` (just before it).
 pub(crate) async fn record_failure(
     client: &impl GenericClient,
     name: &str,
+    checkpoint: i64,
     at: Position,
     error: &str,
 ) -> Result<(), StoreError> {
     client
         .execute(
             "UPDATE dcb_subscriptions SET failed_position = $2, failed_error = $3, \
-             updated_at = clock_timestamp() WHERE name = $1",
-            &[&name, &at.get(), &error],
+             updated_at = clock_timestamp() WHERE name = $1 AND position = $4",
+            &[&name, &at.get(), &error, &checkpoint],
         )
         .await?;
     Ok(())

@@ -53,8 +53,14 @@ pub(crate) struct ConsumerState<D> {
     /// Read the checkpoint from its row before the next batch (after taking the lock, and after
     /// a delivery whose outcome is unknown).
     reload: bool,
-    /// The last position handled, as this consumer knows it.
+    /// The checkpoint as stored (the last position handled), as this consumer knows it.
     position: i64,
+    /// How far this consumer has read: at least `position`. Ahead of it when only events the
+    /// query does not match came since, whose checkpoint is written at most once per poll
+    /// interval (not on every append).
+    scanned: i64,
+    /// When the checkpoint was last written.
+    written: std::time::Instant,
     /// Deliver one event at a time up to here: a batch failed, and the failing event must be
     /// found, with every event before it applied.
     isolate_until: Option<i64>,
@@ -98,7 +104,9 @@ impl<D: Delivery> Actor for Consumer<D> {
             )
             .increment(0);
         }
-        metrics::gauge!(names::SUBSCRIPTION_ACTIVE, "subscription" => name).set(0.0);
+        // Registered without a value change: another consumer of the name in this process may be
+        // the active one.
+        metrics::gauge!(names::SUBSCRIPTION_ACTIVE, "subscription" => name).increment(0.0);
         myself.cast(ConsumerMsg::Step)?;
         Ok(ConsumerState {
             delivery,
@@ -106,6 +114,8 @@ impl<D: Delivery> Actor for Consumer<D> {
             holds_lock: false,
             reload: true,
             position: self.shared.progress.borrow().position.get(),
+            scanned: self.shared.progress.borrow().position.get(),
+            written: std::time::Instant::now(),
             isolate_until: None,
             failures: 0,
             faults: 0,
@@ -140,7 +150,7 @@ impl<D: Delivery> Actor for Consumer<D> {
             Next::Stop(error) => {
                 tracing::error!(%error, "subscription stopped");
                 state.stopped = true;
-                self.publish(SubscriptionState::Stopped(error), state.position);
+                self.publish(SubscriptionState::Stopped(error), state.scanned);
                 myself.stop(None);
             }
         }
@@ -158,9 +168,11 @@ impl<D: Delivery> Actor for Consumer<D> {
         if let Some(session) = state.session.take() {
             session.release(self.shared.id).await;
         }
-        self.set_active(false);
+        if state.holds_lock {
+            self.set_active(false);
+        }
         if !state.stopped {
-            self.publish(SubscriptionState::ShutDown, state.position);
+            self.publish(SubscriptionState::ShutDown, state.scanned);
         }
         Ok(())
     }
@@ -207,10 +219,12 @@ impl<D: Delivery> Consumer<D> {
                 "standing by: another consumer is active"
             );
         }
+        if state.holds_lock {
+            self.set_active(false);
+        }
         state.session = None;
         state.holds_lock = false;
-        self.set_active(false);
-        self.publish(SubscriptionState::Standby, state.position);
+        self.publish(SubscriptionState::Standby, state.scanned);
     }
 
     /// Holds the lock after this, or says when to try again.
@@ -241,7 +255,7 @@ impl<D: Delivery> Consumer<D> {
                 Ok(())
             }
             Ok(false) => {
-                self.publish(SubscriptionState::Standby, state.position);
+                self.publish(SubscriptionState::Standby, state.scanned);
                 Err(Next::After(takeover))
             }
             Err(_) => {
@@ -265,7 +279,11 @@ impl<D: Delivery> Consumer<D> {
             match loaded {
                 Ok(Some(row)) => {
                     state.position = row.position;
+                    state.scanned = row.position;
                     state.reload = false;
+                    #[allow(clippy::cast_precision_loss)] // positions far below 2^52
+                    metrics::gauge!(names::SUBSCRIPTION_POSITION, "subscription" => self.name().to_owned())
+                        .set(row.position as f64);
                 }
                 Ok(None) => {
                     // The row was removed by hand: make it again where this consumer was.
@@ -291,7 +309,7 @@ impl<D: Delivery> Consumer<D> {
                 }
             }
             self.set_active(true);
-            self.publish(SubscriptionState::Active, state.position);
+            self.publish(SubscriptionState::Active, state.scanned);
         }
 
         // Whatever is appended from here on wakes the wait after this step.
@@ -306,7 +324,7 @@ impl<D: Delivery> Consumer<D> {
             .read(
                 &subscription.query,
                 ReadOptions::default()
-                    .after(Position::new(state.position))
+                    .after(Position::new(state.scanned))
                     .limit(limit),
             )
             .await;
@@ -323,7 +341,7 @@ impl<D: Delivery> Consumer<D> {
         let to = match read.events.last() {
             // A full page is complete only up to its last event.
             Some(last) if full => last.position.get(),
-            _ => head.max(state.position),
+            _ => head.max(state.scanned),
         };
         let lag_events = |position: i64| {
             #[allow(clippy::cast_precision_loss)] // positions far below 2^52
@@ -331,9 +349,18 @@ impl<D: Delivery> Consumer<D> {
             metrics::gauge!(names::SUBSCRIPTION_LAG_EVENTS, "subscription" => self.name().to_owned())
                 .set(lag);
         };
-        if to == state.position {
+        if read.events.is_empty() {
+            // Nothing to hand over; the checkpoint moves past what was read at most once per poll
+            // interval.
+            state.scanned = to;
             lag_events(to);
-            return Next::OnWake;
+            metrics::gauge!(names::SUBSCRIPTION_LAG_SECONDS, "subscription" => self.name().to_owned())
+                .set(0.0);
+            let due = to > state.position && state.written.elapsed() >= subscription.poll_interval;
+            if !due {
+                self.publish(SubscriptionState::Active, to);
+                return Next::OnWake;
+            }
         }
         let delivered = state
             .delivery
@@ -342,6 +369,8 @@ impl<D: Delivery> Consumer<D> {
         match delivered {
             Ok(at) => {
                 state.position = to;
+                state.scanned = to;
+                state.written = std::time::Instant::now();
                 state.failures = 0;
                 state.faults = 0;
                 if state.isolate_until.is_some_and(|until| to >= until) {
@@ -368,6 +397,25 @@ impl<D: Delivery> Consumer<D> {
                 let Some(first) = read.events.first() else {
                     return Next::After(Self::fault_delay(state));
                 };
+                // A handler failing because another consumer (one that lost its lock without
+                // knowing yet) handled these events first is not this event's failure: read the
+                // checkpoint again and go on from there.
+                match self.stored_position().await {
+                    Some(stored) if stored != state.position => {
+                        tracing::info!(
+                            subscription = self.name(),
+                            stored,
+                            "the checkpoint moved under a failing batch; resuming from it"
+                        );
+                        state.reload = true;
+                        return Next::Now;
+                    }
+                    Some(_) => {}
+                    None => {
+                        state.reload = true;
+                        return Next::After(Self::fault_delay(state));
+                    }
+                }
                 if read.events.len() > 1 {
                     // Find the failing event: one at a time, applying each one before it.
                     state.isolate_until = read.events.last().map(|e| e.position.get());
@@ -381,9 +429,14 @@ impl<D: Delivery> Consumer<D> {
                     return Next::After(retry.delay(state.failures));
                 }
                 if let Ok(client) = store.pool().get().await {
-                    let _ =
-                        checkpoint::record_failure(&**client, self.name(), first.position, &error)
-                            .await;
+                    let _ = checkpoint::record_failure(
+                        &**client,
+                        self.name(),
+                        state.position,
+                        first.position,
+                        &error,
+                    )
+                    .await;
                 }
                 Next::Stop(SubscriptionError::HandlerFailed {
                     name: self.name().to_owned(),
@@ -394,6 +447,13 @@ impl<D: Delivery> Consumer<D> {
                 })
             }
         }
+    }
+
+    /// The checkpoint as stored now (`None` if it cannot be read).
+    async fn stored_position(&self) -> Option<i64> {
+        let client = self.shared.store.pool().get().await.ok()?;
+        let row = checkpoint::load(&**client, self.name()).await.ok()??;
+        Some(row.position)
     }
 
     fn record_batch(&self, events: &[SequencedEvent], to: i64, at: SystemTime) {

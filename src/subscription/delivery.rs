@@ -44,27 +44,28 @@ pub trait Handler: Send + 'static {
 pub(crate) enum Undelivered {
     /// The handler failed (or panicked); nothing of the batch counts as handled.
     Handler(String),
-    /// The database failed; for a transactional handler the batch may or may not have committed.
-    Store(StoreError),
+    /// The database failed (its message); for a transactional handler the batch may or may not
+    /// have committed.
+    Store(String),
     /// The checkpoint had moved: another consumer is active.
     Overtaken,
 }
 
 impl From<StoreError> for Undelivered {
     fn from(e: StoreError) -> Self {
-        Self::Store(e)
+        Self::Store(db_message(&e))
     }
 }
 
 impl From<tokio_postgres::Error> for Undelivered {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Store(e.into())
+        StoreError::from(e).into()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Undelivered {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Store(e.into())
+        StoreError::from(e).into()
     }
 }
 
@@ -81,14 +82,27 @@ pub(crate) trait Delivery: Send + 'static {
     ) -> impl Future<Output = Result<SystemTime, Undelivered>> + Send;
 }
 
-/// Runs a handler's future, turning a panic into a handler failure.
+/// Runs a handler's future, turning a panic into a handler failure. A transient database error
+/// the handler passed on (a lost connection, a deadlock, a serialization failure, a server
+/// shutting down) is the database's failure, not the handler's: it is retried without using up
+/// the handler's attempts.
 async fn guarded<F>(handling: F) -> Result<(), Undelivered>
 where
     F: Future<Output = Result<(), HandlerError>>,
 {
     match AssertUnwindSafe(handling).catch_unwind().await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Undelivered::Handler(e.to_string())),
+        Ok(Err(e)) => match e.downcast::<tokio_postgres::Error>() {
+            Ok(db) => {
+                let e = StoreError::from(*db);
+                if e.is_transient() {
+                    Err(e.into())
+                } else {
+                    Err(Undelivered::Handler(db_message(&e)))
+                }
+            }
+            Err(e) => Err(Undelivered::Handler(e.to_string())),
+        },
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -99,6 +113,21 @@ where
                 "the handler panicked: {message}"
             )))
         }
+    }
+}
+
+/// A database error with the server's message (tokio-postgres' own says only "db error").
+fn db_message(e: &StoreError) -> String {
+    use std::error::Error as _;
+    match e
+        .source()
+        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+    {
+        Some(db) => match db.as_db_error() {
+            Some(server) => format!("{db}: {server}"),
+            None => db.to_string(),
+        },
+        None => e.to_string(),
     }
 }
 
@@ -117,7 +146,15 @@ impl<H: TransactionalHandler> Delivery for InTransaction<H> {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         if !events.is_empty() {
-            guarded(self.0.handle(&tx, events)).await?;
+            let handled = guarded(self.0.handle(&tx, events)).await;
+            if let Err(Undelivered::Handler(error)) = &handled {
+                if tx.client().is_closed() {
+                    return Err(Undelivered::Store(format!(
+                        "the connection closed under the handler: {error}"
+                    )));
+                }
+            }
+            handled?;
         }
         // The row lock this takes also queues a consumer that lost its lock without knowing
         // behind this one; it then finds the checkpoint moved.

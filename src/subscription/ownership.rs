@@ -32,9 +32,18 @@ impl Session {
     /// going back to a pool).
     pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
         let mut config = config.clone();
-        // A peer that vanishes without closing its socket (a host lost, not a process killed)
-        // is noticed by the server within about keepalives_idle + 3 x keepalives_interval.
+        // A process that dies closes its socket and the server ends the session at once. A host
+        // that vanishes closes nothing: the server's own keepalives (set for this session) end
+        // it within about idle + count x interval = 8 s, instead of the system's default of
+        // two hours and more; and the client's notice a vanished server.
+        const SERVER_KEEPALIVES: &str =
+            "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3";
+        let options = match config.get_options() {
+            Some(o) => format!("{o} {SERVER_KEEPALIVES}"),
+            None => SERVER_KEEPALIVES.to_owned(),
+        };
         config
+            .options(options)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))

@@ -45,8 +45,23 @@ impl<P: Projection> std::fmt::Debug for View<P> {
 struct Shared<P: Projection> {
     projection: P,
     state: Mutex<P::State>,
-    /// The last position folded (0: none).
-    seen: watch::Sender<Position>,
+    /// The last position folded (0: none), and whether following stopped.
+    seen: watch::Sender<Seen>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    position: Position,
+    /// `evolve` panicked: the view stopped following, its state is as of `position`.
+    broken: bool,
+}
+
+/// A view stopped following: its projection's `evolve` panicked on an event after its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the view stopped at {position}: its projection panicked on a later event")]
+pub struct ViewStopped {
+    /// The last position folded.
+    pub position: Position,
 }
 
 struct Follower(JoinHandle<()>);
@@ -69,9 +84,18 @@ impl<P: Projection> View<P> {
         let shared = Arc::new(Shared {
             state: Mutex::new(projection.initial_state()),
             projection,
-            seen: watch::Sender::new(Position::new(0)),
+            seen: watch::Sender::new(Seen {
+                position: Position::new(0),
+                broken: false,
+            }),
         });
-        while catch_up(store, &shared).await? {}
+        while catch_up(store, &shared).await.map_err(|e| match e {
+            Fold::Store(e) => e,
+            Fold::Panicked => StoreError::Corrupt(format!(
+                "the projection's evolve panicked on an event after {}",
+                shared.seen.borrow().position
+            )),
+        })? {}
         let follower = tokio::spawn(follow(store.clone(), shared.clone()));
         Ok(Self {
             shared,
@@ -91,29 +115,48 @@ impl<P: Projection> View<P> {
 
     /// The last position folded (0: none); the state is complete up to here.
     pub fn position(&self) -> Position {
-        *self.shared.seen.borrow()
+        self.shared.seen.borrow().position
     }
 
     /// Waits until the view has folded everything up to `position` (after an append at that
     /// position, to read one's own write).
-    pub async fn caught_up_to(&self, position: Position) {
+    ///
+    /// # Errors
+    ///
+    /// [`ViewStopped`] if the projection panicked on an event before that.
+    pub async fn caught_up_to(&self, position: Position) -> Result<(), ViewStopped> {
         let mut seen = self.shared.seen.subscribe();
-        let _ = seen.wait_for(|p| *p >= position).await;
+        let seen = *seen
+            .wait_for(|s| s.position >= position || s.broken)
+            .await
+            .expect("the sender lives in the view");
+        if seen.position >= position {
+            Ok(())
+        } else {
+            Err(ViewStopped {
+                position: seen.position,
+            })
+        }
     }
 }
 
+/// Why a page was not folded.
+enum Fold {
+    Store(StoreError),
+    /// `evolve` panicked; the state is left as it was before the page.
+    Panicked,
+}
+
 /// Folds one page; whether more may follow at once.
-async fn catch_up<P: Projection>(
-    store: &PostgresStore,
-    shared: &Shared<P>,
-) -> Result<bool, StoreError> {
-    let from = *shared.seen.borrow();
+async fn catch_up<P: Projection>(store: &PostgresStore, shared: &Shared<P>) -> Result<bool, Fold> {
+    let from = shared.seen.borrow().position;
     let read = store
         .read(
             &shared.projection.query(),
             ReadOptions::default().after(from).limit(PAGE),
         )
-        .await?;
+        .await
+        .map_err(Fold::Store)?;
     let full = read.events.len() == PAGE;
     let to = match read.events.last() {
         Some(last) if full => last.position,
@@ -121,10 +164,20 @@ async fn catch_up<P: Projection>(
     };
     if !read.events.is_empty() {
         let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        shared.projection.fold(&mut state, &read.events);
+        // Folded into a copy, so that a panicking `evolve` leaves no half-applied page behind.
+        let mut next = state.clone();
+        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.projection.fold(&mut next, &read.events);
+        }));
+        if folded.is_err() {
+            drop(state);
+            shared.seen.send_modify(|s| s.broken = true);
+            return Err(Fold::Panicked);
+        }
+        *state = next;
     }
     if to > from {
-        shared.seen.send_replace(to);
+        shared.seen.send_modify(|s| s.position = to);
     }
     Ok(full)
 }
@@ -140,7 +193,12 @@ async fn follow<P: Projection>(store: PostgresStore, shared: Arc<Shared<P>>) {
                 continue;
             }
             Ok(false) => faults = 0,
-            Err(e) => {
+            Err(Fold::Panicked) => {
+                tracing::error!(position = %shared.seen.borrow().position,
+                    "a view's projection panicked; the view stopped following");
+                return;
+            }
+            Err(Fold::Store(e)) => {
                 crate::metrics::record_store_error("read", &e);
                 faults = faults.saturating_add(1);
                 let delay = Duration::from_millis(50).saturating_mul(1 << faults.min(7));
