@@ -8,7 +8,12 @@
 -- rare: they happen only when an append is re-sent after a lost answer. So this version first
 -- asks one indexed question, "is any of these ids stored?", and only when the answer is yes runs
 -- V3's statement unchanged. Otherwise every request is a fresh append: one statement finds the
--- requests whose condition matches, and a loop over the (few) requests assigns positions.
+-- requests whose condition matches (one direct probe when the batch's only condition item names
+-- one tag, the most common shape), and a loop over the (few) requests assigns positions.
+-- Measured on the project's machine, interleaved call by call with V3 in one backend: half the
+-- server time for one request of one event (0.11-0.18 ms against 0.21-0.34 ms), a quarter less
+-- for a batch of 30 (as much as 60 single-row INSERTs). The per-event cost (the INSERTs and their
+-- index entries) is V3's, so a batch of long chains gains little.
 --
 -- The batch's requests are independent of each other (the appender only batches requests whose
 -- conditions match no event of an earlier one and that share no event id), so each request is
@@ -136,25 +141,38 @@ BEGIN
         -- No event is stored: each request either fails its condition (1) or is appended (0).
         -- The requests with a condition that matches (an item naming nothing is Query::all()).
         -- Every item is an index range scan starting at the request's `after`.
-        SELECT array_agg(it.r) INTO matched
-        FROM unnest(item_req, item_type_starts, item_type_counts, item_tag_starts, item_tag_counts)
-             AS it(r, ts, tc, gs, gc)
-        WHERE CASE
-            WHEN gc = 0 AND tc = 0 THEN stored_head > coalesce(req_after[it.r], 0)
-            WHEN gc = 0 THEN EXISTS (
-                SELECT 1 FROM events e
-                WHERE e.type = ANY (item_types[ts : ts + tc - 1])
-                  AND e.position > coalesce(req_after[it.r], 0))
-            ELSE EXISTS (
+        IF cardinality(item_req) = 1 AND item_tag_counts[1] = 1 THEN
+            -- The batch's only condition item names one tag (one entity's boundary, the most
+            -- common shape): probed directly, without unnesting the item arrays.
+            IF EXISTS (
                 SELECT 1 FROM event_tags t
-                WHERE t.tag = item_tags[gs]
-                  AND t.position > coalesce(req_after[it.r], 0)
-                  AND (tc = 0 OR t.type = ANY (item_types[ts : ts + tc - 1]))
-                  AND (gc = 1 OR EXISTS (
-                        SELECT 1 FROM events x
-                        WHERE x.position = t.position
-                          AND x.tags @> item_tags[gs : gs + gc - 1])))
-        END;
+                WHERE t.tag = item_tags[item_tag_starts[1]]
+                  AND t.position > coalesce(req_after[item_req[1]], 0)
+                  AND (item_type_counts[1] = 0 OR t.type = ANY (item_types[item_type_starts[1]
+                       : item_type_starts[1] + item_type_counts[1] - 1]))) THEN
+                matched := ARRAY[item_req[1]];
+            END IF;
+        ELSE
+            SELECT array_agg(it.r) INTO matched
+            FROM unnest(item_req, item_type_starts, item_type_counts, item_tag_starts, item_tag_counts)
+                 AS it(r, ts, tc, gs, gc)
+            WHERE CASE
+                WHEN gc = 0 AND tc = 0 THEN stored_head > coalesce(req_after[it.r], 0)
+                WHEN gc = 0 THEN EXISTS (
+                    SELECT 1 FROM events e
+                    WHERE e.type = ANY (item_types[ts : ts + tc - 1])
+                      AND e.position > coalesce(req_after[it.r], 0))
+                ELSE EXISTS (
+                    SELECT 1 FROM event_tags t
+                    WHERE t.tag = item_tags[gs]
+                      AND t.position > coalesce(req_after[it.r], 0)
+                      AND (tc = 0 OR t.type = ANY (item_types[ts : ts + tc - 1]))
+                      AND (gc = 1 OR EXISTS (
+                            SELECT 1 FROM events x
+                            WHERE x.position = t.position
+                              AND x.tags @> item_tags[gs : gs + gc - 1])))
+            END;
+        END IF;
         -- Positions in request order, without a statement: a batch holds tens of requests.
         statuses := array_fill(0::smallint, ARRAY[cardinality(req_event_counts)]);
         firsts := array_fill(NULL::bigint, ARRAY[cardinality(req_event_counts)]);
