@@ -149,6 +149,23 @@ struct SizePoint {
     events_stored: i64,
     read_ms: LatencyMs,
     append_if_ms: LatencyMs,
+    /// WAL written per decision while timing (the whole server's, from `pg_stat_wal`): a commit
+    /// that must also flush full-page images of pages first touched since the last checkpoint
+    /// waits longer.
+    wal_kb_per_decision: f64,
+    /// Full-page images per decision, from the same counters.
+    full_page_images_per_decision: f64,
+}
+
+/// The server's WAL bytes and full-page images so far.
+async fn wal_counters(client: &tokio_postgres::Client) -> anyhow::Result<(f64, f64)> {
+    let row = client
+        .query_one(
+            "SELECT wal_bytes::float8, wal_fpi::float8 FROM pg_stat_wal",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 #[derive(Serialize, Debug)]
@@ -219,6 +236,17 @@ async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result
         "vacuumed and analysed in {:.0} s",
         vacuum.elapsed().as_secs_f64()
     );
+    // A big fill leaves gigabytes of dirty pages: without a checkpoint now, the timed appends'
+    // commits would wait on their flushing (a checkpoint the fill's WAL set off). Needs the
+    // pg_checkpoint role or a superuser; without it, the figures say so.
+    let checkpoint = Instant::now();
+    match client.batch_execute("CHECKPOINT").await {
+        Ok(()) => eprintln!(
+            "checkpointed in {:.0} s",
+            checkpoint.elapsed().as_secs_f64()
+        ),
+        Err(e) => eprintln!("no checkpoint after the fill (timings may include its flush): {e:?}"),
+    }
     Ok(())
 }
 
@@ -226,11 +254,13 @@ async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result
 /// tag, append conditional on both.
 async fn time_decisions(
     store: &PostgresStore,
+    client: &tokio_postgres::Client,
     commands: usize,
     size: i64,
 ) -> anyhow::Result<SizePoint> {
     let mut reads: Histogram<u64> = latency::histogram();
     let mut appends: Histogram<u64> = latency::histogram();
+    let (wal_before, fpi_before) = wal_counters(client).await?;
     for n in 0..commands {
         let boundary = P("filler", (n % 1000).to_string());
         let own = P("probe", format!("{size}-{n}"));
@@ -254,10 +284,15 @@ async fn time_decisions(
             .await?;
         latency::record(&mut appends, began.elapsed());
     }
+    let (wal_after, fpi_after) = wal_counters(client).await?;
+    #[allow(clippy::cast_precision_loss)] // small counts
+    let per = commands.max(1) as f64;
     Ok(SizePoint {
         events_stored: size,
         read_ms: LatencyMs::of(&reads),
         append_if_ms: LatencyMs::of(&appends),
+        wal_kb_per_decision: (wal_after - wal_before) / 1024.0 / per,
+        full_page_images_per_decision: (fpi_after - fpi_before) / per,
     })
 }
 
@@ -268,11 +303,11 @@ pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
     let client = run.db.client().await?;
     fill_to(&client, args.small).await?;
     // Warm up plans and caches before timing.
-    time_decisions(&store, 200, 0).await?;
-    let small = time_decisions(&store, args.commands, args.small).await?;
+    time_decisions(&store, &client, 200, 0).await?;
+    let small = time_decisions(&store, &client, args.commands, args.small).await?;
     fill_to(&client, args.large).await?;
-    time_decisions(&store, 200, 1).await?;
-    let large = time_decisions(&store, args.commands, args.large).await?;
+    time_decisions(&store, &client, 200, 1).await?;
+    let large = time_decisions(&store, &client, args.commands, args.large).await?;
     let report = SizeReport {
         scenario: "store-size",
         commands_per_size: args.commands,
@@ -291,12 +326,15 @@ impl std::fmt::Display for SizeReport {
         for p in [&self.small, &self.large] {
             writeln!(
                 f,
-                "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms",
+                "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms \
+                 | WAL {:.1} kB, {:.2} full-page images per decision",
                 p.events_stored,
                 p.read_ms.mean,
                 p.read_ms.p99,
                 p.append_if_ms.mean,
-                p.append_if_ms.p99
+                p.append_if_ms.p99,
+                p.wal_kb_per_decision,
+                p.full_page_images_per_decision
             )?;
         }
         write!(
