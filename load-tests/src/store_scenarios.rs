@@ -149,6 +149,23 @@ struct SizePoint {
     events_stored: i64,
     read_ms: LatencyMs,
     append_if_ms: LatencyMs,
+    /// WAL written per decision while timing (the whole server's, from `pg_stat_wal`): a commit
+    /// that must also flush full-page images of pages first touched since the last checkpoint
+    /// waits longer.
+    wal_kb_per_decision: f64,
+    /// Full-page images per decision, from the same counters.
+    full_page_images_per_decision: f64,
+}
+
+/// The server's WAL bytes and full-page images so far.
+async fn wal_counters(client: &tokio_postgres::Client) -> anyhow::Result<(f64, f64)> {
+    let row = client
+        .query_one(
+            "SELECT wal_bytes::float8, wal_fpi::float8 FROM pg_stat_wal",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
 }
 
 #[derive(Serialize, Debug)]
@@ -163,16 +180,25 @@ struct SizeReport {
     read_ratio: f64,
 }
 
+/// Events per fill transaction: large enough that a statement's fixed cost vanishes, small enough
+/// that progress shows every few seconds and one transaction's WAL stays well under a checkpoint.
+const FILL_CHUNK: i64 = 500_000;
+
 /// Fills the store with filler events spread over 1,000 `filler:<n>` boundaries (and a hot tag
-/// far back in history) straight in SQL, under the writers' lock, then re-indexes statistics.
+/// far back in history) straight in SQL, set-based, under the writers' lock, then vacuums and
+/// re-analyses (the visibility map keeps condition probes index-only). Positions stay contiguous;
+/// ids are random (`gen_random_uuid()`) like the ones clients send, so the id index is as big and
+/// as scattered as a real store's.
 async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result<()> {
     let have: i64 = client
-        .query_one("SELECT count(*) FROM events", &[])
+        .query_one("SELECT coalesce(max(position), 0) FROM events", &[])
         .await?
         .get(0);
-    let mut remaining = target - have;
-    while remaining > 0 {
-        let chunk = remaining.min(200_000);
+    let started = Instant::now();
+    let mut filled = have;
+    while filled < target {
+        let chunk = (target - filled).min(FILL_CHUNK);
+        // The tag rows come from the same series, not from reading the new events back.
         client
             .batch_execute(&format!(
                 "BEGIN;
@@ -182,22 +208,45 @@ async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result
                  INSERT INTO fill_from SELECT coalesce(max(position), 0) FROM events;
                  INSERT INTO events (position, id, type, tags, payload)
                  SELECT f.p + g, gen_random_uuid(), 'Filler',
-                        ARRAY['filler:' || (g % 1000), 'era:' || CASE WHEN f.p + g <= 1000 THEN 'old' ELSE 'new' END],
+                        ARRAY['filler:' || ((f.p + g) % 1000),
+                              'era:' || CASE WHEN f.p + g <= 1000 THEN 'old' ELSE 'new' END],
                         jsonb_build_object('n', f.p + g)
                  FROM fill_from f, generate_series(1, {chunk}) g;
                  INSERT INTO event_tags (tag, position, type)
-                 SELECT unnest(e.tags), e.position, e.type
-                 FROM events e, fill_from f WHERE e.position > f.p;
+                 SELECT t.tag, f.p + g, 'Filler'
+                 FROM fill_from f, generate_series(1, {chunk}) g,
+                      LATERAL (VALUES ('filler:' || ((f.p + g) % 1000)),
+                                      ('era:' || CASE WHEN f.p + g <= 1000 THEN 'old' ELSE 'new' END))
+                      AS t(tag);
                  COMMIT;"
             ))
             .await?;
-        remaining -= chunk;
-        eprintln!("filled {} / {target}", target - remaining);
+        filled += chunk;
+        let secs = started.elapsed().as_secs_f64();
+        #[allow(clippy::cast_precision_loss)] // event counts far below 2^52
+        let rate = (filled - have) as f64 / secs;
+        eprintln!("filled {filled} / {target} events ({rate:.0} events/s, {secs:.0} s)");
     }
     // One statement per call: VACUUM cannot run in the implicit transaction of a multi-statement
     // query.
+    let vacuum = Instant::now();
     client.batch_execute("VACUUM ANALYZE events").await?;
     client.batch_execute("VACUUM ANALYZE event_tags").await?;
+    eprintln!(
+        "vacuumed and analysed in {:.0} s",
+        vacuum.elapsed().as_secs_f64()
+    );
+    // A big fill leaves gigabytes of dirty pages: without a checkpoint now, the timed appends'
+    // commits would wait on their flushing (a checkpoint the fill's WAL set off). Needs the
+    // pg_checkpoint role or a superuser; without it, the figures say so.
+    let checkpoint = Instant::now();
+    match client.batch_execute("CHECKPOINT").await {
+        Ok(()) => eprintln!(
+            "checkpointed in {:.0} s",
+            checkpoint.elapsed().as_secs_f64()
+        ),
+        Err(e) => eprintln!("no checkpoint after the fill (timings may include its flush): {e:?}"),
+    }
     Ok(())
 }
 
@@ -205,11 +254,13 @@ async fn fill_to(client: &tokio_postgres::Client, target: i64) -> anyhow::Result
 /// tag, append conditional on both.
 async fn time_decisions(
     store: &PostgresStore,
+    client: &tokio_postgres::Client,
     commands: usize,
     size: i64,
 ) -> anyhow::Result<SizePoint> {
     let mut reads: Histogram<u64> = latency::histogram();
     let mut appends: Histogram<u64> = latency::histogram();
+    let (wal_before, fpi_before) = wal_counters(client).await?;
     for n in 0..commands {
         let boundary = P("filler", (n % 1000).to_string());
         let own = P("probe", format!("{size}-{n}"));
@@ -233,10 +284,15 @@ async fn time_decisions(
             .await?;
         latency::record(&mut appends, began.elapsed());
     }
+    let (wal_after, fpi_after) = wal_counters(client).await?;
+    #[allow(clippy::cast_precision_loss)] // small counts
+    let per = commands.max(1) as f64;
     Ok(SizePoint {
         events_stored: size,
         read_ms: LatencyMs::of(&reads),
         append_if_ms: LatencyMs::of(&appends),
+        wal_kb_per_decision: (wal_after - wal_before) / 1024.0 / per,
+        full_page_images_per_decision: (fpi_after - fpi_before) / per,
     })
 }
 
@@ -247,11 +303,11 @@ pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
     let client = run.db.client().await?;
     fill_to(&client, args.small).await?;
     // Warm up plans and caches before timing.
-    time_decisions(&store, 200, 0).await?;
-    let small = time_decisions(&store, args.commands, args.small).await?;
+    time_decisions(&store, &client, 200, 0).await?;
+    let small = time_decisions(&store, &client, args.commands, args.small).await?;
     fill_to(&client, args.large).await?;
-    time_decisions(&store, 200, 1).await?;
-    let large = time_decisions(&store, args.commands, args.large).await?;
+    time_decisions(&store, &client, 200, 1).await?;
+    let large = time_decisions(&store, &client, args.commands, args.large).await?;
     let report = SizeReport {
         scenario: "store-size",
         commands_per_size: args.commands,
@@ -270,12 +326,15 @@ impl std::fmt::Display for SizeReport {
         for p in [&self.small, &self.large] {
             writeln!(
                 f,
-                "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms",
+                "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms \
+                 | WAL {:.1} kB, {:.2} full-page images per decision",
                 p.events_stored,
                 p.read_ms.mean,
                 p.read_ms.p99,
                 p.append_if_ms.mean,
-                p.append_if_ms.p99
+                p.append_if_ms.p99,
+                p.wal_kb_per_decision,
+                p.full_page_images_per_decision
             )?;
         }
         write!(
