@@ -5,12 +5,22 @@
 
 use std::time::Duration;
 
-use dcb_runtime::subscription::{Start, Subscription, SubscriptionState};
+use dcb_runtime::SequencedEvent;
+use dcb_runtime::subscription::{
+    HandlerError, Start, Subscription, SubscriptionState, TransactionalHandler,
+};
 use dcb_runtime::testing::TestDatabase;
+use dcb_runtime::tokio_postgres::Transaction;
 use dcb_runtime::{Position, Query, Runtime};
 use dcb_scenarios::disjoint::Create;
 use dcb_scenarios::invoice::NextInvoice;
 use dcb_scenarios::ledger::{Ledger, MISMATCH_SQL, SCHEMA_SQL};
+use tokio::sync::watch;
+
+/// Granted subscription locks (key space 0x44434253) in this database.
+const HOLDERS: &str = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND classid = 1145258579 AND database = (SELECT oid FROM pg_database \
+     WHERE datname = current_database())";
 
 async fn head(client: &tokio_postgres::Client) -> Position {
     Position::new(
@@ -139,6 +149,146 @@ async fn two_consumers_of_one_name_take_turns_and_stay_exact() {
         count(&client, "SELECT count(*) FROM projected_events").await,
         200
     );
+    second.shutdown().await;
+    runtime.shutdown().await;
+}
+
+/// The ledger, holding its transaction open after writing until the test opens the gate.
+struct Held {
+    open: watch::Receiver<bool>,
+    arrived: watch::Sender<usize>,
+}
+
+impl TransactionalHandler for Held {
+    async fn handle(
+        &mut self,
+        tx: &Transaction<'_>,
+        events: &[SequencedEvent],
+    ) -> Result<(), HandlerError> {
+        Ledger.handle(tx, events).await?;
+        self.arrived.send_modify(|n| *n += 1);
+        let _ = self.open.wait_for(|open| *open).await;
+        Ok(())
+    }
+}
+
+/// The ledger with plain inserts: an event another transaction wrote fails it.
+struct Strict;
+
+impl TransactionalHandler for Strict {
+    async fn handle(
+        &mut self,
+        tx: &Transaction<'_>,
+        events: &[SequencedEvent],
+    ) -> Result<(), HandlerError> {
+        let ids: Vec<_> = events.iter().map(|e| e.event.id()).collect();
+        let positions: Vec<i64> = events.iter().map(|e| e.position.get()).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event.event_type()).collect();
+        tx.execute(
+            "INSERT INTO projected_events (id, position, type, applied, projected_at) \
+             SELECT id, position, type, 1, clock_timestamp() \
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS u(id, position, type)",
+            &[&ids, &positions, &types],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A consumer whose lock session dies while its handler holds a batch open keeps believing it is
+/// active; a second takes over and handles the same batch. The checkpoint's compare-and-set lets
+/// exactly one of them commit it, and the other goes on from there instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_consumers_believing_they_are_active_apply_each_event_once() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    let client = db.client().await.expect("client");
+    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let runtime = Runtime::builder(store.clone())
+        .start()
+        .await
+        .expect("runtime");
+    for _ in 0..20 {
+        runtime.execute(NextInvoice).await.expect("invoice");
+    }
+    let settings = Subscription::new("ledger", Query::all())
+        .batch_size(100)
+        .takeover_interval(Duration::from_millis(20));
+    let (open, gate) = watch::channel(false);
+    let arrived = watch::Sender::new(0);
+    let held = settings
+        .clone()
+        .run_transactional(
+            &store,
+            Held {
+                open: gate,
+                arrived: arrived.clone(),
+            },
+        )
+        .await
+        .expect("first");
+    arrived
+        .subscribe()
+        .wait_for(|n| *n >= 1)
+        .await
+        .expect("the first consumer holds a batch");
+
+    // Its lock session ends under it; its batch's transaction stays open.
+    let ended: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM ({}) h) t",
+                HOLDERS.replace("SELECT count(*) FROM", "SELECT pid FROM")
+            ),
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(ended, 1);
+    let other_store = db.store().await.expect("second store");
+    let second = settings
+        .run_transactional(&other_store, Strict)
+        .await
+        .expect("second");
+    second.active().await.expect("the second takes over");
+    // The second's insert waits for the first's uncommitted rows.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while count(
+        &client,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    )
+    .await
+        < 1
+    {
+        assert!(std::time::Instant::now() < until, "the second never waited");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    open.send_replace(true);
+
+    second
+        .caught_up_to(Position::new(20))
+        .await
+        .expect("the second goes on from the first's checkpoint");
+    for _ in 0..10 {
+        runtime.execute(NextInvoice).await.expect("invoice");
+    }
+    second
+        .caught_up_to(Position::new(30))
+        .await
+        .expect("and follows");
+    assert_eq!(count(&client, MISMATCH_SQL).await, 0);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM projected_events").await,
+        30
+    );
+    assert_eq!(second.progress().state, SubscriptionState::Active);
+    held.watch()
+        .wait_for(|p| p.state == SubscriptionState::Standby)
+        .await
+        .expect("the first stands by");
+    held.shutdown().await;
     second.shutdown().await;
     runtime.shutdown().await;
 }

@@ -53,7 +53,10 @@ pub(crate) enum Undelivered {
 
 impl From<StoreError> for Undelivered {
     fn from(e: StoreError) -> Self {
-        Self::Store(db_message(&e))
+        Self::Store(match &e {
+            StoreError::Db(db) => db_message(db),
+            other => other.to_string(),
+        })
     }
 }
 
@@ -94,11 +97,11 @@ where
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => match e.downcast::<tokio_postgres::Error>() {
             Ok(db) => {
-                let e = StoreError::from(*db);
-                if e.is_transient() {
-                    Err(e.into())
+                let message = db_message(&db);
+                if StoreError::from(*db).is_transient() {
+                    Err(Undelivered::Store(message))
                 } else {
-                    Err(Undelivered::Handler(db_message(&e)))
+                    Err(Undelivered::Handler(message))
                 }
             }
             Err(e) => Err(Undelivered::Handler(e.to_string())),
@@ -117,16 +120,9 @@ where
 }
 
 /// A database error with the server's message (tokio-postgres' own says only "db error").
-fn db_message(e: &StoreError) -> String {
-    use std::error::Error as _;
-    match e
-        .source()
-        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
-    {
-        Some(db) => match db.as_db_error() {
-            Some(server) => format!("{db}: {server}"),
-            None => db.to_string(),
-        },
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(server) => format!("{e}: {server}"),
         None => e.to_string(),
     }
 }
@@ -147,12 +143,12 @@ impl<H: TransactionalHandler> Delivery for InTransaction<H> {
         let tx = client.transaction().await?;
         if !events.is_empty() {
             let handled = guarded(self.0.handle(&tx, events)).await;
-            if let Err(Undelivered::Handler(error)) = &handled {
-                if tx.client().is_closed() {
-                    return Err(Undelivered::Store(format!(
-                        "the connection closed under the handler: {error}"
-                    )));
-                }
+            if let Err(Undelivered::Handler(error)) = &handled
+                && tx.client().is_closed()
+            {
+                return Err(Undelivered::Store(format!(
+                    "the connection closed under the handler: {error}"
+                )));
             }
             handled?;
         }
