@@ -217,6 +217,7 @@ impl Subscription {
         let shared = Arc::new(Shared {
             subscription: self,
             id: row.id,
+            started_at: row.read_at,
             store: store.clone(),
             progress,
         });
@@ -272,7 +273,8 @@ pub enum SubscriptionError {
         event: Position,
         /// The checkpoint: the last position handled.
         checkpoint: Position,
-        /// Tries made.
+        /// Tries made by this consumer: 0 when another consumer of the name (in another process,
+        /// say) stopped on the event after this one started, and this one stopped on taking over.
         attempts: u32,
         /// The handler's last error.
         error: String,

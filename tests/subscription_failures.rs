@@ -240,3 +240,73 @@ async fn a_poison_event_is_skipped_only_by_naming_it() {
     assert_eq!(skipped, vec![11]);
     again.shutdown().await;
 }
+
+/// Two consumers of one name (each with a store of its own, as in two processes): when the active
+/// one stops on a poison event, the standby taking over stops on it too, without trying it again.
+/// A run started after the failure (after a fix) does try it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_on_a_poison_event_stops_the_subscription_not_only_one_consumer() {
+    let db = TestDatabase::create().await.expect("test database");
+    let client = db.client().await.expect("client");
+    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let (stores, tries) = (
+        [
+            db.store().await.expect("store"),
+            db.store().await.expect("store"),
+        ],
+        std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0)),
+    );
+    let mut handles = Vec::new();
+    for store in &stores {
+        let handler = Fragile {
+            broken: true,
+            panics: false,
+            tries: tries.clone(),
+        };
+        handles.push(
+            settings()
+                .takeover_interval(Duration::from_millis(10))
+                .run_transactional(store, handler)
+                .await
+                .expect("subscription"),
+        );
+    }
+    // Both run before the poison exists.
+    history(&stores[0]).await;
+    let mut attempts = Vec::new();
+    for handle in &handles {
+        match handle.stopped().await {
+            SubscriptionError::HandlerFailed {
+                event,
+                checkpoint,
+                attempts: n,
+                ..
+            } => {
+                assert_eq!((event, checkpoint), (Position::new(11), Position::new(10)));
+                attempts.push(n);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    attempts.sort_unstable();
+    assert_eq!(
+        attempts,
+        vec![0, 3],
+        "one tried, the other stopped on taking over"
+    );
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 4);
+    for handle in handles {
+        handle.shutdown().await;
+    }
+    // A new run after a fix resumes at the event.
+    let fixed = settings()
+        .run_transactional(&stores[1], Ledger)
+        .await
+        .expect("again");
+    fixed
+        .caught_up_to(Position::new(16))
+        .await
+        .expect("caught up");
+    assert_eq!(count(&client, MISMATCH_SQL).await, 0);
+    fixed.shutdown().await;
+}

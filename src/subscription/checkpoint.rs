@@ -28,6 +28,10 @@ pub(crate) struct Row {
     pub(crate) position: i64,
     /// Where it stopped on a failing handler, if it did.
     pub(crate) failed_position: Option<i64>,
+    /// Why, and when (database clock).
+    pub(crate) failure: Option<(String, SystemTime)>,
+    /// The database's clock when the row was read.
+    pub(crate) read_at: SystemTime,
 }
 
 /// Creates the row if it does not exist (the start is resolved now: `Now` is the head at this
@@ -62,7 +66,8 @@ pub(crate) async fn load(
 ) -> Result<Option<Row>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT id, position, failed_position FROM dcb_subscriptions WHERE name = $1",
+            "SELECT id, position, failed_position, failed_error, updated_at, clock_timestamp() \
+             FROM dcb_subscriptions WHERE name = $1",
             &[&name],
         )
         .await?;
@@ -71,6 +76,11 @@ pub(crate) async fn load(
             id: r.try_get(0)?,
             position: r.try_get(1)?,
             failed_position: r.try_get(2)?,
+            failure: r
+                .try_get::<_, Option<String>>(3)?
+                .map(|error| Ok::<_, tokio_postgres::Error>((error, r.try_get(4)?)))
+                .transpose()?,
+            read_at: r.try_get(5)?,
         })
     })
     .transpose()

@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) subscription: Subscription,
     /// The subscription's row id, its lock key.
     pub(crate) id: i32,
+    /// The database's clock when this run began: a failure recorded after it stops this run too.
+    pub(crate) started_at: SystemTime,
     pub(crate) store: PostgresStore,
     pub(crate) progress: watch::Sender<Progress>,
 }
@@ -278,6 +280,22 @@ impl<D: Delivery> Consumer<D> {
             };
             match loaded {
                 Ok(Some(row)) => {
+                    // Another consumer of the name stopped on an event after this run began:
+                    // the subscription has stopped, here too (a new run, after a fix, retries).
+                    if let (Some(event), Some((error, at))) = (row.failed_position, &row.failure)
+                        && event > row.position
+                        && *at > self.shared.started_at
+                    {
+                        state.position = row.position;
+                        state.scanned = row.position;
+                        return Next::Stop(SubscriptionError::HandlerFailed {
+                            name: self.name().to_owned(),
+                            event: Position::new(event),
+                            checkpoint: Position::new(row.position),
+                            attempts: 0,
+                            error: error.clone(),
+                        });
+                    }
                     state.position = row.position;
                     state.scanned = row.position;
                     state.reload = false;
