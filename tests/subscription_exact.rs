@@ -3,18 +3,21 @@
 //! applied once (counted per event id); two consumers of one name in one process take turns,
 //! never both active.
 
+#[path = "support/read_model.rs"]
+mod read_model;
+
 use std::time::Duration;
 
 use dcb_runtime::SequencedEvent;
 use dcb_runtime::subscription::{
     HandlerError, Start, Subscription, SubscriptionState, TransactionalHandler,
 };
-use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::tokio_postgres::Transaction;
 use dcb_runtime::{Position, Query, Runtime};
 use dcb_scenarios::disjoint::Create;
 use dcb_scenarios::invoice::NextInvoice;
-use dcb_scenarios::ledger::{Ledger, MISMATCH_SQL, SCHEMA_SQL};
+use dcb_scenarios::ledger::{Ledger, MISMATCH_SQL, StrictLedger};
+use read_model::{LedgerDb, count, ledger_db};
 use tokio::sync::watch;
 
 /// Granted subscription locks (key space 0x44434253) in this database.
@@ -32,16 +35,13 @@ async fn head(client: &tokio_postgres::Client) -> Position {
     )
 }
 
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transactional_projection_following_eight_writers_applies_every_event_once() {
-    let db = TestDatabase::create().await.expect("test database");
-    let store = db.store().await.expect("store");
-    let client = db.client().await.expect("client");
-    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let LedgerDb {
+        db: _db,
+        store,
+        client,
+    } = ledger_db().await;
     // Small batches: many checkpoints while the writers run.
     let subscription = Subscription::new("ledger", Query::all())
         .batch_size(37)
@@ -101,10 +101,7 @@ async fn a_transactional_projection_following_eight_writers_applies_every_event_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_of_one_name_take_turns_and_stay_exact() {
-    let db = TestDatabase::create().await.expect("test database");
-    let store = db.store().await.expect("store");
-    let client = db.client().await.expect("client");
-    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let LedgerDb { db, store, client } = ledger_db().await;
     let runtime = Runtime::builder(store.clone())
         .start()
         .await
@@ -172,38 +169,12 @@ impl TransactionalHandler for Held {
     }
 }
 
-/// The ledger with plain inserts: an event another transaction wrote fails it.
-struct Strict;
-
-impl TransactionalHandler for Strict {
-    async fn handle(
-        &mut self,
-        tx: &Transaction<'_>,
-        events: &[SequencedEvent],
-    ) -> Result<(), HandlerError> {
-        let ids: Vec<_> = events.iter().map(|e| e.event.id()).collect();
-        let positions: Vec<i64> = events.iter().map(|e| e.position.get()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event.event_type()).collect();
-        tx.execute(
-            "INSERT INTO projected_events (id, position, type, applied, projected_at) \
-             SELECT id, position, type, 1, clock_timestamp() \
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS u(id, position, type)",
-            &[&ids, &positions, &types],
-        )
-        .await?;
-        Ok(())
-    }
-}
-
 /// A consumer whose lock session dies while its handler holds a batch open keeps believing it is
 /// active; a second takes over and handles the same batch. The checkpoint's compare-and-set lets
 /// exactly one of them commit it, and the other goes on from there instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_consumers_believing_they_are_active_apply_each_event_once() {
-    let db = TestDatabase::create().await.expect("test database");
-    let store = db.store().await.expect("store");
-    let client = db.client().await.expect("client");
-    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let LedgerDb { db, store, client } = ledger_db().await;
     let runtime = Runtime::builder(store.clone())
         .start()
         .await
@@ -248,7 +219,7 @@ async fn two_consumers_believing_they_are_active_apply_each_event_once() {
     assert_eq!(ended, 1);
     let other_store = db.store().await.expect("second store");
     let second = settings
-        .run_transactional(&other_store, Strict)
+        .run_transactional(&other_store, StrictLedger)
         .await
         .expect("second");
     second.active().await.expect("the second takes over");

@@ -2,16 +2,19 @@
 //! its checkpoint just before that event and nothing at or after it applied; run again after a
 //! fix it resumes exactly there. Skipping the event is an explicit act that names it.
 
+#[path = "support/read_model.rs"]
+mod read_model;
+
 use std::time::Duration;
 
 use dcb_runtime::subscription::{
     HandlerError, Subscription, SubscriptionError, SubscriptionState, TransactionalHandler,
     skip_failed_event,
 };
-use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::tokio_postgres::Transaction;
 use dcb_runtime::{Event, EventStore, Position, Query, SequencedEvent};
-use dcb_scenarios::ledger::{Ledger, MISMATCH_SQL, SCHEMA_SQL};
+use dcb_scenarios::ledger::{Ledger, MISMATCH_SQL};
+use read_model::{LedgerDb, count, ledger_db};
 use serde_json::json;
 
 /// The ledger, failing (or panicking) on every event of type `Poison` while `broken`.
@@ -55,10 +58,6 @@ async fn history(store: &impl EventStore) {
     }
 }
 
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.expect(sql).get(0)
-}
-
 fn fragile(panics: bool) -> (Fragile, std::sync::Arc<std::sync::atomic::AtomicU32>) {
     let tries = std::sync::Arc::default();
     (
@@ -78,10 +77,11 @@ fn settings() -> Subscription {
 }
 
 async fn stops_before_the_poison_and_resumes_there(panics: bool) {
-    let db = TestDatabase::create().await.expect("test database");
-    let store = db.store().await.expect("store");
-    let client = db.client().await.expect("client");
-    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let LedgerDb {
+        db: _db,
+        store,
+        client,
+    } = ledger_db().await;
     history(&store).await;
 
     let (handler, tries) = fragile(panics);
@@ -178,10 +178,11 @@ async fn a_panicking_handler_stops_the_same_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_skipped_only_by_naming_it() {
-    let db = TestDatabase::create().await.expect("test database");
-    let store = db.store().await.expect("store");
-    let client = db.client().await.expect("client");
-    client.batch_execute(SCHEMA_SQL).await.expect("schema");
+    let LedgerDb {
+        db: _db,
+        store,
+        client,
+    } = ledger_db().await;
     history(&store).await;
     let (handler, _) = fragile(false);
     let handle = settings()
@@ -246,16 +247,10 @@ async fn a_poison_event_is_skipped_only_by_naming_it() {
 /// A run started after the failure (after a fix) does try it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_on_a_poison_event_stops_the_subscription_not_only_one_consumer() {
-    let db = TestDatabase::create().await.expect("test database");
-    let client = db.client().await.expect("client");
-    client.batch_execute(SCHEMA_SQL).await.expect("schema");
-    let (stores, tries) = (
-        [
-            db.store().await.expect("store"),
-            db.store().await.expect("store"),
-        ],
-        std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0)),
-    );
+    let LedgerDb { db, store, client } = ledger_db().await;
+    // A store of its own each, as in two processes.
+    let stores = [store, db.store().await.expect("second store")];
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut handles = Vec::new();
     for store in &stores {
         let handler = Fragile {

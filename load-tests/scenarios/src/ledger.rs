@@ -34,7 +34,7 @@ SELECT coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), 0)::float8, \
 FROM (SELECT extract(epoch FROM p.projected_at - e.recorded_at)::float8 AS lag \
       FROM projected_events p JOIN events e ON e.id = p.id) l";
 
-/// The handler: one statement per batch.
+/// The handler: one statement per batch; an event projected again counts in `applied`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ledger;
 
@@ -44,19 +44,50 @@ impl TransactionalHandler for Ledger {
         tx: &Transaction<'_>,
         events: &[SequencedEvent],
     ) -> Result<(), HandlerError> {
-        let ids: Vec<_> = events.iter().map(|e| e.event.id()).collect();
-        let positions: Vec<i64> = events.iter().map(|e| e.position.get()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event.event_type()).collect();
-        tx.execute(
+        write(
+            tx,
+            events,
+            "ON CONFLICT (id) DO UPDATE SET applied = projected_events.applied + 1",
+        )
+        .await
+    }
+}
+
+/// The ledger with plain inserts: an event another transaction wrote (committed or not) fails it,
+/// as a read model with a unique key would.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StrictLedger;
+
+impl TransactionalHandler for StrictLedger {
+    async fn handle(
+        &mut self,
+        tx: &Transaction<'_>,
+        events: &[SequencedEvent],
+    ) -> Result<(), HandlerError> {
+        write(tx, events, "").await
+    }
+}
+
+/// One row per event, then `on_conflict`.
+async fn write(
+    tx: &Transaction<'_>,
+    events: &[SequencedEvent],
+    on_conflict: &str,
+) -> Result<(), HandlerError> {
+    let ids: Vec<_> = events.iter().map(|e| e.event.id()).collect();
+    let positions: Vec<i64> = events.iter().map(|e| e.position.get()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event.event_type()).collect();
+    tx.execute(
+        &format!(
             "INSERT INTO projected_events (id, position, type, applied, projected_at) \
              SELECT id, position, type, 1, clock_timestamp() \
              FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS u(id, position, type) \
-             ON CONFLICT (id) DO UPDATE SET applied = projected_events.applied + 1",
-            &[&ids, &positions, &types],
-        )
-        .await?;
-        Ok(())
-    }
+             {on_conflict}"
+        ),
+        &[&ids, &positions, &types],
+    )
+    .await?;
+    Ok(())
 }
 
 /// A light read model: events counted by type, one upsert per batch (what a dashboard counter
