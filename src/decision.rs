@@ -6,7 +6,7 @@ mod leaf;
 use std::any::Any;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::event::{Event, Position, SequencedEvent};
+use crate::event::{Event, Position, SequencedEvent, Tag};
 use crate::query::Query;
 pub use leaf::Leaf;
 
@@ -287,17 +287,59 @@ pub trait Decision: Send + Sync + 'static {
     fn consistency_key(&self, read_query: &Query) -> u64 {
         default_key(read_query)
     }
+
+    /// The keys a command holds while it runs: no other command holding one of them reads or
+    /// appends at the same time, whichever actor (and, for keys contended by other processes,
+    /// whichever process) runs it. Defaults to one key per item of the condition query (its
+    /// first tag, its types when it names no tag), so a transfer holds both its accounts and an
+    /// enrollment its course and its student. Keys only spare conflicts: the append condition
+    /// still guards every append, so keys too few or too coarse cost retries, never consistency.
+    fn consistency_keys(&self, condition_query: &Query) -> Vec<u64> {
+        default_keys(condition_query)
+    }
 }
 
 /// The default consistency key of a query: see [`Decision::consistency_key`].
 pub fn default_key(query: &Query) -> u64 {
-    let mut h = DefaultHasher::new();
     match query.items().first() {
-        None => "*all*".hash(&mut h),
+        None => key_of(&"*all*"),
         Some(item) => match item.tags().first() {
-            Some(tag) => tag.hash(&mut h),
-            None => item.types().first().hash(&mut h),
+            Some(tag) => key_of(tag),
+            None => key_of(&item.types().first()),
         },
     }
+}
+
+/// The default consistency keys of a query, sorted, without repeats: see
+/// [`Decision::consistency_keys`]. The key of a query's first item is its [`default_key`].
+pub fn default_keys(query: &Query) -> Vec<u64> {
+    let mut keys: Vec<u64> = Vec::with_capacity(query.items().len());
+    if query.items().is_empty() {
+        keys.push(key_of(&"*all*"));
+    }
+    for item in query.items() {
+        match item.tags().first() {
+            Some(tag) => keys.push(key_of(tag)),
+            // Type-only: any event of these types may match it.
+            None if item.types().is_empty() => keys.push(key_of(&"*all*")),
+            None => keys.extend(item.types().iter().map(|t| key_of(&Some(t)))),
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The keys an event touches, as [`default_keys`] names them: each of its tags, and its type.
+pub(crate) fn event_keys(event_type: &str, tags: &[Tag]) -> Vec<u64> {
+    let mut keys: Vec<u64> = tags.iter().map(key_of).collect();
+    keys.push(key_of(&Some(event_type)));
+    keys.push(key_of(&"*all*"));
+    keys
+}
+
+fn key_of(value: &(impl Hash + ?Sized)) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
     h.finish()
 }

@@ -36,7 +36,7 @@ pub mod testing;
 mod validate;
 
 pub use append::{AppendCondition, Appended};
-pub use decision::{Decision, Projection, default_key, union};
+pub use decision::{Decision, Projection, default_key, default_keys, union};
 #[doc(hidden)]
 pub use decision::{Leaf, PartState};
 pub use error::{AppendError, StoreError};

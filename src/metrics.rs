@@ -51,6 +51,18 @@ pub const SUBSCRIPTION_ERRORS_TOTAL: &str = "dcb_subscription_errors_total";
 /// Gauge: 1 on the process whose consumer holds the subscription, 0 elsewhere, by `subscription`.
 pub const SUBSCRIPTION_ACTIVE: &str = "dcb_subscription_active";
 
+/// Counter: conflicting appends by `source`: `other_process` when an event another process
+/// appended invalidated the read, else `same_process` (another actor of this process, on a
+/// boundary whose commands hold different keys).
+pub const APPEND_CONFLICTS_TOTAL: &str = "dcb_append_conflicts_total";
+/// Counter: turns on keys contended by several processes (a session advisory lock held from a
+/// chain's read to its append), by `event`: `taken` (free at once), `handed_over` (after waiting
+/// for another process's turn to end), `lost` (not taken or not kept: the session failed or the
+/// wait timed out; the chain ran without it).
+pub const LEASES_TOTAL: &str = "dcb_leases_total";
+/// Gauge: keys this process coordinates with other processes (found contended by another
+/// process within the last seconds), sampled each second.
+pub const LEASED_KEYS: &str = "dcb_leased_keys";
 /// Every metric name, for checks that an exposition is complete.
 pub const ALL: &[&str] = &[
     COMMANDS_TOTAL,
@@ -73,6 +85,9 @@ pub const ALL: &[&str] = &[
     SUBSCRIPTION_EVENTS_TOTAL,
     SUBSCRIPTION_ERRORS_TOTAL,
     SUBSCRIPTION_ACTIVE,
+    APPEND_CONFLICTS_TOTAL,
+    LEASES_TOTAL,
+    LEASED_KEYS,
 ];
 
 /// Where [`install_prometheus`] listens unless told otherwise: loopback only.
@@ -207,6 +222,21 @@ pub fn describe() {
         SUBSCRIPTION_ACTIVE,
         Unit::Count,
         "1 on the process whose consumer holds the subscription."
+    );
+    describe_counter!(
+        APPEND_CONFLICTS_TOTAL,
+        Unit::Count,
+        "Conflicting appends by source: another process or this one."
+    );
+    describe_counter!(
+        LEASES_TOTAL,
+        Unit::Count,
+        "Turns on keys contended by several processes: taken, handed over, lost."
+    );
+    describe_gauge!(
+        LEASED_KEYS,
+        Unit::Count,
+        "Keys coordinated with other processes."
     );
     describe_gauge!(
         POOL_CONNECTIONS,

@@ -4,8 +4,10 @@
 mod after_append;
 mod command_actor;
 mod job;
+mod leases;
 mod outcome;
 mod supervisor;
+mod turnstile;
 mod warm_cache;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use crate::store::{EventStore, PostgresStore};
 use command_actor::CommandMsg;
 pub use job::keyed_event_id;
 use job::{Command, ErasedCommand, Job, JobOutcome};
+use leases::Leases;
 pub use outcome::CommandOutcome;
 use supervisor::{Slot, Supervisor, SupervisorMsg};
 
@@ -153,6 +156,23 @@ pub fn default_actors() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
 }
 
+/// The actor slot of a command with routing key `key` and consistency keys `keys`, of `slots`.
+///
+/// A command routes by its key. One whose keys belong to several actors (a transfer between
+/// accounts of two actors) goes to the first actor instead, with every other such command: there
+/// they chain, decided one after the other on one warm state, in one read and one append, instead
+/// of taking turns on their keys with the commands of the other actors chain by chain (measured:
+/// transfers among 100 accounts ran about 3x as fast on one actor as spread over four). The
+/// turnstile still keeps them from racing with the single-key commands of the other actors.
+fn route(key: u64, keys: &[u64], slots: usize) -> usize {
+    let slots = u64::try_from(slots).unwrap_or(1).max(1);
+    let slot_of = |k: u64| usize::try_from(k % slots).unwrap_or(0);
+    match keys.split_first() {
+        Some((first, rest)) if rest.iter().any(|&k| slot_of(k) != slot_of(*first)) => 0,
+        _ => slot_of(key),
+    }
+}
+
 /// Configures and starts a [`Runtime`].
 #[derive(Debug)]
 #[must_use]
@@ -162,13 +182,22 @@ pub struct RuntimeBuilder<S> {
     queue_capacity: usize,
     policy: RetryPolicy,
     max_chain: usize,
+    leases: Option<Leases>,
 }
 
 impl Runtime<PostgresStore> {
     /// A builder for a runtime on this store. The store's builder sets the pool's size and
     /// timeouts ([`PostgresStore::builder`]).
+    ///
+    /// Runtimes in several processes on one database take turns on the keys they contend for
+    /// (found when another process's append fails a condition): see the README's "Several
+    /// processes".
     pub fn builder(store: PostgresStore) -> RuntimeBuilder<PostgresStore> {
-        RuntimeBuilder::new(store)
+        let leases = Leases::new(store.clone());
+        RuntimeBuilder {
+            leases: Some(leases),
+            ..RuntimeBuilder::new(store)
+        }
     }
 }
 
@@ -181,6 +210,7 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
             queue_capacity: 1024,
             policy: RetryPolicy::default(),
             max_chain: 64,
+            leases: None,
         }
     }
 
@@ -236,12 +266,23 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
         names::describe();
         // A restart counter that never moved is still a series: "0 restarts", not "no data".
         metrics::counter!(names::ACTOR_RESTARTS_TOTAL).increment(0);
+        for source in ["other_process", "same_process"] {
+            metrics::counter!(names::APPEND_CONFLICTS_TOTAL, "source" => source).increment(0);
+        }
+        if self.leases.is_some() {
+            for event in ["taken", "handed_over", "lost"] {
+                metrics::counter!(names::LEASES_TOTAL, "event" => event).increment(0);
+            }
+            metrics::gauge!(names::LEASED_KEYS).set(0.0);
+        }
         let store = Arc::new(self.store);
         let supervisor = Supervisor {
             store: store.clone(),
             policy: self.policy,
             max_chain: self.max_chain,
             actors: self.actors,
+            turnstile: Arc::default(),
+            leases: self.leases.map(Arc::new),
         };
         let (ready, slots) = oneshot::channel();
         let (supervisor, _) = Actor::spawn(None, supervisor, ready).await.map_err(|e| {
@@ -495,9 +536,7 @@ impl<S: EventStore + 'static> Runtime<S> {
             return Err(ExecuteError::ShuttingDown);
         }
         let command = Command::new(decision, key);
-        let slot_count = u64::try_from(inner.slots.len()).unwrap_or(1);
-        let index = usize::try_from(command.key() % slot_count).unwrap_or(0);
-        let slot = &inner.slots[index];
+        let slot = &inner.slots[route(command.key(), command.keys(), inner.slots.len())];
         let command: Arc<dyn ErasedCommand> = Arc::new(command);
         let deadline = started + inner.policy.deadline;
         loop {

@@ -4,6 +4,7 @@ mod memory;
 mod postgres;
 
 pub use memory::MemoryStore;
+pub(crate) use postgres::Session;
 pub use postgres::{PostgresStore, PostgresStoreBuilder};
 
 use std::future::Future;

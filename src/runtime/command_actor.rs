@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 use super::after_append::{Next, after_append};
 use super::job::{Decided, ErasedCommand, Job, JobOutcome, State};
+use super::leases::{ConflictSource, Leases, TurnSession};
+use super::turnstile::Turnstile;
 use super::warm_cache::WarmCache;
 use super::{Committed, RetryPolicy};
 use crate::append::AppendCondition;
@@ -41,6 +43,20 @@ pub(crate) struct CommandActor<S> {
     pub(crate) store: Arc<S>,
     pub(crate) policy: RetryPolicy,
     pub(crate) max_chain: usize,
+    /// Turns on keys among this process's actors.
+    pub(crate) turnstile: Arc<Turnstile>,
+    /// Turns on keys across processes (a PostgreSQL store only).
+    pub(crate) leases: Option<Arc<Leases>>,
+}
+
+/// What a chain holds while it runs.
+struct Held {
+    /// Every key of its commands (held in this process).
+    keys: Vec<u64>,
+    /// Its turns across processes cover every one of its keys.
+    every_key_across_processes: bool,
+    /// A turn across processes was needed and could not be taken.
+    turn_lost: bool,
 }
 
 /// The commands of a chain that fold the same state.
@@ -72,6 +88,8 @@ pub(crate) struct CommandState {
     /// A chain whose append failed without a known outcome (the connection dropped, say): it is
     /// sent again, unchanged, before anything else runs, so it is stored exactly once.
     resend: Option<Resend>,
+    /// The connection for turns across processes.
+    turns: TurnSession,
 }
 
 /// A decided chain waiting to be appended again.
@@ -107,6 +125,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             scheduled: false,
             cache: WarmCache::default(),
             resend: None,
+            turns: TurnSession::default(),
         })
     }
 
@@ -210,14 +229,58 @@ impl<S: EventStore + 'static> CommandActor<S> {
         &self,
         state: &mut CommandState,
     ) -> Result<Option<Duration>, ActorProcessingErr> {
-        if let Some(resend) = state.resend.take() {
-            return Ok(self.append(state, resend).await);
-        }
-        let chain = self.take_chain(state);
-        if chain.is_empty() {
+        let resend = state.resend.take();
+        let chain = match resend {
+            Some(_) => Vec::new(),
+            None => self.take_chain(state),
+        };
+        let commands = resend
+            .iter()
+            .flat_map(|r| r.decided.iter().map(|(job, _)| job));
+        let mut keys: Vec<u64> = commands
+            .chain(&chain)
+            .flat_map(|job| job.command.keys().iter().copied())
+            .collect();
+        if keys.is_empty() {
             return Ok(None);
         }
+        keys.sort_unstable();
+        keys.dedup();
+        // Held from the read to the append's answer: no actor of this process, and no process
+        // taking turns on a leased key, reads or appends on these keys meanwhile.
+        let turn = self.turnstile.enter(&keys).await;
+        let leased = self.leases.as_ref().map(|l| (l, l.leased(&keys)));
+        let held = match leased {
+            Some((leases, leased)) if !leased.is_empty() => {
+                let taken = state.turns.take(leases, &leased).await;
+                Held {
+                    every_key_across_processes: taken && leased.len() == keys.len(),
+                    turn_lost: !taken,
+                    keys,
+                }
+            }
+            _ => Held {
+                keys,
+                every_key_across_processes: false,
+                turn_lost: false,
+            },
+        };
+        let next = match resend {
+            Some(resend) => Ok(self.append(state, resend, &held).await),
+            None => self.decide_and_append(state, chain, &held).await,
+        };
+        state.turns.give_back().await;
+        drop(turn);
+        next
+    }
 
+    /// Decides a chain (on warm state and one read of what it lacks) and appends it.
+    async fn decide_and_append(
+        &self,
+        state: &mut CommandState,
+        chain: Vec<Job>,
+        held: &Held,
+    ) -> Result<Option<Duration>, ActorProcessingErr> {
         // One state per distinct projection in the chain, warm from the cache if possible.
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of = Vec::with_capacity(chain.len());
@@ -362,15 +425,23 @@ impl<S: EventStore + 'static> CommandActor<S> {
             decided,
             events,
             condition: AppendCondition::new(condition, read.head),
-            append_id: Uuid::new_v4(),
+            append_id: self
+                .leases
+                .as_ref()
+                .map_or_else(Uuid::new_v4, |leases| leases.append_id()),
             resent: false,
         };
-        Ok(self.append(state, resend).await)
+        Ok(self.append(state, resend, held).await)
     }
 
     /// Appends a decided chain and answers its jobs, or puts them back in the queue to run again;
     /// returns the delay before the same append is re-sent, when its outcome was unknown.
-    async fn append(&self, state: &mut CommandState, chain: Resend) -> Option<Duration> {
+    async fn append(
+        &self,
+        state: &mut CommandState,
+        chain: Resend,
+        held: &Held,
+    ) -> Option<Duration> {
         let Resend {
             decided,
             events,
@@ -401,7 +472,19 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 None
             }
             Next::Conflict => {
-                self.back_off(state, decided);
+                let source = match &self.leases {
+                    Some(leases) => leases.classify(&condition, &held.keys).await,
+                    None => ConflictSource::SameProcess,
+                };
+                metrics::counter!(names::APPEND_CONFLICTS_TOTAL, "source" => source.label())
+                    .increment(1);
+                // Another process's append, while this chain had no turn on some of its keys
+                // (they are leased now): the retry waits for its turn instead of backing off,
+                // and costs no attempt. Without turns at all, or in spite of them, it does.
+                let waits_for_turn = source == ConflictSource::OtherProcess
+                    && !held.every_key_across_processes
+                    && !held.turn_lost;
+                self.back_off(state, decided, waits_for_turn);
                 None
             }
             Next::RetryLater(e) => {
@@ -476,12 +559,24 @@ impl<S: EventStore + 'static> CommandActor<S> {
 
     /// Counts the conflict, gives up on jobs out of attempts, and puts the rest back at the
     /// front of the queue to run again after a jittered exponential delay.
-    fn back_off(&self, state: &mut CommandState, decided: Vec<(Job, Verdict)>) {
+    fn back_off(
+        &self,
+        state: &mut CommandState,
+        decided: Vec<(Job, Verdict)>,
+        waits_for_turn: bool,
+    ) {
         let mut retry = Vec::new();
+        let mut turn = Vec::new();
         let mut attempt = 0;
         for (mut job, _) in decided {
             let name = job.command.name();
             record_attempt(name, "conflict");
+            if waits_for_turn && job.free_retries < self.policy.max_attempts {
+                job.free_retries += 1;
+                metrics::counter!(names::COMMAND_RETRIES_TOTAL, "decision" => name).increment(1);
+                turn.push(job);
+                continue;
+            }
             job.attempts += 1;
             if job.attempts >= self.policy.max_attempts {
                 let attempts = job.attempts;
@@ -491,6 +586,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 attempt = attempt.max(job.attempts);
                 retry.push(job);
             }
+        }
+        // Decided again together, at once: the next chain takes its turn first.
+        for job in turn.into_iter().rev() {
+            state.queue.push_front(job);
         }
         if retry.is_empty() {
             return;

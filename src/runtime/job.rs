@@ -22,6 +22,8 @@ pub(crate) trait ErasedCommand: Send + Sync {
     fn name(&self) -> &'static str;
     fn read_query(&self) -> &Query;
     fn condition_query(&self) -> &Query;
+    /// The keys it holds while it runs, sorted, without repeats ([`Decision::consistency_keys`]).
+    fn keys(&self) -> &[u64];
     /// The projection's type; commands whose projections are equal leaf by leaf (see
     /// [`ErasedCommand::parts`]) fold the same state.
     fn state_kind(&self) -> TypeId;
@@ -56,6 +58,7 @@ pub(crate) struct Command<D: Decision> {
     projection: D::Projection,
     read_query: Query,
     condition_query: Query,
+    keys: Vec<u64>,
     parts: Vec<Leaf>,
     /// The idempotency key: the decided events get ids derived from it.
     key: Option<String>,
@@ -66,12 +69,16 @@ impl<D: Decision> Command<D> {
         let projection = decision.projection();
         let read_query = projection.query();
         let condition_query = decision.condition_query(&read_query);
+        let mut keys = decision.consistency_keys(&condition_query);
+        keys.sort_unstable();
+        keys.dedup();
         let parts = projection.parts();
         Self {
             decision,
             projection,
             read_query,
             condition_query,
+            keys,
             parts,
             key,
         }
@@ -105,6 +112,10 @@ impl<D: Decision> ErasedCommand for Command<D> {
 
     fn condition_query(&self) -> &Query {
         &self.condition_query
+    }
+
+    fn keys(&self) -> &[u64] {
+        &self.keys
     }
 
     fn state_kind(&self) -> TypeId {
@@ -205,6 +216,9 @@ pub(crate) enum JobOutcome {
 pub(crate) struct Job {
     pub(crate) command: Arc<dyn ErasedCommand>,
     pub(crate) attempts: u32,
+    /// Conflicts with another process met before its chain could take turns on the keys it hit
+    /// (they cost no attempt: the retry waits for its turn).
+    pub(crate) free_retries: u32,
     /// Transient store failures met so far, and the last one (answered if the deadline passes).
     pub(crate) transient_failures: u32,
     pub(crate) last_failure: Option<StoreError>,
@@ -230,6 +244,7 @@ impl Job {
         Self {
             command,
             attempts: 0,
+            free_retries: 0,
             transient_failures: 0,
             last_failure: None,
             solo: false,

@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 
 use super::RetryPolicy;
 use super::command_actor::{CommandActor, CommandMsg};
+use super::leases::Leases;
+use super::turnstile::Turnstile;
 use crate::metrics as names;
 use crate::store::EventStore;
 
@@ -26,6 +28,8 @@ pub(crate) struct Supervisor<S> {
     pub(crate) policy: RetryPolicy,
     pub(crate) max_chain: usize,
     pub(crate) actors: usize,
+    pub(crate) turnstile: Arc<Turnstile>,
+    pub(crate) leases: Option<Arc<Leases>>,
 }
 
 pub(crate) enum SupervisorMsg {
@@ -45,6 +49,8 @@ impl<S: EventStore + 'static> Supervisor<S> {
             store: self.store.clone(),
             policy: self.policy,
             max_chain: self.max_chain,
+            turnstile: self.turnstile.clone(),
+            leases: self.leases.clone(),
         }
     }
 }
@@ -75,7 +81,7 @@ impl<S: EventStore + 'static> Actor for Supervisor<S> {
         let slots: Arc<[Slot]> = slots.into();
         let _ = ready.send(slots.clone());
         // The gauges exist from the start (not a second later), then follow every second.
-        sample(self.store.as_ref(), &slots);
+        sample(self.store.as_ref(), &slots, self.leases.as_deref());
         let sampler = myself.send_interval(Duration::from_secs(1), || SupervisorMsg::Sample);
         Ok(SupervisorState {
             slots,
@@ -91,7 +97,9 @@ impl<S: EventStore + 'static> Actor for Supervisor<S> {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Sample => sample(self.store.as_ref(), &state.slots),
+            SupervisorMsg::Sample => {
+                sample(self.store.as_ref(), &state.slots, self.leases.as_deref())
+            }
         }
         Ok(())
     }
@@ -132,13 +140,16 @@ impl<S: EventStore + 'static> Actor for Supervisor<S> {
         myself
             .stop_children_and_wait(None, Some(Duration::from_secs(10)))
             .await;
-        sample(self.store.as_ref(), &state.slots);
+        sample(self.store.as_ref(), &state.slots, self.leases.as_deref());
         Ok(())
     }
 }
 
 #[allow(clippy::cast_precision_loss)] // gauges of counts far below 2^52
-fn sample<S: EventStore>(store: &S, slots: &[Slot]) {
+fn sample<S: EventStore>(store: &S, slots: &[Slot], leases: Option<&Leases>) {
+    if let Some(leases) = leases {
+        metrics::gauge!(names::LEASED_KEYS).set(leases.count() as f64);
+    }
     let queued: usize = slots.iter().map(|s| s.queued.load(Ordering::Acquire)).sum();
     metrics::gauge!(names::QUEUE_DEPTH).set(queued as f64);
     if let Some(pool) = store.pool_status() {

@@ -1,0 +1,290 @@
+//! Turns on keys contended by several processes, through the PostgreSQL they share.
+//!
+//! The turnstile orders the actors of one process; processes know nothing of each other's. Two
+//! processes running one hot boundary invalidate each other's reads on every chain. So when a
+//! conflict turns out to come from another process (its append id carries another process's
+//! mark), the keys it hit become *leased*: for the next seconds, every chain holding one of
+//! them first takes a turn on it across processes, a session advisory lock held from its read to
+//! its append (`dcb_take_turns`, V6). PostgreSQL queues the waiters, so the processes take turns
+//! chain by chain (the lock is released after each chain, and the next waiter gets it at once):
+//! none starves, and each turn decides all the commands that process has waiting, in one read and
+//! one append. A key stays leased while turns on it keep waiting for other processes.
+//!
+//! The lock is tied to a session of its own, so a process that dies gives its turns back at
+//! once (its socket closes), and a vanished host within the session's keepalives (about 8 s).
+//! A wait is bounded by `lock_timeout` ([`TURN_WAIT`]). Correctness never rests on a turn: the
+//! append condition still guards every append, so a turn lost or never taken costs a retry.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::append::AppendCondition;
+use crate::error::StoreError;
+use crate::metrics as names;
+use crate::store::{PostgresStore, Session};
+
+/// How long a key stays leased after the last sign of another process on it.
+const LEASED_FOR: Duration = Duration::from_secs(2);
+
+/// The longest a chain waits for its turn before running without it (`lock_timeout`).
+const TURN_WAIT: Duration = Duration::from_secs(2);
+
+/// After a session failed, the time before opening another.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// Conflicting events looked at to tell who appended them.
+const WRITERS_LOOKED_AT: usize = 16;
+
+/// Who appended the events that failed a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConflictSource {
+    OtherProcess,
+    SameProcess,
+}
+
+impl ConflictSource {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ConflictSource::OtherProcess => "other_process",
+            ConflictSource::SameProcess => "same_process",
+        }
+    }
+}
+
+/// A process's view of the keys it shares with other processes.
+pub(crate) struct Leases {
+    store: PostgresStore,
+    /// This process's mark: the first bytes of every append id it writes (a UUID's first six
+    /// bytes carry neither version nor variant bits).
+    mark: [u8; 6],
+    /// Leased keys, with the last time another process was seen on them.
+    contended: Mutex<HashMap<u64, Instant>>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("leased", &self.table().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Leases {
+    pub(crate) fn new(store: PostgresStore) -> Self {
+        let mut mark = [0u8; 6];
+        fastrand::fill(&mut mark);
+        Self {
+            store,
+            mark,
+            contended: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+        // Nothing panics while the table is locked; a poisoned table is still consistent.
+        self.contended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A fresh append id bearing this process's mark (a version 8 UUID).
+    pub(crate) fn append_id(&self) -> Uuid {
+        let mut bytes = [0u8; 16];
+        fastrand::fill(&mut bytes);
+        bytes[..6].copy_from_slice(&self.mark);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    fn is_ours(&self, append_id: Option<Uuid>) -> bool {
+        append_id.is_some_and(|id| id.as_bytes()[..6] == self.mark)
+    }
+
+    /// Of `keys` (sorted), those leased now.
+    pub(crate) fn leased(&self, keys: &[u64]) -> Vec<u64> {
+        let table = self.table();
+        if table.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        keys.iter()
+            .copied()
+            .filter(|k| table.get(k).is_some_and(|&seen| now - seen < LEASED_FOR))
+            .collect()
+    }
+
+    /// Another process was seen on these keys just now.
+    fn contended(&self, keys: impl IntoIterator<Item = u64>) {
+        let now = Instant::now();
+        let mut table = self.table();
+        for key in keys {
+            table.insert(key, now);
+        }
+    }
+
+    /// Keys leased now; forgets those whose lease lapsed (the supervisor samples it each second).
+    pub(crate) fn count(&self) -> usize {
+        let now = Instant::now();
+        let mut table = self.table();
+        table.retain(|_, seen| now - *seen < LEASED_FOR);
+        table.len()
+    }
+
+    /// Who appended the events that failed `condition`, a chain's on `keys`; leases the keys
+    /// another process hit. A failed look-up counts as this process's (nothing is leased).
+    pub(crate) async fn classify(
+        &self,
+        condition: &AppendCondition,
+        keys: &[u64],
+    ) -> ConflictSource {
+        let writers = match self
+            .store
+            .writers_after(
+                &condition.fail_if_events_match,
+                condition.after,
+                WRITERS_LOOKED_AT,
+            )
+            .await
+        {
+            Ok(writers) => writers,
+            Err(e) => {
+                names::record_store_error("read", &e);
+                return ConflictSource::SameProcess;
+            }
+        };
+        let mut hit = Vec::new();
+        for writer in writers.iter().filter(|w| !self.is_ours(w.append_id)) {
+            hit.extend(keys.iter().copied().filter(|k| writer.keys.contains(k)));
+        }
+        if writers.iter().all(|w| self.is_ours(w.append_id)) {
+            return ConflictSource::SameProcess;
+        }
+        if hit.is_empty() {
+            // Keys of the decision's own making (see `Decision::consistency_keys`): which of
+            // them the events hit is unknown, so all of them take turns.
+            hit.extend_from_slice(keys);
+        }
+        self.contended(hit);
+        ConflictSource::OtherProcess
+    }
+}
+
+/// A command actor's connection for its turns, opened when first needed.
+#[derive(Default)]
+pub(crate) struct TurnSession {
+    session: Option<Session>,
+    /// After a failure: not to open another before this instant.
+    closed_until: Option<Instant>,
+    /// Holds turns now.
+    holding: bool,
+}
+
+/// A key in the advisory-lock key space of turns: 64 bits folded into the lock's 32 (two keys
+/// that fold alike take turns together, which costs waiting, never correctness).
+fn lock_key(key: u64) -> i32 {
+    #[allow(clippy::cast_possible_truncation)]
+    let folded = (key ^ (key >> 32)) as u32;
+    i32::from_ne_bytes(folded.to_ne_bytes())
+}
+
+impl TurnSession {
+    /// Takes a turn on every one of `keys` (sorted, leased) across processes, in ascending lock
+    /// order; whether the turns are held (without them the chain runs all the same).
+    pub(crate) async fn take(&mut self, leases: &Leases, keys: &[u64]) -> bool {
+        if self.session(leases).await.is_none() {
+            metrics::counter!(names::LEASES_TOTAL, "event" => "lost").increment(keys.len() as u64);
+            return false;
+        }
+        let mut locks: Vec<i32> = keys.iter().map(|&k| lock_key(k)).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        self.holding = true;
+        let Some(session) = &self.session else {
+            return false;
+        };
+        match session
+            .client()
+            .query_one("SELECT dcb_take_turns($1)", &[&locks])
+            .await
+            .and_then(|row| row.try_get::<_, Vec<i32>>(0))
+        {
+            Ok(waited) => {
+                let handed = waited.len() as u64;
+                metrics::counter!(names::LEASES_TOTAL, "event" => "handed_over").increment(handed);
+                metrics::counter!(names::LEASES_TOTAL, "event" => "taken")
+                    .increment(locks.len() as u64 - handed);
+                if !waited.is_empty() {
+                    // Another process held them: they are still contended.
+                    leases.contended(
+                        keys.iter()
+                            .copied()
+                            .filter(|&k| waited.contains(&lock_key(k))),
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                // Timed out waiting (another process's turn outlasted the wait) or the session
+                // failed: the turns taken so far are given back when the chain ends.
+                tracing::debug!(error = %e, "no turn on contended keys");
+                metrics::counter!(names::LEASES_TOTAL, "event" => "lost")
+                    .increment(keys.len() as u64);
+                false
+            }
+        }
+    }
+
+    /// Gives back the turns taken for the chain that just ended.
+    pub(crate) async fn give_back(&mut self) {
+        if !std::mem::take(&mut self.holding) {
+            return;
+        }
+        let released = match &self.session {
+            Some(session) => session
+                .client()
+                .execute("SELECT pg_advisory_unlock_all()", &[])
+                .await
+                .is_ok(),
+            None => true,
+        };
+        if !released {
+            // Turns this session may still hold must end: with the session.
+            self.fail();
+        }
+    }
+
+    async fn session(&mut self, leases: &Leases) -> Option<&Session> {
+        if self.session.as_ref().is_some_and(|s| !s.is_alive()) {
+            self.fail();
+        }
+        if self.session.is_none() {
+            if self.closed_until.is_some_and(|t| Instant::now() < t) {
+                return None;
+            }
+            match open(leases).await {
+                Ok(session) => self.session = Some(session),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not open a session for turns on contended keys");
+                    self.closed_until = Some(Instant::now() + REOPEN_AFTER);
+                    return None;
+                }
+            }
+        }
+        self.session.as_ref()
+    }
+
+    fn fail(&mut self) {
+        self.session = None;
+        self.holding = false;
+        self.closed_until = Some(Instant::now() + REOPEN_AFTER);
+    }
+}
+
+async fn open(leases: &Leases) -> Result<Session, StoreError> {
+    let session = Session::open(leases.store.config()).await?;
+    let wait = format!("SET lock_timeout = {}", TURN_WAIT.as_millis());
+    session.client().batch_execute(&wait).await?;
+    Ok(session)
+}

@@ -1,0 +1,126 @@
+//! Turns on consistency keys among the command actors of one process.
+//!
+//! Routing sends the commands of one key to one actor, but a command whose boundary spans several
+//! keys (a transfer's two accounts) is routed by one of them: without more, it races with the
+//! actor that owns the other. So an actor runs a chain only while it holds every key of the
+//! chain's commands. Keys are taken in ascending order, the same order in every actor, so no two
+//! actors ever wait for each other (deadlock-free); each key's waiters are served first come,
+//! first served (tokio's mutex is fair). A key exists in the table only while held or awaited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as KeyLock, OwnedMutexGuard};
+
+#[derive(Default)]
+pub(crate) struct Turnstile {
+    keys: Mutex<HashMap<u64, Arc<KeyLock<()>>>>,
+}
+
+/// The keys held by one chain; dropped, they pass to the next waiter.
+pub(crate) struct Turn {
+    turnstile: Arc<Turnstile>,
+    held: Vec<(u64, OwnedMutexGuard<()>)>,
+}
+
+impl Turnstile {
+    /// Waits until the caller holds every one of `keys` (sorted ascending, without repeats).
+    pub(crate) async fn enter(self: &Arc<Self>, keys: &[u64]) -> Turn {
+        debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys sorted, unique");
+        let mut turn = Turn {
+            turnstile: self.clone(),
+            held: Vec::with_capacity(keys.len()),
+        };
+        for &key in keys {
+            let lock = self
+                .table()
+                .entry(key)
+                .or_insert_with(|| Arc::new(KeyLock::new(())))
+                .clone();
+            turn.held.push((key, lock.lock_owned().await));
+        }
+        turn
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<KeyLock<()>>>> {
+        // Nothing panics while the table is locked; a poisoned table is still consistent.
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        let mut table = self.turnstile.table();
+        for (key, guard) in held {
+            drop(guard);
+            // Only the table's own reference left: nobody holds or awaits the key. A waiter
+            // clones its reference under the table's lock, so it cannot appear after this check.
+            if table
+                .get(&key)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            {
+                table.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_key_is_held_by_one_turn_at_a_time() {
+        let turnstile = Arc::new(Turnstile::default());
+        let first = turnstile.enter(&[1, 2]).await;
+        let t = turnstile.clone();
+        let mut second = tokio::spawn(async move { t.enter(&[2, 3]).await });
+        // The second turn waits on key 2; it gets it once the first turn ends.
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished());
+        assert!(futures::poll!(&mut second).is_pending());
+        drop(first);
+        let second = second.await.unwrap();
+        assert_eq!(turnstile.table().len(), 2, "keys 2 and 3 held");
+        drop(second);
+        assert!(turnstile.table().is_empty(), "no key left behind");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn overlapping_turns_never_run_together_and_never_deadlock() {
+        let turnstile = Arc::new(Turnstile::default());
+        // One counter per key: how many turns hold it right now.
+        let holders: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
+        let tasks: Vec<_> = (0..32u64)
+            .map(|task| {
+                let (turnstile, holders) = (turnstile.clone(), holders.clone());
+                tokio::spawn(async move {
+                    for round in 0..200u64 {
+                        let mut keys = vec![(task + round) % 6, (task * 7 + round * 3) % 6];
+                        keys.sort_unstable();
+                        keys.dedup();
+                        let turn = turnstile.enter(&keys).await;
+                        for &k in &keys {
+                            let before = holders[k as usize].fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(before, 0, "key {k} held twice");
+                        }
+                        tokio::task::yield_now().await;
+                        for &k in &keys {
+                            holders[k as usize].fetch_sub(1, Ordering::SeqCst);
+                        }
+                        drop(turn);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(turnstile.table().is_empty());
+    }
+}

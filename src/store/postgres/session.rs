@@ -1,0 +1,72 @@
+//! A connection of its own, outside the pool, for what lives as long as a session: the session
+//! advisory locks of a subscription's consumer and of a command actor's turns on keys contended
+//! by several processes. Such a lock must not outlive its holder by going back to a pool.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use crate::error::StoreError;
+
+/// A dedicated connection whose session locks end with it.
+pub(crate) struct Session {
+    client: tokio_postgres::Client,
+    /// Becomes `true` when the connection ends.
+    ended: watch::Receiver<bool>,
+    driver: JoinHandle<()>,
+}
+
+impl Session {
+    /// Opens a connection with these settings (the store's).
+    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
+        let mut config = config.clone();
+        // A process that dies closes its socket and the server ends the session at once. A host
+        // that vanishes closes nothing: the server's own keepalives (set for this session) end
+        // it within about idle + count x interval = 8 s, instead of the system's default of
+        // two hours and more; and the client's notice a vanished server.
+        const SERVER_KEEPALIVES: &str =
+            "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3";
+        let options = match config.get_options() {
+            Some(o) => format!("{o} {SERVER_KEEPALIVES}"),
+            None => SERVER_KEEPALIVES.to_owned(),
+        };
+        config
+            .options(options)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(1))
+            .keepalives_retries(3);
+        let (client, connection) = config.connect(NoTls).await?;
+        let (ended_tx, ended) = watch::channel(false);
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "session ended");
+            }
+            let _ = ended_tx.send(true);
+        });
+        Ok(Self {
+            client,
+            ended,
+            driver,
+        })
+    }
+
+    pub(crate) fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    /// Whether the connection is still up (a lock it held is gone otherwise).
+    pub(crate) fn is_alive(&self) -> bool {
+        !*self.ended.borrow() && !self.client.is_closed()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Dropping the client closes the connection; the driver then ends by itself. Abort it
+        // anyway so that a half-open socket cannot keep the task around.
+        self.driver.abort();
+    }
+}
