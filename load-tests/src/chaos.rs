@@ -7,10 +7,12 @@
 //! events of the scenario's decisions that no command sent (a second copy of a decision would
 //! be one) plus ids stored twice.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dcb_runtime::keyed_event_id;
 use dcb_runtime::local::LocalPostgres;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -30,6 +32,9 @@ pub(crate) enum Chaos {
     PoolStarvation,
     /// A 5 ms statement timeout and a 1 ms lock timeout on the run's database.
     Timeouts,
+    /// With --processes 2 or more: SIGKILLs, once, a third into the run, the process then
+    /// holding a turn on a key contended by several processes (as `pg_locks` shows it).
+    KillOwner,
 }
 
 /// Session settings `--chaos timeouts` puts on the run's database.
@@ -63,7 +68,8 @@ impl Injector {
             let period = match chaos {
                 Chaos::KillConnections => Duration::from_secs(1),
                 Chaos::Restart => (run_for / 3).max(Duration::from_secs(2)),
-                Chaos::PoolStarvation | Chaos::Timeouts => return Ok(()),
+                // The parent of the processes kills one (see `processes.rs`).
+                Chaos::PoolStarvation | Chaos::Timeouts | Chaos::KillOwner => return Ok(()),
             };
             let started = tokio::time::Instant::now();
             let mut ticks = tokio::time::interval_at(started + period, period);
@@ -96,7 +102,7 @@ impl Injector {
                         tokio::task::spawn_blocking(move || server.restart()).await??;
                         count.fetch_add(1, Ordering::Relaxed);
                     }
-                    Chaos::PoolStarvation | Chaos::Timeouts => {}
+                    Chaos::PoolStarvation | Chaos::Timeouts | Chaos::KillOwner => {}
                 }
             }
         });
@@ -144,6 +150,38 @@ pub(crate) struct Accounting {
     /// Commands that answered an error but whose event is stored (their outcome was unknown
     /// to them; a re-execution with the same key would answer the commit).
     pub(crate) unacknowledged_stored: i64,
+    /// Under `--chaos kill-owner`: events stored by the killed process's commands (their ids
+    /// are those its callers' keys give; it could not report what it sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) killed_process_stored: Option<i64>,
+}
+
+/// A process killed during the run: which, how many callers it had, the decisions they ran.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Killed {
+    pub(crate) process: usize,
+    pub(crate) callers: usize,
+    pub(crate) decisions: &'static [&'static str],
+}
+
+impl Killed {
+    /// Takes out of `ids` those a command of the killed process would have stored (the
+    /// `n`-th command of caller `c` has key `p<process>-c<c>-<n>`); how many it took.
+    fn explain(&self, ids: &mut HashSet<Uuid>) -> i64 {
+        let before = ids.len();
+        // A caller sends its commands one after the other: among `ids.len()` events, none of
+        // its commands can have a number beyond that.
+        let bound = ids.len() as u64;
+        for decision in self.decisions {
+            for caller in 0..self.callers {
+                for n in 0..=bound {
+                    let key = format!("p{}-c{caller}-{n}", self.process);
+                    ids.remove(&keyed_event_id(decision, &key, 0));
+                }
+            }
+        }
+        i64::try_from(before - ids.len()).unwrap_or(i64::MAX)
+    }
 }
 
 pub(crate) async fn account(
@@ -151,6 +189,7 @@ pub(crate) async fn account(
     decided_types: &[&str],
     sent: &[Uuid],
     acked: &[Uuid],
+    killed: Option<Killed>,
 ) -> anyhow::Result<Accounting> {
     let row = client
         .query_one(
@@ -159,18 +198,60 @@ pub(crate) async fn account(
              SELECT \
                (SELECT count(*) FROM acked a WHERE NOT EXISTS \
                   (SELECT 1 FROM events e WHERE e.id = a.id)), \
-               (SELECT count(*) FROM events e WHERE e.type = ANY($3) AND NOT EXISTS \
-                  (SELECT 1 FROM sent s WHERE s.id = e.id)) \
-                 + (SELECT count(*) - count(DISTINCT id) FROM events), \
+               (SELECT count(*) - count(DISTINCT id) FROM events), \
                (SELECT count(*) FROM events e WHERE e.id IN (SELECT id FROM sent) \
-                  AND e.id NOT IN (SELECT id FROM acked))",
+                  AND e.id NOT IN (SELECT id FROM acked)), \
+               ARRAY(SELECT e.id FROM events e WHERE e.type = ANY($3) AND NOT EXISTS \
+                  (SELECT 1 FROM sent s WHERE s.id = e.id))",
             &[&sent, &acked, &decided_types],
         )
         .await?;
+    // Events of the scenario's decisions that no command sent: a second copy of a decision,
+    // unless the killed process sent it.
+    let mut unsent: HashSet<Uuid> = row.get::<_, Vec<Uuid>>(3).into_iter().collect();
+    let killed_process_stored = killed.map(|k| k.explain(&mut unsent));
+    let twice: i64 = row.get(1);
     Ok(Accounting {
         acknowledged: acked.len() as u64,
         acknowledged_missing: row.get(0),
-        duplicates: row.get(1),
+        duplicates: twice + i64::try_from(unsent.len()).unwrap_or(i64::MAX),
         unacknowledged_stored: row.get(2),
+        killed_process_stored,
     })
+}
+
+/// Waits, from `from` until `until`, for a process of the run to hold a turn on a key contended
+/// by several processes (a granted advisory lock in the turns' key space, V6); which one (its
+/// connections are named `dcb-load-p<index>`), if any did.
+pub(crate) async fn turn_holder(
+    url: &str,
+    from: Duration,
+    until: Duration,
+) -> anyhow::Result<Option<usize>> {
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep_until(started + from).await;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let mut polls = tokio::time::interval(Duration::from_millis(5));
+    let found = loop {
+        polls.tick().await;
+        if started.elapsed() >= until {
+            break None;
+        }
+        let row = client
+            .query_opt(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.classid = 1145258580 AND l.objsubid = 2 \
+                   AND l.granted AND a.datname = current_database() \
+                   AND a.application_name LIKE 'dcb-load-p%' LIMIT 1",
+                &[],
+            )
+            .await?;
+        if let Some(name) = row.map(|r| r.get::<_, String>(0)) {
+            break name.strip_prefix("dcb-load-p").and_then(|i| i.parse().ok());
+        }
+    };
+    drop(client);
+    let _ = connection.await;
+    Ok(found)
 }

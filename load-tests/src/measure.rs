@@ -29,6 +29,10 @@ pub(crate) async fn measure(
         args.concurrency,
         args.processes
     );
+    anyhow::ensure!(
+        args.chaos != Some(Chaos::KillOwner) || args.processes >= 2,
+        "--chaos kill-owner kills one of --processes: give --processes 2 or more"
+    );
     let own_server = args.chaos == Some(Chaos::Restart);
     let run =
         database::open_on(args.database_url.as_deref(), own_server, args.keep_database).await?;
@@ -82,14 +86,15 @@ async fn measure_in(
     let injector = args.chaos.map(|kind| {
         chaos::Injector::start(kind, url.to_owned(), run.server.clone(), args.duration)
     });
-    let shares = if args.processes == 1 {
+    let (shares, killed) = if args.processes == 1 {
         let share = Share {
             process: 0,
             callers: args.concurrency,
             commands: args.commands,
             rate: args.rate,
         };
-        vec![run_share(kind, args, url, share, metrics, Display::Auto).await?]
+        let share = run_share(kind, args, url, share, metrics, Display::Auto).await?;
+        (vec![share], None)
     } else {
         processes::run_children(kind, args, url).await?
     };
@@ -102,7 +107,7 @@ async fn measure_in(
         Some(p) => Some(p.finish(url, callers_ended).await?),
         None => None,
     };
-    let mut report = Report::merge(kind.name(), shares);
+    let mut report = Report::merge(kind.name(), shares, killed.map(|k| k.process));
     report.projection = projection;
     report.concurrency = args.concurrency;
     report.rate_per_s = args.rate;
@@ -133,6 +138,7 @@ async fn measure_in(
                 kind.decided_types(),
                 &report.sent_ids,
                 &report.acked_ids,
+                killed,
             )
             .await?,
         );

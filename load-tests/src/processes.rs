@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
+use crate::chaos::{self, Chaos, Killed};
 use crate::cli::RunArgs;
 use crate::share::ShareResult;
 use crate::workload::Kind;
@@ -19,12 +20,13 @@ pub(crate) fn split(total: u64, parts: usize, index: usize) -> u64 {
     total / parts + u64::from(index < total % parts)
 }
 
-/// Runs the scenario in `args.processes` child processes and collects their results.
+/// Runs the scenario in `args.processes` child processes and collects their results (under
+/// `--chaos kill-owner`, of those not killed; the killed one is returned).
 pub(crate) async fn run_children(
     kind: Kind,
     args: &RunArgs,
     url: &str,
-) -> anyhow::Result<Vec<ShareResult>> {
+) -> anyhow::Result<(Vec<ShareResult>, Option<Killed>)> {
     let exe = std::env::current_exe()?;
     let mut children = Vec::with_capacity(args.processes);
     for index in 0..args.processes {
@@ -65,9 +67,31 @@ pub(crate) async fn run_children(
         children.push(cmd.spawn()?);
     }
     eprintln!("{} process(es) running", children.len());
+    let mut killed = None;
+    if args.chaos == Some(Chaos::KillOwner) {
+        let holder = chaos::turn_holder(url, args.duration / 3, args.duration).await?;
+        let index = holder.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--chaos kill-owner: no process held a turn on a contended key during the run \
+                 (nothing to kill: is the scenario contended across processes?)"
+            )
+        })?;
+        children[index].start_kill()?;
+        eprintln!(
+            "chaos: killed process {index} (SIGKILL) while it held a turn on a contended key"
+        );
+        killed = Some(Killed {
+            process: index,
+            callers: usize::try_from(split(args.concurrency as u64, args.processes, index))?,
+            decisions: kind.decision_names(),
+        });
+    }
     let mut results = Vec::with_capacity(children.len());
     for (index, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output().await?;
+        if killed.is_some_and(|k| k.process == index) {
+            continue;
+        }
         anyhow::ensure!(
             output.status.success(),
             "process {index} failed ({}); its messages are above",
@@ -77,7 +101,7 @@ pub(crate) async fn run_children(
             .map_err(|e| anyhow::anyhow!("process {index} printed no valid result ({e})"))?;
         results.push(result);
     }
-    Ok(results)
+    Ok((results, killed))
 }
 
 #[cfg(test)]

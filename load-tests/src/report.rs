@@ -36,7 +36,13 @@ pub(crate) struct Report {
     pub(crate) rejected: u64,
     /// Failed append conditions (each one retried or, after the last attempt, an error).
     pub(crate) conflicts: u64,
+    /// Of `conflicts`, those caused by another process's append (the rest: this process's).
+    pub(crate) conflicts_other_process: u64,
     pub(crate) retries: u64,
+    /// Turns on keys contended by several processes, summed over the processes.
+    pub(crate) leases: Leases,
+    /// What each process did, in process order.
+    pub(crate) per_process: Vec<ProcessFigures>,
     /// Failed store operations, transient ones (retried) included: `dcb_store_errors_total`.
     pub(crate) store_errors: u64,
     pub(crate) errors: u64,
@@ -121,20 +127,56 @@ pub(crate) struct Report {
     pub(crate) acked_ids: Vec<Uuid>,
 }
 
+/// `dcb_leases_total` by event, over the run.
+#[derive(Serialize, Debug, Default, Clone, Copy)]
+pub(crate) struct Leases {
+    /// Free at once.
+    pub(crate) taken: u64,
+    /// After waiting for another process's turn to end.
+    pub(crate) handed_over: u64,
+    /// Not taken or not kept (the chain ran without it).
+    pub(crate) lost: u64,
+}
+
+/// One process's part of the run.
+#[derive(Serialize, Debug, Default, Clone)]
+pub(crate) struct ProcessFigures {
+    pub(crate) process: usize,
+    pub(crate) committed: u64,
+    pub(crate) errors: u64,
+    pub(crate) throughput_per_s: f64,
+    pub(crate) p99_ms: f64,
+    /// Killed with SIGKILL during the run (`--chaos kill-owner`): its figures are unknown.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) killed: bool,
+}
+
 impl Report {
     /// Merges what each process did. Throughput is over the longest process's duration.
-    pub(crate) fn merge(scenario: &str, shares: Vec<ShareResult>) -> Self {
+    pub(crate) fn merge(scenario: &str, shares: Vec<ShareResult>, killed: Option<usize>) -> Self {
         let (mut latencies, mut scheduled) = (latency::histogram(), latency::histogram());
         let mut metrics = Snapshot::default();
         let mut report = Report {
             scenario: scenario.to_owned(),
-            processes: shares.len(),
+            processes: shares.len() + usize::from(killed.is_some()),
             ..Report::default()
         };
         // Summed over the processes; unknown if unknown for any.
         let (mut cpu_client_s, mut cpu_server_s) = (Some(0.0), Some(0.0));
         let (mut due, mut late, mut sent) = (0, 0, 0);
         for share in shares {
+            let mut own = latency::histogram();
+            for &(value, count) in &share.latency_us {
+                own.saturating_record_n(value, count);
+            }
+            report.per_process.push(ProcessFigures {
+                process: share.process,
+                committed: share.committed,
+                errors: share.errors,
+                throughput_per_s: share.committed as f64 / share.duration_s.max(1e-9),
+                p99_ms: LatencyMs::of(&own).p99,
+                killed: false,
+            });
             cpu_client_s = cpu_client_s.zip(share.cpu_client_s).map(|(a, b)| a + b);
             cpu_server_s = cpu_server_s.zip(share.cpu_server_s).map(|(a, b)| a + b);
             due += share.due;
@@ -158,6 +200,14 @@ impl Report {
             timeline::merge(&mut report.timeline, &share.timeline);
             report.sent_ids.extend(share.sent_ids);
             report.acked_ids.extend(share.acked_ids);
+        }
+        if let Some(process) = killed {
+            report.per_process.push(ProcessFigures {
+                process,
+                killed: true,
+                ..ProcessFigures::default()
+            });
+            report.per_process.sort_by_key(|p| p.process);
         }
         report.commands = report.committed + report.rejected + report.errors;
         report.throughput_per_s = report.committed as f64 / report.duration_s.max(1e-9);
@@ -195,6 +245,12 @@ impl Report {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let whole = |x: f64| x.round().max(0.0) as u64;
         self.conflicts = whole(m.conflicts);
+        self.conflicts_other_process = whole(m.conflicts_other_process);
+        self.leases = Leases {
+            taken: whole(m.leases_taken),
+            handed_over: whole(m.leases_handed_over),
+            lost: whole(m.leases_lost),
+        };
         self.retries = whole(m.retries);
         self.store_errors = whole(m.store_errors);
         self.conflict_rate = m.conflict_rate();
@@ -257,6 +313,43 @@ impl fmt::Display for Report {
             self.conflict_rate * 100.0,
             self.retries
         )?;
+        if self.conflicts > 0 {
+            writeln!(
+                f,
+                "  by source          {} by another process, {} by this one",
+                self.conflicts_other_process,
+                self.conflicts - self.conflicts_other_process.min(self.conflicts)
+            )?;
+        }
+        let Leases {
+            taken,
+            handed_over,
+            lost,
+        } = self.leases;
+        if taken + handed_over + lost > 0 {
+            writeln!(
+                f,
+                "turns across procs  {taken} taken at once, {handed_over} handed over by another \
+                 process, {lost} lost"
+            )?;
+        }
+        if self.per_process.len() > 1 {
+            for p in &self.per_process {
+                if p.killed {
+                    writeln!(
+                        f,
+                        "  process {:<10} killed (SIGKILL) during the run",
+                        p.process
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "  process {:<10} {:.0} committed/s, p99 {:.2} ms, {} errors",
+                        p.process, p.throughput_per_s, p.p99_ms, p.errors
+                    )?;
+                }
+            }
+        }
         if self.store_errors > 0 {
             writeln!(
                 f,

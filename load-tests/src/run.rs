@@ -151,6 +151,7 @@ pub(crate) async fn run_share(
     runtime.shutdown().await;
     let (errors_by_outcome, first_errors) = std::mem::take(&mut *errors.lock().expect("errors"));
     Ok(ShareResult {
+        process: share.process,
         committed: live.committed.load(Ordering::Relaxed),
         rejected: live.rejected.load(Ordering::Relaxed),
         errors: live.errors.load(Ordering::Relaxed),

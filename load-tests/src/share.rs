@@ -23,6 +23,9 @@ pub(crate) struct Share {
 /// What one process did: merged by the parent when several processes run.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct ShareResult {
+    /// Which of `--processes` this is.
+    #[serde(default)]
+    pub(crate) process: usize,
     pub(crate) committed: u64,
     pub(crate) rejected: u64,
     pub(crate) errors: u64,

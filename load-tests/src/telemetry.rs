@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use dcb_runtime::metrics::{
-    APPEND_ATTEMPTS_TOTAL, APPEND_BATCH_SIZE, APPEND_DURATION_SECONDS, COMMAND_RETRIES_TOTAL,
-    READ_DURATION_SECONDS, STORE_ERRORS_TOTAL,
+    APPEND_ATTEMPTS_TOTAL, APPEND_BATCH_SIZE, APPEND_CONFLICTS_TOTAL, APPEND_DURATION_SECONDS,
+    COMMAND_RETRIES_TOTAL, LEASES_TOTAL, READ_DURATION_SECONDS, STORE_ERRORS_TOTAL,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,16 @@ pub(crate) struct Snapshot {
     pub(crate) append_count: f64,
     pub(crate) read_seconds_sum: f64,
     pub(crate) read_count: f64,
+    /// Conflicts caused by another process's append (`dcb_append_conflicts_total`).
+    #[serde(default)]
+    pub(crate) conflicts_other_process: f64,
+    /// Turns on keys contended by several processes (`dcb_leases_total`), by event.
+    #[serde(default)]
+    pub(crate) leases_taken: f64,
+    #[serde(default)]
+    pub(crate) leases_handed_over: f64,
+    #[serde(default)]
+    pub(crate) leases_lost: f64,
 }
 
 impl Snapshot {
@@ -58,6 +68,14 @@ impl Snapshot {
             append_count,
             read_seconds_sum,
             read_count,
+            conflicts_other_process: counter_sum(
+                &text,
+                APPEND_CONFLICTS_TOTAL,
+                Some(("source", "other_process")),
+            ),
+            leases_taken: counter_sum(&text, LEASES_TOTAL, Some(("event", "taken"))),
+            leases_handed_over: counter_sum(&text, LEASES_TOTAL, Some(("event", "handed_over"))),
+            leases_lost: counter_sum(&text, LEASES_TOTAL, Some(("event", "lost"))),
         }
     }
 
@@ -74,6 +92,10 @@ impl Snapshot {
             append_count: self.append_count - earlier.append_count,
             read_seconds_sum: self.read_seconds_sum - earlier.read_seconds_sum,
             read_count: self.read_count - earlier.read_count,
+            conflicts_other_process: self.conflicts_other_process - earlier.conflicts_other_process,
+            leases_taken: self.leases_taken - earlier.leases_taken,
+            leases_handed_over: self.leases_handed_over - earlier.leases_handed_over,
+            leases_lost: self.leases_lost - earlier.leases_lost,
         }
     }
 
@@ -90,6 +112,10 @@ impl Snapshot {
             append_count: self.append_count + other.append_count,
             read_seconds_sum: self.read_seconds_sum + other.read_seconds_sum,
             read_count: self.read_count + other.read_count,
+            conflicts_other_process: self.conflicts_other_process + other.conflicts_other_process,
+            leases_taken: self.leases_taken + other.leases_taken,
+            leases_handed_over: self.leases_handed_over + other.leases_handed_over,
+            leases_lost: self.leases_lost + other.leases_lost,
         }
     }
 

@@ -62,6 +62,18 @@ impl Kind {
         }
     }
 
+    /// The names of the decisions the scenario's commands run (their keyed event ids derive
+    /// from them).
+    pub(crate) fn decision_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Disjoint => &[disjoint::Create::NAME],
+            Kind::Invoice => &[invoice::NextInvoice::NAME],
+            Kind::Enrollment => &[enrollment::Subscribe::NAME],
+            Kind::Lending => &[lending::Borrow::NAME, lending::Return::NAME],
+            Kind::Transfer => &[transfer::Transfer::NAME],
+        }
+    }
+
     /// Appends what the scenario starts from: courses, books and readers, accounts.
     pub(crate) async fn prepare(self, store: &PostgresStore, keys: usize) -> anyhow::Result<()> {
         let events = match self {
