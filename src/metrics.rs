@@ -51,7 +51,8 @@ pub const SUBSCRIPTION_ERRORS_TOTAL: &str = "dcb_subscription_errors_total";
 /// Gauge: 1 on the process whose consumer holds the subscription, 0 elsewhere, by `subscription`.
 pub const SUBSCRIPTION_ACTIVE: &str = "dcb_subscription_active";
 
-/// Counter: conflicting appends by `source`: `other_process` when an event another process
+/// Counter: commands whose append met a conflict (as `dcb_append_attempts_total{result="conflict"}`
+/// counts them), by `source`: `other_process` when an event another process
 /// appended invalidated the read, else `same_process` (another actor of this process, on a
 /// boundary whose commands hold different keys).
 pub const APPEND_CONFLICTS_TOTAL: &str = "dcb_append_conflicts_total";

@@ -476,8 +476,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     Some(leases) => leases.classify(&condition, &held.keys).await,
                     None => ConflictSource::SameProcess,
                 };
+                // Per command, as `dcb_append_attempts_total{result="conflict"}` counts them.
                 metrics::counter!(names::APPEND_CONFLICTS_TOTAL, "source" => source.label())
-                    .increment(1);
+                    .increment(decided.len() as u64);
                 // Another process's append, while this chain had no turn on some of its keys
                 // (they are leased now): the retry waits for its turn instead of backing off,
                 // and costs no attempt. Without turns at all, or in spite of them, it does.
