@@ -6,7 +6,7 @@ mod leaf;
 use std::any::Any;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::event::{Event, Position, SequencedEvent, Tag};
+use crate::event::{Event, Position, SequencedEvent};
 use crate::query::Query;
 pub use leaf::Leaf;
 
@@ -327,14 +327,6 @@ pub fn default_keys(query: &Query) -> Vec<u64> {
     }
     keys.sort_unstable();
     keys.dedup();
-    keys
-}
-
-/// The keys an event touches, as [`default_keys`] names them: each of its tags, and its type.
-pub(crate) fn event_keys(event_type: &str, tags: &[Tag]) -> Vec<u64> {
-    let mut keys: Vec<u64> = tags.iter().map(key_of).collect();
-    keys.push(key_of(&Some(event_type)));
-    keys.push(key_of(&"*all*"));
     keys
 }
 

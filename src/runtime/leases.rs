@@ -3,7 +3,7 @@
 //! The turnstile orders the actors of one process; processes know nothing of each other's. Two
 //! processes running one hot boundary invalidate each other's reads on every chain. So when a
 //! conflict turns out to come from another process (its append id carries another process's
-//! mark), the keys it hit become *leased*: for the next seconds, every chain holding one of
+//! mark), the chain's keys become *leased*: for the next seconds, every chain holding one of
 //! them first takes a turn on it across processes, a session advisory lock held from its read to
 //! its append (`dcb_take_turns`, V6). PostgreSQL queues the waiters, so the processes take turns
 //! chain by chain (the lock is released after each chain, and the next waiter gets it at once):
@@ -133,7 +133,7 @@ impl Leases {
     }
 
     /// Who appended the events that failed `condition`, a chain's on `keys`; leases the keys
-    /// another process hit. A failed look-up counts as this process's (nothing is leased).
+    /// when another process did. A failed look-up counts as this process's (nothing is leased).
     pub(crate) async fn classify(
         &self,
         condition: &AppendCondition,
@@ -154,19 +154,12 @@ impl Leases {
                 return ConflictSource::SameProcess;
             }
         };
-        let mut hit = Vec::new();
-        for writer in writers.iter().filter(|w| !self.is_ours(w.append_id)) {
-            hit.extend(keys.iter().copied().filter(|k| writer.keys.contains(k)));
-        }
-        if writers.iter().all(|w| self.is_ours(w.append_id)) {
+        if writers.iter().all(|&id| self.is_ours(id)) {
             return ConflictSource::SameProcess;
         }
-        if hit.is_empty() {
-            // Keys of the decision's own making (see `Decision::consistency_keys`): which of
-            // them the events hit is unknown, so all of them take turns.
-            hit.extend_from_slice(keys);
-        }
-        self.contended(hit);
+        // Every key of the chain: the others of a multi-key chain (a transfer's second account)
+        // are as likely to meet the other process next.
+        self.contended(keys.iter().copied());
         ConflictSource::OtherProcess
     }
 }
@@ -216,12 +209,8 @@ impl TurnSession {
                 metrics::counter!(names::LEASES_TOTAL, "event" => "taken")
                     .increment(locks.len() as u64 - handed);
                 if !waited.is_empty() {
-                    // Another process held them: they are still contended.
-                    leases.contended(
-                        keys.iter()
-                            .copied()
-                            .filter(|&k| waited.contains(&lock_key(k))),
-                    );
+                    // Another process held some: the chain's keys are still contended.
+                    leases.contended(keys.iter().copied());
                 }
                 true
             }

@@ -23,14 +23,6 @@ use crate::validate::validate_events;
 use group_commit::GroupCommitter;
 pub(crate) use session::Session;
 
-/// An event that failed a condition, as [`PostgresStore::writers_after`] finds it.
-pub(crate) struct Writer {
-    /// The id of the append that stored it (`None`: appended without one).
-    pub(crate) append_id: Option<Uuid>,
-    /// The keys it touches.
-    pub(crate) keys: Vec<u64>,
-}
-
 /// A DCB event store on PostgreSQL.
 ///
 /// Cheap to clone: clones share the pool and the group committer. Appends from all clones and
@@ -134,38 +126,27 @@ impl PostgresStore {
     }
 
     /// The process's one notification listener, started by the first follower that asks.
-    /// Who appended the first `limit` events matching `query` after `after`, and the keys
-    /// each touches ([`crate::decision::default_keys`]'s): how a command actor learns whether
-    /// another process failed its condition.
+    /// The append ids of the first `limit` events matching `query` after `after` (`None`:
+    /// appended without one): how a command actor learns whether another process failed its
+    /// condition.
     pub(crate) async fn writers_after(
         &self,
         query: &Query,
         after: Option<Position>,
         limit: usize,
-    ) -> Result<Vec<Writer>, StoreError> {
+    ) -> Result<Vec<Option<Uuid>>, StoreError> {
         let built = read_sql::build(query, &ReadOptions::default().after_opt(after).limit(limit));
         let sql = format!(
-            "SELECT x.append_id, x.type, x.tags FROM ({}) r JOIN events x ON x.position = r.position",
+            "SELECT x.append_id FROM ({}) r JOIN events x ON x.position = r.position",
             built.sql
         );
         let client = self.inner.pool.get().await?;
         let statement = client.prepare_cached(&sql).await?;
         let rows = client.query(&statement, &built.params()).await?;
-        rows.iter()
-            .map(|row| {
-                let event_type: String = row.try_get(1)?;
-                let tags: Vec<String> = row.try_get(2)?;
-                let tags = tags
-                    .iter()
-                    .map(|t| t.parse::<Tag>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| StoreError::Corrupt(format!("event of type {event_type}: {e}")))?;
-                Ok(Writer {
-                    append_id: row.try_get(0)?,
-                    keys: crate::decision::event_keys(&event_type, &tags),
-                })
-            })
-            .collect()
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?)
     }
 
     pub(crate) fn wakeups(&self) -> &crate::subscription::Wakeups {
