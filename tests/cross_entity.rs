@@ -62,9 +62,7 @@ async fn transfers_and_deposits_on_shared_accounts_never_conflict_across_actors(
                     let a = format!("a{}", rng.usize(..ACCOUNTS));
                     let outcome = if rng.bool() {
                         let b = format!("a{}", rng.usize(..ACCOUNTS));
-                        runtime
-                            .execute(Transfer::new(a, b, rng.i64(1..=50)))
-                            .await
+                        runtime.execute(Transfer::new(a, b, rng.i64(1..=50))).await
                     } else {
                         runtime
                             .execute(Deposit {
@@ -100,7 +98,10 @@ async fn transfers_and_deposits_on_shared_accounts_never_conflict_across_actors(
         committed += n;
     }
     runtime.shutdown().await;
-    assert!(committed > CALLERS * COMMANDS_EACH / 2, "{committed} committed");
+    assert!(
+        committed > CALLERS * COMMANDS_EACH / 2,
+        "{committed} committed"
+    );
 
     let client = db.client().await.expect("client");
     let violations: i64 = client

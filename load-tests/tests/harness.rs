@@ -51,7 +51,10 @@ fn scenario(scenario: &str, extra: &[&str]) -> Value {
     };
     let mut args = vec![scenario];
     args.extend(duration.map(|d| ["--duration", d]).into_iter().flatten());
-    args.extend(["--concurrency", "32", "--keys", "50", "--json", json_arg]);
+    args.extend(["--concurrency", "32", "--json", json_arg]);
+    if !extra.contains(&"--keys") {
+        args.extend(["--keys", "50"]);
+    }
     args.extend_from_slice(extra);
     run(&args);
     let r = report(&json);
@@ -114,17 +117,111 @@ fn lending_never_lends_a_book_twice() {
     scenario("lending", &["--skew", "1.0"]);
 }
 
+/// The share of append attempts that met a conflict, which must stay below 5 %.
+fn assert_few_conflicts(r: &Value) {
+    let rate = r["conflict_rate"].as_f64().unwrap();
+    assert!(rate < 0.05, "conflict rate {rate}: {r}");
+}
+
 #[test]
-fn transfer_never_overdraws_in_two_processes() {
-    let r = scenario("transfer", &["--processes", "2"]);
+fn transfer_on_20_accounts_in_one_process_meets_few_conflicts() {
+    let r = scenario("transfer", &["--keys", "20"]);
+    assert_few_conflicts(&r);
+    assert_eq!(r["conflicts_other_process"], 0, "{r}");
+}
+
+#[test]
+fn transfer_on_20_accounts_never_overdraws_and_meets_few_conflicts_in_two_processes() {
+    let r = scenario("transfer", &["--processes", "2", "--keys", "20"]);
     assert_eq!(r["processes"], 2, "{r}");
     assert_eq!(r["concurrency"], 32, "{r}");
-    // Every committed transfer is one event, after the 50 accounts were opened.
+    // Every committed transfer is one event, after the 20 accounts were opened.
     assert_eq!(
         r["events_in_store"].as_u64().unwrap(),
-        r["committed"].as_u64().unwrap() + 50,
+        r["committed"].as_u64().unwrap() + 20,
         "{r}"
     );
+    assert_few_conflicts(&r);
+    for p in r["per_process"].as_array().unwrap() {
+        assert!(p["committed"].as_u64().unwrap() > 0, "{r}");
+    }
+}
+
+#[test]
+fn one_hot_boundary_from_three_processes_takes_turns_and_fails_no_command() {
+    let r = scenario("invoice", &["--processes", "3"]);
+    assert_eq!(r["processes"], 3, "{r}");
+    // `scenario` checked: no error, gapless invoice numbers (SQL), one event per command.
+    assert_eq!(r["events_in_store"], r["committed"], "{r}");
+    assert_few_conflicts(&r);
+    assert!(
+        r["leases"]["handed_over"].as_u64().unwrap() > 0,
+        "the processes never took turns: {r}"
+    );
+    let per_process = r["per_process"].as_array().unwrap();
+    assert_eq!(per_process.len(), 3, "{r}");
+    for p in per_process {
+        assert!(p["throughput_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
+#[test]
+fn killing_the_process_holding_a_turn_loses_nothing_and_the_others_go_on() {
+    let r = scenario(
+        "invoice",
+        &[
+            "--processes",
+            "3",
+            "--chaos",
+            "kill-owner",
+            "--duration",
+            "4s",
+        ],
+    );
+    assert_eq!(r["chaos"], "kill-owner", "{r}");
+    let killed: Vec<&Value> = r["per_process"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["killed"] == true)
+        .collect();
+    assert_eq!(killed.len(), 1, "{r}");
+    // The survivors: every acknowledged command stored, nothing stored twice (the killed
+    // process's events are recognised by its callers' keys), no command failed, gapless numbers.
+    assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["acknowledged"], r["committed"], "{r}");
+    assert_eq!(r["acknowledged_missing"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert!(r["killed_process_stored"].as_i64().unwrap() > 0, "{r}");
+    assert_eq!(
+        r["events_in_store"].as_i64().unwrap(),
+        r["committed"].as_i64().unwrap() + r["killed_process_stored"].as_i64().unwrap(),
+        "{r}"
+    );
+    // The killed process's turns ended with its session: the survivors waited for none longer
+    // than the turn wait (2 s), so none of them came near its 10 s deadline.
+    let max_ms = r["latency_ms"]["max"].as_f64().unwrap();
+    assert!(max_ms < 2_500.0, "a survivor waited {max_ms} ms: {r}");
+    // And they went on committing after the kill (a third into the run), every second.
+    let timeline = r["timeline"].as_array().unwrap();
+    let after_kill: Vec<f64> = timeline
+        .iter()
+        .filter(|s| s["t_s"].as_f64().unwrap() > 2.0)
+        .map(|s| s["committed_per_s"].as_f64().unwrap())
+        .collect();
+    assert!(!after_kill.is_empty(), "{r}");
+    assert!(after_kill.iter().all(|&c| c > 0.0), "{after_kill:?}: {r}");
+}
+
+#[test]
+fn kill_owner_needs_several_processes() {
+    let output = load_tests()
+        .args(["invoice", "--duration", "1s", "--chaos", "kill-owner"])
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--processes 2 or more"), "{stderr}");
 }
 
 /// A CPU figure of the report that must be there and above zero.
