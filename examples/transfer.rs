@@ -27,12 +27,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Accounts a0..a4.
     store.append(accounts(ACCOUNTS, OPENING_BALANCE)).await?;
     let accounts: Vec<String> = (0..ACCOUNTS).map(|a| format!("a{a}")).collect();
-    // 32 callers on 5 accounts: every transfer also touches an account another actor decides for
-    // (commands are routed by their first tag only), so conflicts between actors are frequent and
-    // an unlucky transfer can meet 10 in a row (1 run in a few dozen; the runtime does not yet
-    // serialise commands spanning several keys). More attempts let every transfer through; the
-    // check below is unchanged: no balance ever below zero.
-    let runtime = Runtime::builder(store).max_attempts(40).start().await?;
+    // 32 callers on 5 accounts: every transfer holds both its accounts while it runs, so no two
+    // actors decide on one account at once and the default attempts are plenty.
+    let runtime = Runtime::builder(store).start().await?;
 
     let overdraw = runtime
         .execute(Transfer::new("a0", "a1", OPENING_BALANCE + 1))

@@ -96,22 +96,24 @@ mod tests {
         // One counter per key: how many turns hold it right now.
         let holders: Arc<Vec<AtomicUsize>> =
             Arc::new((0..6).map(|_| AtomicUsize::new(0)).collect());
-        let tasks: Vec<_> = (0..32u64)
+        let tasks: Vec<_> = (0..32usize)
             .map(|task| {
                 let (turnstile, holders) = (turnstile.clone(), holders.clone());
                 tokio::spawn(async move {
-                    for round in 0..200u64 {
+                    for round in 0..200usize {
                         let mut keys = vec![(task + round) % 6, (task * 7 + round * 3) % 6];
                         keys.sort_unstable();
                         keys.dedup();
-                        let turn = turnstile.enter(&keys).await;
+                        let held: Vec<u64> =
+                            keys.iter().map(|&k| u64::try_from(k).unwrap()).collect();
+                        let turn = turnstile.enter(&held).await;
                         for &k in &keys {
-                            let before = holders[k as usize].fetch_add(1, Ordering::SeqCst);
+                            let before = holders[k].fetch_add(1, Ordering::SeqCst);
                             assert_eq!(before, 0, "key {k} held twice");
                         }
                         tokio::task::yield_now().await;
                         for &k in &keys {
-                            holders[k as usize].fetch_sub(1, Ordering::SeqCst);
+                            holders[k].fetch_sub(1, Ordering::SeqCst);
                         }
                         drop(turn);
                     }
