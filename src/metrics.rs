@@ -52,8 +52,9 @@ pub const SUBSCRIPTION_ERRORS_TOTAL: &str = "dcb_subscription_errors_total";
 pub const SUBSCRIPTION_ACTIVE: &str = "dcb_subscription_active";
 
 /// Counter: commands whose append met a conflict (as `dcb_append_attempts_total{result="conflict"}`
-/// counts them), by `source`: `other_process` when an event another process
-/// appended invalidated the read, else `same_process` (another actor of this process, on a
+/// counts them), by `source`: `other_process` when an event another process appended (or one
+/// appended without a runtime's append id, by hand or by another tool) invalidated the read, else
+/// `same_process` (another actor of this process, on a
 /// boundary whose commands hold different keys).
 pub const APPEND_CONFLICTS_TOTAL: &str = "dcb_append_conflicts_total";
 /// Counter: turns on keys contended by several processes (a session advisory lock held from a

@@ -580,7 +580,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             }
             job.attempts += 1;
             if job.attempts >= self.policy.max_attempts {
-                let attempts = job.attempts;
+                let attempts = job.attempts + job.free_retries;
                 job.answer(JobOutcome::ConflictsExhausted { attempts });
             } else {
                 metrics::counter!(names::COMMAND_RETRIES_TOTAL, "decision" => name).increment(1);
@@ -633,7 +633,12 @@ fn finish(job: Job, outcome: Verdict, positions: Vec<Position>, replayed: bool) 
             if !events.is_empty() {
                 record_attempt(job.command.name(), "committed");
             }
-            let attempts = if replayed { 0 } else { job.attempts + 1 };
+            // Every append it took, the conflicts that cost no attempt included.
+            let attempts = if replayed {
+                0
+            } else {
+                job.attempts + job.free_retries + 1
+            };
             job.answer(JobOutcome::Committed(Committed {
                 positions,
                 events,
