@@ -37,6 +37,7 @@ const GAUGES: &[&str] = &[
     names::SUBSCRIPTION_LAG_EVENTS,
     names::SUBSCRIPTION_LAG_SECONDS,
     names::SUBSCRIPTION_ACTIVE,
+    names::LEASED_KEYS,
 ];
 const COUNTERS: &[&str] = &[
     names::COMMANDS_TOTAL,
@@ -47,6 +48,8 @@ const COUNTERS: &[&str] = &[
     names::STORE_ERRORS_TOTAL,
     names::SUBSCRIPTION_EVENTS_TOTAL,
     names::SUBSCRIPTION_ERRORS_TOTAL,
+    names::APPEND_CONFLICTS_TOTAL,
+    names::LEASES_TOTAL,
 ];
 /// Every `outcome` of `dcb_commands_total`.
 const OUTCOMES: &[&str] = &[
@@ -99,8 +102,9 @@ enum Mode {
     Panic,
 }
 
-/// A bump of the hot counter. Its consistency key is its own number, so bumps of the same
-/// boundary run on different actors and conflict in the database.
+/// A bump of the hot counter. Its consistency key and keys are its own number, so bumps of the
+/// same boundary run on different actors at once and conflict in the database (conflicts of
+/// this process: keys that miss an overlap).
 struct Bump {
     n: u64,
     mode: Mode,
@@ -139,6 +143,10 @@ impl Decision for Bump {
 
     fn consistency_key(&self, _read_query: &Query) -> u64 {
         self.n
+    }
+
+    fn consistency_keys(&self, _condition_query: &Query) -> Vec<u64> {
+        vec![self.n]
     }
 }
 
@@ -259,6 +267,23 @@ async fn the_exposition_is_complete_typed_and_parses() {
             }
         }
     }
+    // Those conflicts were this process's own, and counted so, command by command.
+    let exposition = handle.render();
+    let by_source = |source: &str| {
+        let series = format!("{}{{source=\"{source}\"}}", names::APPEND_CONFLICTS_TOTAL);
+        value(&exposition, &series).unwrap_or(-1.0)
+    };
+    let conflicts = format!(
+        "{}{{decision=\"bump\",result=\"conflict\"}}",
+        names::APPEND_ATTEMPTS_TOTAL
+    );
+    assert!(by_source("same_process") >= 1.0, "{exposition}");
+    assert_eq!(by_source("other_process"), 0.0, "{exposition}");
+    assert_eq!(
+        Some(by_source("same_process")),
+        value(&exposition, &conflicts),
+        "{exposition}"
+    );
     // A rejection and a panic ("error").
     assert!(matches!(
         runtime.execute(Bump::new(next, Mode::Reject)).await,
@@ -318,6 +343,12 @@ async fn the_exposition_is_complete_typed_and_parses() {
         doomed.await.expect("task"),
         Err(ExecuteError::ConflictsExhausted { attempts: 1 })
     ));
+    // A conflict from an append without a runtime's append id: another writer than this process.
+    let outside = format!(
+        "{}{{source=\"other_process\"}}",
+        names::APPEND_CONFLICTS_TOTAL
+    );
+    assert_eq!(value(&handle.render(), &outside), Some(1.0));
 
     // Timeout: a deadline already passed at submission.
     let late = Runtime::builder(store.clone())

@@ -479,10 +479,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 // Per command, as `dcb_append_attempts_total{result="conflict"}` counts them.
                 metrics::counter!(names::APPEND_CONFLICTS_TOTAL, "source" => source.label())
                     .increment(decided.len() as u64);
-                // Another process's append, while this chain had no turn on some of its keys
+                // Another runtime's append, while this chain had no turn on some of its keys
                 // (they are leased now): the retry waits for its turn instead of backing off,
                 // and costs no attempt. Without turns at all, or in spite of them, it does.
-                let waits_for_turn = source == ConflictSource::OtherProcess
+                let waits_for_turn = source == ConflictSource::OtherRuntime
                     && !held.every_key_across_processes
                     && !held.turn_lost;
                 self.back_off(state, decided, waits_for_turn);

@@ -41,14 +41,17 @@ const WRITERS_LOOKED_AT: usize = 16;
 /// Who appended the events that failed a condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConflictSource {
-    OtherProcess,
+    /// Another runtime's append (its id bears another mark): that runtime takes turns too.
+    OtherRuntime,
+    /// Only appends made without a runtime's append id (by hand, by another tool): no turns.
+    Outside,
     SameProcess,
 }
 
 impl ConflictSource {
     pub(crate) fn label(self) -> &'static str {
         match self {
-            ConflictSource::OtherProcess => "other_process",
+            ConflictSource::OtherRuntime | ConflictSource::Outside => "other_process",
             ConflictSource::SameProcess => "same_process",
         }
     }
@@ -133,7 +136,8 @@ impl Leases {
     }
 
     /// Who appended the events that failed `condition`, a chain's on `keys`; leases the keys
-    /// when another process did. A failed look-up counts as this process's (nothing is leased).
+    /// when another runtime did (a writer without append ids takes no turns: leasing would not
+    /// help). A failed look-up counts as this process's (nothing is leased).
     pub(crate) async fn classify(
         &self,
         condition: &AppendCondition,
@@ -154,13 +158,20 @@ impl Leases {
                 return ConflictSource::SameProcess;
             }
         };
-        if writers.iter().all(|&id| self.is_ours(id)) {
-            return ConflictSource::SameProcess;
+        if !writers
+            .iter()
+            .any(|&id| id.is_some_and(|id| !self.is_ours(Some(id))))
+        {
+            return if writers.iter().any(Option::is_none) {
+                ConflictSource::Outside
+            } else {
+                ConflictSource::SameProcess
+            };
         }
         // Every key of the chain: the others of a multi-key chain (a transfer's second account)
         // are as likely to meet the other process next.
         self.contended(keys.iter().copied());
-        ConflictSource::OtherProcess
+        ConflictSource::OtherRuntime
     }
 }
 
