@@ -609,3 +609,21 @@ impl<S: EventStore + 'static> Runtime<S> {
             .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn a_command_routes_by_its_key_unless_its_keys_belong_to_several_actors() {
+        // One key, or several of one actor (4 slots: 1, 5 and 9 are all slot 1): its own key.
+        assert_eq!(route(7, &[7], 4), 3);
+        assert_eq!(route(5, &[1, 5, 9], 4), 1);
+        assert_eq!(route(6, &[], 4), 2);
+        // Keys of two actors: the first actor, whatever its routing key.
+        assert_eq!(route(7, &[2, 7], 4), 0);
+        assert_eq!(route(3, &[3, 4], 4), 0);
+        // One actor: always it.
+        assert_eq!(route(7, &[2, 7], 1), 0);
+    }
+}

@@ -125,7 +125,6 @@ impl PostgresStore {
         &self.inner.config
     }
 
-    /// The process's one notification listener, started by the first follower that asks.
     /// The append ids of the first `limit` events matching `query` after `after` (`None`:
     /// appended without one): how a command actor learns whether another process failed its
     /// condition.
@@ -149,6 +148,7 @@ impl PostgresStore {
             .collect::<Result<_, _>>()?)
     }
 
+    /// The process's one notification listener, started by the first follower that asks.
     pub(crate) fn wakeups(&self) -> &crate::subscription::Wakeups {
         self.inner
             .wakeups
