@@ -289,11 +289,12 @@ pub trait Decision: Send + Sync + 'static {
     }
 
     /// The keys a command holds while it runs: no other command holding one of them reads or
-    /// appends at the same time, whichever actor (and, for keys contended by other processes,
-    /// whichever process) runs it. Defaults to one key per item of the condition query (its
-    /// first tag, its types when it names no tag), so a transfer holds both its accounts and an
-    /// enrollment its course and its student. Keys only spare conflicts: the append condition
-    /// still guards every append, so keys too few or too coarse cost retries, never consistency.
+    /// appends at the same time, whichever actor of the process runs it (nor, for keys found
+    /// contended by other processes, a command of another runtime taking its turn on them).
+    /// Defaults to one key per item of the condition query (its first tag, its types when it
+    /// names no tag), so a transfer holds both its accounts and an enrollment its course and its
+    /// student. Keys only spare conflicts: the append condition still guards every append, so
+    /// keys too few or too coarse cost retries, never consistency.
     fn consistency_keys(&self, condition_query: &Query) -> Vec<u64> {
         default_keys(condition_query)
     }
@@ -321,7 +322,7 @@ pub fn default_keys(query: &Query) -> Vec<u64> {
         match item.tags().first() {
             Some(tag) => keys.push(key_of(tag)),
             // Type-only: any event of these types may match it.
-            None if item.types().is_empty() => keys.push(key_of(&"*all*")),
+            None if item.types().is_empty() => keys.push(key_of(&item.types().first())),
             None => keys.extend(item.types().iter().map(|t| key_of(&Some(t)))),
         }
     }

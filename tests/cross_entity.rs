@@ -121,3 +121,46 @@ async fn transfers_and_deposits_on_shared_accounts_never_conflict_across_actors(
         .get(0);
     assert_eq!(usize::try_from(moved).unwrap(), committed);
 }
+
+/// A deposit that holds no key at all (a decision may say so): it runs all the same.
+struct KeylessDeposit(Deposit);
+
+impl Decision for KeylessDeposit {
+    const NAME: &'static str = "keyless-deposit";
+    type Projection = Account;
+    type Rejection = Refused;
+
+    fn projection(&self) -> Account {
+        self.0.projection()
+    }
+
+    fn decide(&self, balance: &Option<i64>) -> Result<Vec<dcb_runtime::Event>, Refused> {
+        self.0.decide(balance)
+    }
+
+    fn consistency_keys(&self, _condition_query: &dcb_runtime::Query) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn a_decision_without_keys_still_runs() {
+    let db = TestDatabase::create().await.expect("database");
+    let store = db.store().await.expect("store");
+    store
+        .append(transfer::accounts(1, OPENING))
+        .await
+        .expect("open the account");
+    let runtime = Runtime::builder(store).start().await.expect("runtime");
+    for amount in 1..=3 {
+        let committed = runtime
+            .execute(KeylessDeposit(Deposit {
+                account: "a0".to_owned(),
+                amount,
+            }))
+            .await
+            .expect("the deposit commits");
+        assert_eq!(committed.attempts, 1);
+    }
+    runtime.shutdown().await;
+}

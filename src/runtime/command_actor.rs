@@ -241,7 +241,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .chain(&chain)
             .flat_map(|job| job.command.keys().iter().copied())
             .collect();
-        if keys.is_empty() {
+        if chain.is_empty() && resend.is_none() {
             return Ok(None);
         }
         keys.sort_unstable();

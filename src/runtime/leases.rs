@@ -7,12 +7,13 @@
 //! them first takes a turn on it across processes, a session advisory lock held from its read to
 //! its append (`dcb_take_turns`, V6). PostgreSQL queues the waiters, so the processes take turns
 //! chain by chain (the lock is released after each chain, and the next waiter gets it at once):
-//! none starves, and each turn decides all the commands that process has waiting, in one read and
-//! one append. A key stays leased while turns on it keep waiting for other processes.
+//! none starves, and each turn decides the commands its actor has queued (up to `max_chain`), in
+//! one read and one append. A key stays leased while turns on it keep waiting for other processes.
 //!
 //! The lock is tied to a session of its own, so a process that dies gives its turns back at
 //! once (its socket closes), and a vanished host within the session's keepalives (about 8 s).
-//! A wait is bounded by `lock_timeout` ([`TURN_WAIT`]). Correctness never rests on a turn: the
+//! A wait for turns is bounded by [`TURN_WAIT`] as a whole (the session's `statement_timeout`;
+//! its `lock_timeout` would bound each lock, and a chain may wait for many). Correctness never rests on a turn: the
 //! append condition still guards every append, so a turn lost or never taken costs a retry.
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use crate::store::{PostgresStore, Session};
 /// How long a key stays leased after the last sign of another process on it.
 const LEASED_FOR: Duration = Duration::from_secs(2);
 
-/// The longest a chain waits for its turn before running without it (`lock_timeout`).
+/// The longest a chain waits for its turns before running without them.
 const TURN_WAIT: Duration = Duration::from_secs(2);
 
 /// After a session failed, the time before opening another.
@@ -114,7 +115,11 @@ impl Leases {
         let now = Instant::now();
         keys.iter()
             .copied()
-            .filter(|k| table.get(k).is_some_and(|&seen| now - seen < LEASED_FOR))
+            .filter(|k| {
+                table
+                    .get(k)
+                    .is_some_and(|&seen| now.saturating_duration_since(seen) < LEASED_FOR)
+            })
             .collect()
     }
 
@@ -131,7 +136,7 @@ impl Leases {
     pub(crate) fn count(&self) -> usize {
         let now = Instant::now();
         let mut table = self.table();
-        table.retain(|_, seen| now - *seen < LEASED_FOR);
+        table.retain(|_, seen| now.saturating_duration_since(*seen) < LEASED_FOR);
         table.len()
     }
 
@@ -197,13 +202,15 @@ impl TurnSession {
     /// Takes a turn on every one of `keys` (sorted, leased) across processes, in ascending lock
     /// order; whether the turns are held (without them the chain runs all the same).
     pub(crate) async fn take(&mut self, leases: &Leases, keys: &[u64]) -> bool {
-        if self.session(leases).await.is_none() {
-            metrics::counter!(names::LEASES_TOTAL, "event" => "lost").increment(keys.len() as u64);
-            return false;
-        }
         let mut locks: Vec<i32> = keys.iter().map(|&k| lock_key(k)).collect();
         locks.sort_unstable();
         locks.dedup();
+        // Counted per lock, as `taken` and `handed_over` are.
+        let count = locks.len() as u64;
+        if self.session(leases).await.is_none() {
+            metrics::counter!(names::LEASES_TOTAL, "event" => "lost").increment(count);
+            return false;
+        }
         self.holding = true;
         let Some(session) = &self.session else {
             return false;
@@ -218,7 +225,7 @@ impl TurnSession {
                 let handed = waited.len() as u64;
                 metrics::counter!(names::LEASES_TOTAL, "event" => "handed_over").increment(handed);
                 metrics::counter!(names::LEASES_TOTAL, "event" => "taken")
-                    .increment(locks.len() as u64 - handed);
+                    .increment(count - handed);
                 if !waited.is_empty() {
                     // Another process held some: the chain's keys are still contended.
                     leases.contended(keys.iter().copied());
@@ -229,8 +236,7 @@ impl TurnSession {
                 // Timed out waiting (another process's turn outlasted the wait) or the session
                 // failed: the turns taken so far are given back when the chain ends.
                 tracing::debug!(error = %e, "no turn on contended keys");
-                metrics::counter!(names::LEASES_TOTAL, "event" => "lost")
-                    .increment(keys.len() as u64);
+                metrics::counter!(names::LEASES_TOTAL, "event" => "lost").increment(count);
                 false
             }
         }
@@ -284,7 +290,21 @@ impl TurnSession {
 
 async fn open(leases: &Leases) -> Result<Session, StoreError> {
     let session = Session::open(leases.store.config()).await?;
-    let wait = format!("SET lock_timeout = {}", TURN_WAIT.as_millis());
-    session.client().batch_execute(&wait).await?;
+    let wait = TURN_WAIT.as_millis();
+    session
+        .client()
+        .batch_execute(&format!(
+            "SET statement_timeout = {wait}; SET lock_timeout = {wait}"
+        ))
+        .await?;
+    // A backend waiting for a lock notices a client gone only when the wait ends, holding the
+    // turns it took meanwhile: PostgreSQL 14 and later check the socket while waiting.
+    if let Err(e) = session
+        .client()
+        .batch_execute("SET client_connection_check_interval = 1000")
+        .await
+    {
+        tracing::debug!(error = %e, "no client_connection_check_interval (PostgreSQL before 14)");
+    }
     Ok(session)
 }
