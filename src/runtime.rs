@@ -6,6 +6,7 @@ mod command_actor;
 mod job;
 mod leases;
 mod outcome;
+mod overlap;
 mod supervisor;
 mod turnstile;
 mod warm_cache;
@@ -29,7 +30,9 @@ pub use job::keyed_event_id;
 use job::{Command, ErasedCommand, Job, JobOutcome};
 use leases::Leases;
 pub use outcome::CommandOutcome;
+use overlap::Overlap;
 use supervisor::{Slot, Supervisor, SupervisorMsg};
+use turnstile::Turnstile;
 
 /// How conflicts are retried: exponential back-off with full jitter, bounded attempts, and a
 /// deadline for the whole command.
@@ -159,16 +162,16 @@ pub fn default_actors() -> usize {
 /// The actor slot of a command with routing key `key` and consistency keys `keys`, of `slots`.
 ///
 /// A command routes by its key. One whose keys belong to several actors (a transfer between
-/// accounts of two actors) goes to the first actor instead, with every other such command: there
-/// they chain, decided one after the other on one warm state, in one read and one append, instead
-/// of taking turns on their keys with the commands of the other actors chain by chain (measured:
-/// transfers among 100 accounts ran about 3x as fast on one actor as spread over four). The
-/// turnstile still keeps them from racing with the single-key commands of the other actors.
-fn route(key: u64, keys: &[u64], slots: usize) -> usize {
+/// accounts of two actors) goes to the first actor instead while `gather` says such commands
+/// overlap densely (see `overlap.rs`): there they chain, decided one after the other on one warm
+/// state, in one read and one append, instead of taking turns on their keys with the commands of
+/// other actors chain by chain. The turnstile keeps them from racing with the commands of the
+/// other actors either way.
+fn route(key: u64, keys: &[u64], slots: usize, gather: impl FnOnce() -> bool) -> usize {
     let slots = u64::try_from(slots).unwrap_or(1).max(1);
     let slot_of = |k: u64| usize::try_from(k % slots).unwrap_or(0);
     match keys.split_first() {
-        Some((first, rest)) if rest.iter().any(|&k| slot_of(k) != slot_of(*first)) => 0,
+        Some((first, rest)) if rest.iter().any(|&k| slot_of(k) != slot_of(*first)) && gather() => 0,
         _ => slot_of(key),
     }
 }
@@ -276,12 +279,13 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
             metrics::gauge!(names::LEASED_KEYS).set(0.0);
         }
         let store = Arc::new(self.store);
+        let turnstile = Arc::new(Turnstile::default());
         let supervisor = Supervisor {
             store: store.clone(),
             policy: self.policy,
             max_chain: self.max_chain,
             actors: self.actors,
-            turnstile: Arc::default(),
+            turnstile: turnstile.clone(),
             leases: self.leases.map(Arc::new),
         };
         let (ready, slots) = oneshot::channel();
@@ -300,6 +304,8 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
                 inflight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 store,
+                turnstile,
+                overlap: Overlap::default(),
             }),
         })
     }
@@ -354,6 +360,8 @@ struct Inner<S> {
     inflight: AtomicUsize,
     idle: Notify,
     store: Arc<S>,
+    turnstile: Arc<Turnstile>,
+    overlap: Overlap,
 }
 
 /// Counts a command in flight for as long as it lives.
@@ -536,7 +544,11 @@ impl<S: EventStore + 'static> Runtime<S> {
             return Err(ExecuteError::ShuttingDown);
         }
         let command = Command::new(decision, key);
-        let slot = &inner.slots[route(command.key(), command.keys(), inner.slots.len())];
+        let gather = || {
+            let held = inner.turnstile.holds_any(command.keys());
+            inner.overlap.gather(held)
+        };
+        let slot = &inner.slots[route(command.key(), command.keys(), inner.slots.len(), gather)];
         let command: Arc<dyn ErasedCommand> = Arc::new(command);
         let deadline = started + inner.policy.deadline;
         loop {
@@ -615,15 +627,16 @@ mod tests {
     use super::route;
 
     #[test]
-    fn a_command_routes_by_its_key_unless_its_keys_belong_to_several_actors() {
+    fn a_command_routes_by_its_key_unless_its_keys_belong_to_several_actors_that_gather() {
+        let never = || -> bool { panic!("asked whether to gather a command of one actor") };
         // One key, or several of one actor (4 slots: 1, 5 and 9 are all slot 1): its own key.
-        assert_eq!(route(7, &[7], 4), 3);
-        assert_eq!(route(5, &[1, 5, 9], 4), 1);
-        assert_eq!(route(6, &[], 4), 2);
-        // Keys of two actors: the first actor, whatever its routing key.
-        assert_eq!(route(7, &[2, 7], 4), 0);
-        assert_eq!(route(3, &[3, 4], 4), 0);
+        assert_eq!(route(7, &[7], 4, never), 3);
+        assert_eq!(route(5, &[1, 5, 9], 4, never), 1);
+        assert_eq!(route(6, &[], 4, never), 2);
+        // Keys of two actors: the first actor while they gather, else its own key.
+        assert_eq!(route(7, &[2, 7], 4, || true), 0);
+        assert_eq!(route(7, &[2, 7], 4, || false), 3);
         // One actor: always it.
-        assert_eq!(route(7, &[2, 7], 1), 0);
+        assert_eq!(route(7, &[2, 7], 1, never), 0);
     }
 }

@@ -42,6 +42,12 @@ impl Turnstile {
         turn
     }
 
+    /// Whether a chain holds or awaits one of `keys` now.
+    pub(crate) fn holds_any(&self, keys: &[u64]) -> bool {
+        let table = self.table();
+        !table.is_empty() && keys.iter().any(|k| table.contains_key(k))
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<KeyLock<()>>>> {
         // Nothing panics while the table is locked; a poisoned table is still consistent.
         self.keys
