@@ -193,8 +193,8 @@ impl Runtime<PostgresStore> {
     /// timeouts ([`PostgresStore::builder`]).
     ///
     /// Runtimes in several processes on one database take turns on the keys they contend for
-    /// (found when another process's append fails a condition): see the README's "Several
-    /// processes".
+    /// (found when another process's append fails a condition): see "How it works" in the
+    /// README.
     pub fn builder(store: PostgresStore) -> RuntimeBuilder<PostgresStore> {
         let leases = Leases::new(store.clone());
         RuntimeBuilder {

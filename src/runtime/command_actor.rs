@@ -472,6 +472,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 None
             }
             Next::Conflict => {
+                // The append is answered: other processes need not wait on this chain's turns
+                // while it looks up who was in its way.
+                state.turns.give_back().await;
                 let source = match &self.leases {
                     Some(leases) => leases.classify(&condition, &held.keys).await,
                     None => ConflictSource::SameProcess,
