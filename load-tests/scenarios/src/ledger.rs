@@ -7,8 +7,12 @@ use dcb_runtime::SequencedEvent;
 use dcb_runtime::subscription::{HandlerError, TransactionalHandler};
 use dcb_runtime::tokio_postgres::Transaction;
 
-/// The read model's table (idempotent).
+/// The read model's table (idempotent, also when several processes create it at once: `CREATE
+/// TABLE IF NOT EXISTS` alone is not, two sessions can both find the table missing and one then
+/// fails on the catalog's unique index; the batch is one implicit transaction, so the lock holds
+/// until the table is committed).
 pub const SCHEMA_SQL: &str = "\
+SELECT pg_advisory_xact_lock(1145258578); \
 CREATE TABLE IF NOT EXISTS projected_events (\
     id uuid PRIMARY KEY, position bigint NOT NULL, type text NOT NULL, \
     applied int NOT NULL, projected_at timestamptz NOT NULL)";
@@ -92,7 +96,9 @@ async fn write(
 
 /// A light read model: events counted by type, one upsert per batch (what a dashboard counter
 /// costs), to tell the subscription's own cost from a per-event read model's.
+/// Idempotent as [`SCHEMA_SQL`] is, under the same lock.
 pub const TALLY_SCHEMA_SQL: &str = "\
+SELECT pg_advisory_xact_lock(1145258578); \
 CREATE TABLE IF NOT EXISTS projected_tally (type text PRIMARY KEY, events bigint NOT NULL); \
 CREATE TABLE IF NOT EXISTS projected_batches (\
     last_position bigint PRIMARY KEY, events int NOT NULL, projected_at timestamptz NOT NULL)";
