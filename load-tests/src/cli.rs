@@ -183,6 +183,9 @@ pub(crate) struct StoreSizeArgs {
     /// The small store size.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) small: i64,
+    /// Rounds of timing, each the small store then the large one.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
     /// Database server (libpq URL); else DATABASE_URL; else the local default.
     #[arg(long)]
     pub(crate) database_url: Option<String>,

@@ -172,11 +172,20 @@ async fn wal_counters(client: &tokio_postgres::Client) -> anyhow::Result<(f64, f
 struct SizeReport {
     scenario: &'static str,
     commands_per_size: usize,
+    /// Each round times the small store, then the large one, back to back: the machine's load
+    /// drifts over seconds, so only a ratio taken within one round compares like with like.
+    rounds: Vec<SizeRound>,
+    /// Median over the rounds of their mean append_if latency, large store over small store.
+    append_if_ratio: f64,
+    /// The same for reads.
+    read_ratio: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct SizeRound {
     small: SizePoint,
     large: SizePoint,
-    /// Mean append_if latency, large store over small store.
     append_if_ratio: f64,
-    /// Mean read latency, large store over small store.
     read_ratio: f64,
 }
 
@@ -257,13 +266,14 @@ async fn time_decisions(
     client: &tokio_postgres::Client,
     commands: usize,
     size: i64,
+    round: usize,
 ) -> anyhow::Result<SizePoint> {
     let mut reads: Histogram<u64> = latency::histogram();
     let mut appends: Histogram<u64> = latency::histogram();
     let (wal_before, fpi_before) = wal_counters(client).await?;
     for n in 0..commands {
         let boundary = P("filler", (n % 1000).to_string());
-        let own = P("probe", format!("{size}-{n}"));
+        let own = P("probe", format!("{size}-{round}-{n}"));
         let query = Query::matching()
             .any_event_type_of(["Filler", "Probe"])
             .and_any_predicate_of([boundary.clone()])
@@ -296,51 +306,107 @@ async fn time_decisions(
     })
 }
 
-/// append_if latency with a small and a large store: conditions must be index lookups.
+/// append_if latency with a small and a large store: conditions must be index lookups. Each
+/// size has a database of its own, filled first; then the two are timed in alternation, round by
+/// round.
 pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
-    let run = database::open(args.database_url.as_deref(), false).await?;
-    let store = PostgresStore::connect(run.db.url()).await?;
-    let client = run.db.client().await?;
-    fill_to(&client, args.small).await?;
-    // Warm up plans and caches before timing.
-    time_decisions(&store, &client, 200, 0).await?;
-    let small = time_decisions(&store, &client, args.commands, args.small).await?;
-    fill_to(&client, args.large).await?;
-    time_decisions(&store, &client, 200, 1).await?;
-    let large = time_decisions(&store, &client, args.commands, args.large).await?;
+    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    anyhow::ensure!(
+        args.small > 0 && args.large > args.small,
+        "--large ({}) must be larger than --small ({}), and both above 0",
+        args.large,
+        args.small
+    );
+    let url = args.database_url.as_deref();
+    let (small_db, large_db) = (database::open(url, false).await?, database::open(url, false).await?);
+    let sizes = [(&small_db, args.small), (&large_db, args.large)];
+    let mut targets = Vec::new();
+    for (db, size) in sizes {
+        let client = db.db.client().await?;
+        eprintln!("filling a store of {size} events");
+        fill_to(&client, size).await?;
+        targets.push((PostgresStore::connect(db.db.url()).await?, client, size));
+    }
+    // Plans and caches warmed up for both before timing either.
+    for (store, client, size) in &targets {
+        time_decisions(store, client, 200, *size, 0).await?;
+    }
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        let mut points = Vec::with_capacity(2);
+        for (store, client, size) in &targets {
+            points.push(time_decisions(store, client, args.commands, *size, round).await?);
+        }
+        let (Some(large), Some(small)) = (points.pop(), points.pop()) else {
+            unreachable!("two sizes were timed");
+        };
+        let done = SizeRound {
+            append_if_ratio: large.append_if_ms.mean / small.append_if_ms.mean,
+            read_ratio: large.read_ms.mean / small.read_ms.mean,
+            small,
+            large,
+        };
+        eprintln!("round {round}/{}: {}", args.rounds, done.line());
+        rounds.push(done);
+    }
     let report = SizeReport {
         scenario: "store-size",
         commands_per_size: args.commands,
-        append_if_ratio: large.append_if_ms.mean / small.append_if_ms.mean,
-        read_ratio: large.read_ms.mean / small.read_ms.mean,
-        small,
-        large,
+        append_if_ratio: median(rounds.iter().map(|r| r.append_if_ratio)),
+        read_ratio: median(rounds.iter().map(|r| r.read_ratio)),
+        rounds,
     };
     json_report::print_figures(args.json.as_ref(), &report);
     json_report::write(args.json.as_ref(), &report)
 }
 
-/// One line per store size, then their ratio.
+/// The median (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+impl SizeRound {
+    fn line(&self) -> String {
+        format!(
+            "append_if {:.2}x, read {:.2}x",
+            self.append_if_ratio, self.read_ratio
+        )
+    }
+}
+
+/// One line per store size and round, then the median ratios.
 impl std::fmt::Display for SizeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for p in [&self.small, &self.large] {
-            writeln!(
-                f,
-                "{:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean {:.3} ms p99 {:.3} ms \
-                 | WAL {:.1} kB, {:.2} full-page images per decision",
-                p.events_stored,
-                p.read_ms.mean,
-                p.read_ms.p99,
-                p.append_if_ms.mean,
-                p.append_if_ms.p99,
-                p.wal_kb_per_decision,
-                p.full_page_images_per_decision
-            )?;
+        for (n, round) in self.rounds.iter().enumerate() {
+            for p in [&round.small, &round.large] {
+                writeln!(
+                    f,
+                    "round {} {:>9} events: read mean {:.3} ms p99 {:.3} ms | append_if mean \
+                     {:.3} ms p99 {:.3} ms | WAL {:.1} kB, {:.2} full-page images per decision",
+                    n + 1,
+                    p.events_stored,
+                    p.read_ms.mean,
+                    p.read_ms.p99,
+                    p.append_if_ms.mean,
+                    p.append_if_ms.p99,
+                    p.wal_kb_per_decision,
+                    p.full_page_images_per_decision
+                )?;
+            }
+            writeln!(f, "round {}: large/small {}", n + 1, round.line())?;
         }
         write!(
             f,
-            "large/small: append_if {:.2}x, read {:.2}x",
-            self.append_if_ratio, self.read_ratio
+            "large/small, median of {} round(s): append_if {:.2}x, read {:.2}x",
+            self.rounds.len(),
+            self.append_if_ratio,
+            self.read_ratio
         )
     }
 }
