@@ -1,5 +1,7 @@
 //! Append conditions and what an append returns.
 
+use std::time::SystemTime;
+
 use crate::event::Position;
 use crate::query::Query;
 
@@ -37,6 +39,10 @@ pub struct Appended {
     /// [`crate::EventStore::append_as`], a re-send of that same append (same `append_id`) is not
     /// a replay: it answers `false`, as its lost first answer would have.
     pub replayed: bool,
+    /// When this append stored its events, by the store's clock: the `recorded_at` a read
+    /// returns for each of them. `None` when it stored nothing new (a replay, or a re-send whose
+    /// first send stored them).
+    pub recorded_at: Option<SystemTime>,
 }
 
 impl Appended {

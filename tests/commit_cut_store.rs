@@ -36,13 +36,10 @@ async fn an_append_cut_after_commit_is_stored_once_and_replays_when_resent() {
     // Warm-up: the one connection prepares dcb_append's statement now, so that after arming the
     // append is a single round trip whose ReadyForQuery follows the commit.
     let warm = order_event("OrderOpened", "o1", json!({"by": "warm-up"}));
+    let warmed = store.append(vec![warm.clone()]).await.expect("warm-up");
     assert_eq!(
-        store.append(vec![warm.clone()]).await.expect("warm-up"),
-        Appended {
-            first: Position::new(1),
-            last: Position::new(1),
-            replayed: false
-        }
+        (warmed.first, warmed.last, warmed.replayed),
+        (Position::new(1), Position::new(1), false)
     );
     let head = store
         .read(&Query::all(), ReadOptions::default().limit(0))
@@ -93,7 +90,8 @@ async fn an_append_cut_after_commit_is_stored_once_and_replays_when_resent() {
         Appended {
             first: Position::new(2),
             last: Position::new(3),
-            replayed: true
+            replayed: true,
+            recorded_at: None,
         }
     );
     assert_eq!(proxy.accepted(), 2, "the pool replaced the cut connection");

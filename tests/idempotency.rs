@@ -43,6 +43,7 @@ on_both_stores!(
     fifty_identical_first_sends_at_once_store_once,
     fifty_concurrent_resends_all_replay,
     a_resend_racing_a_conditional_copy_stores_once,
+    an_append_answers_when_it_stored_its_events_and_a_replay_does_not,
 );
 
 /// The events as stored, without positions.
@@ -50,8 +51,23 @@ async fn stored_events<S: EventStore>(s: &S) -> Vec<Event> {
     all_events(s).await.into_iter().map(|e| e.event).collect()
 }
 
-fn appended(first: i64, last: i64, replayed: bool) -> Appended {
-    Appended {
+/// Where an append's events are: compared with an [`Appended`] by positions and `replayed`
+/// (its `recorded_at` is a time of the run).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Placed {
+    first: Position,
+    last: Position,
+    replayed: bool,
+}
+
+impl PartialEq<Placed> for Appended {
+    fn eq(&self, p: &Placed) -> bool {
+        (self.first, self.last, self.replayed) == (p.first, p.last, p.replayed)
+    }
+}
+
+fn appended(first: i64, last: i64, replayed: bool) -> Placed {
+    Placed {
         first: Position::new(first),
         last: Position::new(last),
         replayed,
@@ -106,6 +122,32 @@ fn batch(label: &str) -> Vec<Event> {
 // ---------------------------------------------------------------------------------------------
 // Re-sending stored events
 // ---------------------------------------------------------------------------------------------
+
+/// `recorded_at` is the time a read returns for every event of the append (the runtime folds its
+/// own events with it instead of reading them back); a replay stored nothing and has none.
+async fn an_append_answers_when_it_stored_its_events_and_a_replay_does_not<S: EventStore>(
+    s: &S,
+) -> usize {
+    let first = batch("A");
+    let a = s.append(first.clone()).await.unwrap();
+    let b = s
+        .append_if(batch("B"), AppendCondition::new(Query::all(), Some(a.last)))
+        .await
+        .unwrap();
+    let stored = all_events(s).await;
+    for (appended, events) in [(a, &stored[..3]), (b, &stored[3..])] {
+        let at = appended
+            .recorded_at
+            .expect("a fresh append says when it stored");
+        for e in events {
+            assert_eq!(e.recorded_at, at, "event at {}", e.position);
+        }
+    }
+    let replay = s.append(first).await.unwrap();
+    assert_eq!(replay, appended(1, 3, true));
+    assert_eq!(replay.recorded_at, None);
+    6
+}
 
 async fn a_resent_append_returns_the_original_positions<S: EventStore>(s: &S) -> usize {
     let before = Event::new("Before", json!({}));
@@ -252,12 +294,16 @@ async fn assert_variants_are_duplicates<S: EventStore>(
 }
 
 trait Replayed {
+    /// The same positions, as a replay answers them (`replayed`, and no time: it stored nothing).
     fn replayed(self, replayed: bool) -> Self;
 }
 
 impl Replayed for Appended {
     fn replayed(mut self, replayed: bool) -> Self {
         self.replayed = replayed;
+        if replayed {
+            self.recorded_at = None;
+        }
         self
     }
 }
@@ -605,11 +651,13 @@ async fn the_same_id_with_two_contents_at_once_stores_one_of_them() {
         assert_eq!(stored.len(), round + 1);
         let winner = match (l, r) {
             (Ok(a), Err(AppendError::DuplicateEventId(d))) => {
-                assert_eq!((a, d), (appended(position, position, false), id));
+                assert_eq!(d, id);
+                assert_eq!(a, appended(position, position, false));
                 left
             }
             (Err(AppendError::DuplicateEventId(d)), Ok(a)) => {
-                assert_eq!((a, d), (appended(position, position, false), id));
+                assert_eq!(d, id);
+                assert_eq!(a, appended(position, position, false));
                 right
             }
             other => panic!("one must be stored, the other a duplicate: {other:?}"),

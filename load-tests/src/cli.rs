@@ -155,6 +155,11 @@ pub(crate) struct SweepArgs {
     /// Concurrencies to run at.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
     pub(crate) levels: Vec<usize>,
+    /// After the levels, one open-loop run at this fraction of the peak (the highest committed/s
+    /// of the levels), with the peak's concurrency bounding the commands in flight: its latency
+    /// is timed from each command's due time. 0.8 gives p99 at 80 % of peak.
+    #[arg(long, value_name = "FRACTION", value_parser = fraction)]
+    pub(crate) open_loop_at: Option<f64>,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }
@@ -236,6 +241,14 @@ fn at_least_one(s: &str) -> Result<usize, String> {
 }
 
 /// A rate of commands per second: a finite number above 0.
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        Ok(_) => Err("must be above 0 and at most 1 (a fraction of the peak)".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),

@@ -318,7 +318,10 @@ pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
         args.small
     );
     let url = args.database_url.as_deref();
-    let (small_db, large_db) = (database::open(url, false).await?, database::open(url, false).await?);
+    let (small_db, large_db) = (
+        database::open(url, false).await?,
+        database::open(url, false).await?,
+    );
     let sizes = [(&small_db, args.small), (&large_db, args.large)];
     let mut targets = Vec::new();
     for (db, size) in sizes {

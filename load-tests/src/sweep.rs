@@ -1,5 +1,6 @@
 //! `sweep`: a scenario at several concurrencies, each on a fresh database, as a table, a chart
-//! and (with `--json`) one report per level.
+//! and (with `--json`) one report per level; with `--open-loop-at`, then one open-loop run at a
+//! fraction of the peak (its report last).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -36,16 +37,72 @@ pub(crate) async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
         );
         reports.push(report);
     }
-    json_report::print_figures(run.json.as_ref(), table(args.scenario.name(), &reports)?);
+    let mut figures = table(args.scenario.name(), &reports)?;
+    let levels = reports.len();
+    if let Some(fraction) = args.open_loop_at {
+        let open = open_loop(&args, &run, &reports, fraction, &metrics).await?;
+        writeln!(figures, "\n{}", open_loop_line(&open, fraction))?;
+        reports.push(open);
+    }
+    json_report::print_figures(run.json.as_ref(), figures);
     let chart = run
         .chart
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("sweep-{}.svg", args.scenario.name())));
-    chart::sweep(&chart, &format!("{} sweep", args.scenario.name()), &reports)?;
+    chart::sweep(
+        &chart,
+        &format!("{} sweep", args.scenario.name()),
+        &reports[..levels],
+    )?;
     json_report::write(run.json.as_ref(), &reports)?;
     let failures: Vec<String> = reports.iter().filter_map(Report::failure).collect();
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     Ok(())
+}
+
+/// The open-loop run at `fraction` of the levels' peak, at the peak's concurrency (its report is
+/// the last of the sweep's, the one with `rate_per_s`).
+async fn open_loop(
+    args: &SweepArgs,
+    run: &crate::cli::RunArgs,
+    levels: &[Report],
+    fraction: f64,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<Report> {
+    let peak = levels
+        .iter()
+        .max_by(|a, b| a.throughput_per_s.total_cmp(&b.throughput_per_s))
+        .filter(|p| p.throughput_per_s > 0.0)
+        .ok_or_else(|| anyhow::anyhow!("no level committed anything: no peak to run at"))?;
+    let mut open = run.clone();
+    open.concurrency = peak.concurrency;
+    open.rate = Some(peak.throughput_per_s * fraction);
+    eprintln!(
+        "open loop at {:.0} % of the peak ({:.0} committed/s at concurrency {}): {:.0}/s",
+        fraction * 100.0,
+        peak.throughput_per_s,
+        peak.concurrency,
+        peak.throughput_per_s * fraction
+    );
+    let mut report = measure(args.scenario, &open, metrics).await?;
+    report.timeline.clear();
+    Ok(report)
+}
+
+/// The open-loop run's figures: latency from due time, and what fell behind.
+fn open_loop_line(r: &Report, fraction: f64) -> String {
+    let scheduled = r.scheduled_latency_ms.as_ref();
+    format!(
+        "open loop at {:.0} % of peak: {:.0}/s asked, {:.0} committed/s, from due time p50 {} ms \
+         p99 {} ms ({} late, {} unsent)",
+        fraction * 100.0,
+        r.rate_per_s.unwrap_or_default(),
+        r.throughput_per_s,
+        scheduled.map_or("-".into(), |l| format!("{:.2}", l.p50)),
+        scheduled.map_or("-".into(), |l| format!("{:.2}", l.p99)),
+        r.late.unwrap_or_default(),
+        r.unsent.unwrap_or_default()
+    )
 }
 
 /// One line per level: throughput, conflicts, latency and the baseline ratio.

@@ -413,7 +413,7 @@ fn commands_sends_exactly_that_many_over_processes_and_the_chart_is_drawn() {
 }
 
 #[test]
-fn sweep_charts_throughput_against_concurrency() {
+fn sweep_charts_throughput_against_concurrency_and_runs_open_loop_at_a_fraction_of_peak() {
     let json = scratch("sweep.json");
     let chart = scratch("sweep.svg");
     run(&[
@@ -427,15 +427,39 @@ fn sweep_charts_throughput_against_concurrency() {
         json.to_str().unwrap(),
         "--chart",
         chart.to_str().unwrap(),
+        "--open-loop-at",
+        "0.5",
     ]);
     let reports = report(&json);
+    let reports = reports.as_array().expect("one report per level");
     let levels: Vec<u64> = reports
-        .as_array()
-        .expect("one report per level")
         .iter()
         .map(|r| r["concurrency"].as_u64().unwrap())
         .collect();
-    assert_eq!(levels, [1, 4]);
+    let peak = reports[..2]
+        .iter()
+        .max_by(|a, b| {
+            let rate = |r: &serde_json::Value| r["throughput_per_s"].as_f64().unwrap();
+            rate(a).total_cmp(&rate(b))
+        })
+        .unwrap();
+    // The open-loop run comes last, at half the peak, with the peak's concurrency.
+    assert_eq!(levels, [1, 4, peak["concurrency"].as_u64().unwrap()]);
+    let open = &reports[2];
+    let asked = open["rate_per_s"]
+        .as_f64()
+        .expect("the open-loop run has a rate");
+    let half = peak["throughput_per_s"].as_f64().unwrap() / 2.0;
+    assert!(
+        (asked - half).abs() < 1e-6,
+        "asked {asked}/s, half the peak is {half}/s"
+    );
+    assert!(reports[..2].iter().all(|r| r.get("rate_per_s").is_none()));
+    let p99 = open["scheduled_latency_ms"]["p99"].as_f64().unwrap();
+    assert!(
+        p99 > 0.0 && open["committed"].as_u64().unwrap() > 0,
+        "{open}"
+    );
     let svg = std::fs::read_to_string(&chart).expect("the sweep chart was written");
     assert!(
         svg.contains("<svg") && svg.contains("concurrent callers"),
@@ -451,6 +475,7 @@ fn bad_options_are_refused_with_a_message() {
         &["lending", "--concurrency", "1", "--processes", "2"],
         &["lending", "--duration", "soon"],
         &["lending", "--chart", "/tmp/x.gif", "--commands", "1"],
+        &["sweep", "disjoint", "--open-loop-at", "1.5"],
     ] {
         let output = load_tests().args(args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);

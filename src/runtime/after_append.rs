@@ -1,6 +1,8 @@
 //! What a command actor does with the store's answer to a decided chain's append: the heart of
 //! exactly-once, as a pure function of the answer, so that every case is a unit test.
 
+use std::time::SystemTime;
+
 use crate::append::Appended;
 use crate::error::{AppendError, StoreError};
 use crate::event::Position;
@@ -13,6 +15,8 @@ pub(super) enum Next {
         first: Position,
         /// Another append stored the events (another execution of the same keyed commands).
         replayed: bool,
+        /// When this append stored them (`None`: it stored nothing new).
+        recorded_at: Option<SystemTime>,
     },
     /// Decide each command again, on its own, now.
     DecideSingly,
@@ -50,6 +54,7 @@ pub(super) fn after_append(
         Ok(appended) => Next::Answer {
             first: appended.first,
             replayed: appended.replayed,
+            recorded_at: appended.recorded_at,
         },
         Err(AppendError::ConditionFailed { .. }) => Next::Conflict,
         Err(AppendError::Store(e)) if e.is_transient() && !e.may_have_committed() && !resent => {
@@ -78,6 +83,7 @@ mod tests {
             first: Position::new(first),
             last: Position::new(first),
             replayed,
+            recorded_at: (!replayed).then(SystemTime::now),
         })
     }
 
@@ -111,9 +117,11 @@ mod tests {
     fn a_stored_chain_is_answered_its_positions_and_who_stored_them() {
         for resent in [false, true] {
             let next = after_append(at(7, false), 3, head(6), resent);
-            assert!(matches!(next, Next::Answer { first, replayed: false } if first.get() == 7));
+            assert!(
+                matches!(next, Next::Answer { first, replayed: false, .. } if first.get() == 7)
+            );
             let next = after_append(at(9, true), 1, head(6), resent);
-            assert!(matches!(next, Next::Answer { first, replayed: true } if first.get() == 9));
+            assert!(matches!(next, Next::Answer { first, replayed: true, .. } if first.get() == 9));
         }
     }
 

@@ -28,7 +28,7 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
 use crate::query::Query;
-use crate::store::{EventStore, read_complete};
+use crate::store::{EventStore, ReadResult, read_complete};
 
 /// A job's decision in a chain: its events, or its rejection (boxed, typed by the caller).
 type Verdict = Result<Vec<Event>, Box<dyn std::any::Any + Send>>;
@@ -57,6 +57,12 @@ struct Held {
     every_key_across_processes: bool,
     /// A turn across processes was needed and could not be taken.
     turn_lost: bool,
+    /// Some of its keys are contended by another process: its warm state is not trusted
+    /// without a read.
+    contended_across_processes: bool,
+    /// This actor held every one of its keys last in this process: no other actor here
+    /// appended on them since.
+    held_last_here: bool,
 }
 
 /// The commands of a chain that fold the same state.
@@ -69,6 +75,21 @@ struct Group {
     /// For each leaf projection of the state (see `Projection::parts`), the position up to
     /// which it has folded the store (`None`: nothing yet).
     seen: Vec<Option<Position>>,
+    /// Its state came from the warm cache.
+    warm: bool,
+    /// Every leaf is current: folded up to this actor's own last append on it.
+    current: bool,
+}
+
+/// A chain after deciding.
+enum Chain {
+    /// Decided, to be appended.
+    Decided(Resend),
+    /// Every command is answered: nothing to append.
+    Answered,
+    /// Decided on warm state without a read, some command decided nothing or was refused: that
+    /// answer must stand on a read, so the chain is decided again after one.
+    ReadFirst(Vec<Job>),
 }
 
 /// A projection panicked while folding the chain's shared state: every command of the chain
@@ -90,6 +111,8 @@ pub(crate) struct CommandState {
     resend: Option<Resend>,
     /// The connection for turns across processes.
     turns: TurnSession,
+    /// This actor as a holder of the turnstile's keys.
+    holder: u64,
 }
 
 /// A decided chain waiting to be appended again.
@@ -103,6 +126,12 @@ struct Resend {
     append_id: Uuid,
     /// Sent before, with an unknown outcome.
     resent: bool,
+    /// Decided on warm state without reading first: a conflict only means the state was not
+    /// current, and the retry (which reads) costs no attempt.
+    read_skipped: bool,
+    /// Commands whose projection's state is kept current after the append: their warm state
+    /// plus the chain's events is the store up to the chain's last event.
+    refresh: Vec<Arc<dyn ErasedCommand>>,
 }
 
 /// Why the actor stops after a panicking decision: its restart is the supervisor's business.
@@ -126,6 +155,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             cache: WarmCache::default(),
             resend: None,
             turns: TurnSession::default(),
+            holder: self.turnstile.holder(),
         })
     }
 
@@ -248,7 +278,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
         keys.dedup();
         // Held from the read to the append's answer: no actor of this process, and no process
         // taking turns on a leased key, reads or appends on these keys meanwhile.
-        let turn = self.turnstile.enter(&keys).await;
+        let turn = self.turnstile.enter(&keys, state.holder).await;
         let leased = self.leases.as_ref().map(|l| (l, l.leased(&keys)));
         let held = match leased {
             Some((leases, leased)) if !leased.is_empty() => {
@@ -256,6 +286,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 Held {
                     every_key_across_processes: taken && leased.len() == keys.len(),
                     turn_lost: !taken,
+                    contended_across_processes: true,
+                    held_last_here: turn.held_last_by_this_holder,
                     keys,
                 }
             }
@@ -263,6 +295,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 keys,
                 every_key_across_processes: false,
                 turn_lost: false,
+                contended_across_processes: false,
+                held_last_here: turn.held_last_by_this_holder,
             },
         };
         let next = match resend {
@@ -274,13 +308,36 @@ impl<S: EventStore + 'static> CommandActor<S> {
         next
     }
 
-    /// Decides a chain (on warm state and one read of what it lacks) and appends it.
+    /// Decides a chain (on warm state and one read of what it lacks, or no read while the warm
+    /// state is current) and appends it.
     async fn decide_and_append(
         &self,
         state: &mut CommandState,
-        chain: Vec<Job>,
+        mut chain: Vec<Job>,
         held: &Held,
     ) -> Result<Option<Duration>, ActorProcessingErr> {
+        // Another actor of this process held a key since this one did, or another process
+        // appends on them too: what they appended comes only with a read.
+        let mut trust_warm = held.held_last_here && !held.contended_across_processes;
+        loop {
+            match self.decide(state, chain, trust_warm).await? {
+                Chain::Decided(resend) => return Ok(self.append(state, resend, held).await),
+                Chain::Answered => return Ok(None),
+                Chain::ReadFirst(jobs) => {
+                    chain = jobs;
+                    trust_warm = false;
+                }
+            }
+        }
+    }
+
+    /// Decides a chain; `trust_warm`: without a read if every state is warm and current.
+    async fn decide(
+        &self,
+        state: &mut CommandState,
+        chain: Vec<Job>,
+        trust_warm: bool,
+    ) -> Result<Chain, ActorProcessingErr> {
         // One state per distinct projection in the chain, warm from the cache if possible.
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of = Vec::with_capacity(chain.len());
@@ -293,7 +350,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             let index = match found {
                 Some(index) => index,
                 None => {
-                    let (warm, seen) = match state.cache.warm(command.as_ref()) {
+                    let warm = match state.cache.warm(command.as_ref()) {
                         Ok(warm) => warm,
                         Err(message) => return Err(fail(chain, message)),
                     };
@@ -301,8 +358,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
                         kind: command.state_kind(),
                         query: command.read_query().clone(),
                         owner: command.clone(),
-                        state: warm,
-                        seen,
+                        warm: warm.state.is_some(),
+                        current: warm.current,
+                        state: warm.state,
+                        seen: warm.seen,
                     });
                     groups.len() - 1
                 }
@@ -328,21 +387,47 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .flat_map(|g| g.seen.iter().copied())
             .collect::<Option<Vec<_>>>()
             .and_then(|heads| heads.into_iter().min());
-        let read = match read_complete(self.store.as_ref(), &read_query, after).await {
-            Ok(read) => read,
-            Err(e) => {
-                names::record_store_error("read", &e);
-                if e.is_transient() {
-                    self.retry_later(state, chain, &e);
-                    return Ok(None);
+        let condition: Query = chain
+            .iter()
+            .map(|job| job.command.condition_query())
+            .fold(None::<Query>, |acc, q| {
+                Some(acc.map_or_else(|| q.clone(), |a| union(&a, q)))
+            })
+            .unwrap_or_else(Query::all);
+        // Every leaf current at one and the same head: the store holds nothing new for them
+        // unless another writer appended, which the append's condition finds, as it covers every
+        // state's query. (Current leaves at different heads would fail that condition on this
+        // actor's own later events; a query the condition does not cover could have changed
+        // unseen.)
+        let skip_read = trust_warm
+            && after.is_some()
+            && groups.iter().all(|g| {
+                g.current
+                    && g.seen.iter().all(|seen| *seen == after)
+                    && covers(&condition, &g.query)
+            });
+        let read = if skip_read {
+            ReadResult {
+                events: Vec::new(),
+                head: after,
+            }
+        } else {
+            match read_complete(self.store.as_ref(), &read_query, after).await {
+                Ok(read) => read,
+                Err(e) => {
+                    names::record_store_error("read", &e);
+                    if e.is_transient() {
+                        self.retry_later(state, chain, &e);
+                        return Ok(Chain::Answered);
+                    }
+                    for job in chain {
+                        job.answer(JobOutcome::Failed(AppendError::Store(e.clone())));
+                    }
+                    return Ok(Chain::Answered);
                 }
-                for job in chain {
-                    job.answer(JobOutcome::Failed(AppendError::Store(e.clone())));
-                }
-                return Ok(None);
             }
         };
-        for group in &mut groups {
+        for group in groups.iter_mut().filter(|_| !skip_read) {
             let folded = group
                 .state
                 .as_mut()
@@ -353,7 +438,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
             group.seen.fill(read.head);
             // What is committed up to the read's head is worth keeping, whatever comes next.
             if let Some(warm) = &group.state
-                && let Err(message) = state.cache.keep(group.owner.as_ref(), warm, read.head)
+                && let Err(message) = state
+                    .cache
+                    .keep(group.owner.as_ref(), warm, read.head, false)
             {
                 return Err(fail(chain, message));
             }
@@ -407,21 +494,28 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .flatten()
             .cloned()
             .collect();
+        let refused = decided.iter().any(|(_, verdict)| verdict.is_err());
+        if skip_read && (refused || events.is_empty()) {
+            return Ok(Chain::ReadFirst(
+                decided.into_iter().map(|(job, _)| job).collect(),
+            ));
+        }
         if events.is_empty() {
             // Nothing to append: every answer stands on the state as read.
             for (job, outcome) in decided {
                 finish(job, outcome, Vec::new(), false);
             }
-            return Ok(None);
+            return Ok(Chain::Answered);
         }
-        let condition: Query = decided
-            .iter()
-            .map(|(job, _)| job.command.condition_query())
-            .fold(None::<Query>, |acc, q| {
-                Some(acc.map_or_else(|| q.clone(), |a| union(&a, q)))
-            })
-            .unwrap_or_else(Query::all);
-        let resend = Resend {
+        // Kept current after the append: projections used before (a boundary met once, as most
+        // are under `disjoint`, is not worth folding twice) whose every item the condition holds,
+        // so that no other event matching them can precede the chain's.
+        let refresh = groups
+            .into_iter()
+            .filter(|g| g.warm && covers(&condition, &g.query))
+            .map(|g| g.owner)
+            .collect();
+        Ok(Chain::Decided(Resend {
             decided,
             events,
             condition: AppendCondition::new(condition, read.head),
@@ -430,8 +524,56 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 .as_ref()
                 .map_or_else(Uuid::new_v4, |leases| leases.append_id()),
             resent: false,
+            read_skipped: skip_read,
+            refresh,
+        }))
+    }
+
+    /// After the chain's events were stored at `first..` at `recorded_at`, by an append
+    /// conditioned on nothing matching after `read_head`: the warm state of each command of
+    /// `refresh` (kept at `read_head`) with those events folded in is the store up to the
+    /// chain's last event, and current.
+    fn refresh(
+        cache: &mut WarmCache,
+        refresh: &[Arc<dyn ErasedCommand>],
+        events: &[Event],
+        first: Position,
+        recorded_at: SystemTime,
+        read_head: Option<Position>,
+    ) {
+        let stored: Vec<SequencedEvent> = (first.get()..)
+            .zip(events)
+            .map(|(position, event)| SequencedEvent {
+                position: Position::new(position),
+                recorded_at,
+                event: event.clone(),
+            })
+            .collect();
+        let Some(last) = stored.last().map(|e| e.position) else {
+            return;
         };
-        Ok(self.append(state, resend, held).await)
+        for command in refresh {
+            let refreshed = (|| {
+                let warm = cache.warm(command.as_ref()).ok()?;
+                // Each leaf is as the read left it, or refreshed already by another command of
+                // the chain sharing it (then it folds nothing more).
+                if warm
+                    .seen
+                    .iter()
+                    .any(|seen| *seen != read_head && *seen != Some(last))
+                {
+                    return None;
+                }
+                let mut folded = warm.state?;
+                command.fold(&mut folded, &stored, &warm.seen).ok()?;
+                cache.keep(command.as_ref(), &folded, Some(last), true).ok()
+            })();
+            // Not refreshed (a projection panicking now, say): the chain's events are not in
+            // its leaves, which must be read again.
+            if refreshed.is_none() {
+                cache.distrust(command.as_ref());
+            }
+        }
     }
 
     /// Appends a decided chain and answers its jobs, or puts them back in the queue to run again;
@@ -448,6 +590,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
             condition,
             append_id,
             resent,
+            read_skipped,
+            refresh,
         } = chain;
         let answer = self
             .store
@@ -457,7 +601,27 @@ impl<S: EventStore + 'static> CommandActor<S> {
             names::record_store_error("append", e);
         }
         match after_append(answer, decided.len(), condition.after, resent) {
-            Next::Answer { first, replayed } => {
+            Next::Answer {
+                first,
+                replayed,
+                recorded_at,
+            } => {
+                match recorded_at {
+                    Some(recorded_at) => Self::refresh(
+                        &mut state.cache,
+                        &refresh,
+                        &events,
+                        first,
+                        recorded_at,
+                        condition.after,
+                    ),
+                    // Stored by an earlier send or another execution: when is not known here.
+                    None => {
+                        for (job, _) in &decided {
+                            state.cache.distrust(job.command.as_ref());
+                        }
+                    }
+                }
                 let mut next = first.get();
                 for (job, outcome) in decided {
                     let count = i64::try_from(outcome.as_ref().map_or(0, Vec::len)).unwrap_or(0);
@@ -475,6 +639,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 // The append is answered: other processes need not wait on this chain's turns
                 // while it looks up who was in its way.
                 state.turns.give_back().await;
+                for (job, _) in &decided {
+                    state.cache.distrust(job.command.as_ref());
+                }
                 let source = match &self.leases {
                     Some(leases) => leases.classify(&condition, &held.keys).await,
                     None => ConflictSource::SameProcess,
@@ -488,7 +655,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 let waits_for_turn = source == ConflictSource::OtherRuntime
                     && !held.every_key_across_processes
                     && !held.turn_lost;
-                self.back_off(state, decided, waits_for_turn);
+                // Decided without a read: the retry reads what the state lacked, at once.
+                self.back_off(state, decided, waits_for_turn || read_skipped);
                 None
             }
             Next::RetryLater(e) => {
@@ -518,6 +686,8 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     condition,
                     append_id,
                     resent: true,
+                    read_skipped,
+                    refresh,
                 });
                 Some(self.transient_delay(failures))
             }
@@ -562,20 +732,16 @@ impl<S: EventStore + 'static> CommandActor<S> {
     }
 
     /// Counts the conflict, gives up on jobs out of attempts, and puts the rest back at the
-    /// front of the queue to run again after a jittered exponential delay.
-    fn back_off(
-        &self,
-        state: &mut CommandState,
-        decided: Vec<(Job, Verdict)>,
-        waits_for_turn: bool,
-    ) {
+    /// front of the queue to run again after a jittered exponential delay; with `free`, to run
+    /// again at once, costing no attempt (up to `max_attempts` such retries per job).
+    fn back_off(&self, state: &mut CommandState, decided: Vec<(Job, Verdict)>, free: bool) {
         let mut retry = Vec::new();
         let mut turn = Vec::new();
         let mut attempt = 0;
         for (mut job, _) in decided {
             let name = job.command.name();
             record_attempt(name, "conflict");
-            if waits_for_turn && job.free_retries < self.policy.max_attempts {
+            if free && job.free_retries < self.policy.max_attempts {
                 job.free_retries += 1;
                 metrics::counter!(names::COMMAND_RETRIES_TOTAL, "decision" => name).increment(1);
                 turn.push(job);
@@ -651,4 +817,15 @@ fn finish(job: Job, outcome: Verdict, positions: Vec<Position>, replayed: bool) 
         }
         Err(why) => job.answer(JobOutcome::Rejected(why)),
     }
+}
+
+/// Whether every event matching `query` also matches `condition`: each of its items is one of
+/// the condition's (a union keeps its operands' items as they are).
+fn covers(condition: &Query, query: &Query) -> bool {
+    condition.is_all()
+        || (!query.is_all()
+            && query
+                .items()
+                .iter()
+                .all(|item| condition.items().contains(item)))
 }

@@ -6,30 +6,59 @@
 //! chain's commands. Keys are taken in ascending order, the same order in every actor, so no two
 //! actors ever wait for each other (deadlock-free); each key's waiters are served first come,
 //! first served (tokio's mutex is fair). A key exists in the table only while held or awaited.
+//!
+//! The turnstile also remembers, for recently held keys, which holder held each last: a holder
+//! that finds itself the last one on every key of its chain knows that no other actor of this
+//! process appended on them since (its warm state may then be current).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as KeyLock, OwnedMutexGuard};
 
-#[derive(Default)]
+/// Keys whose last holder is remembered (a key's slot is its hash modulo this; a key whose slot
+/// another key took since counts as held by someone else).
+const STAMPS: usize = 4_096;
+
 pub(crate) struct Turnstile {
     keys: Mutex<HashMap<u64, Arc<KeyLock<()>>>>,
+    /// By slot: the key last held there, and its holder.
+    stamps: Mutex<Vec<Option<(u64, u64)>>>,
+    holders: AtomicU64,
+}
+
+impl Default for Turnstile {
+    fn default() -> Self {
+        Self {
+            keys: Mutex::default(),
+            stamps: Mutex::new(vec![None; STAMPS]),
+            holders: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The keys held by one chain; dropped, they pass to the next waiter.
 pub(crate) struct Turn {
     turnstile: Arc<Turnstile>,
     held: Vec<(u64, OwnedMutexGuard<()>)>,
+    /// The holder entering was the last to hold every one of the keys.
+    pub(crate) held_last_by_this_holder: bool,
 }
 
 impl Turnstile {
-    /// Waits until the caller holds every one of `keys` (sorted ascending, without repeats).
-    pub(crate) async fn enter(self: &Arc<Self>, keys: &[u64]) -> Turn {
+    /// A new holder's identity, for [`Turnstile::enter`] (one per actor's lifetime).
+    pub(crate) fn holder(&self) -> u64 {
+        self.holders.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Waits until `holder` holds every one of `keys` (sorted ascending, without repeats).
+    pub(crate) async fn enter(self: &Arc<Self>, keys: &[u64], holder: u64) -> Turn {
         debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys sorted, unique");
         let mut turn = Turn {
             turnstile: self.clone(),
             held: Vec::with_capacity(keys.len()),
+            held_last_by_this_holder: false,
         };
         for &key in keys {
             let lock = self
@@ -39,6 +68,18 @@ impl Turnstile {
                 .clone();
             turn.held.push((key, lock.lock_owned().await));
         }
+        // Every key is held: no other holder can stamp them meanwhile.
+        let mut stamps = self
+            .stamps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = true;
+        for &key in keys {
+            let slot = &mut stamps[slot_of(key)];
+            last &= *slot == Some((key, holder));
+            *slot = Some((key, holder));
+        }
+        turn.held_last_by_this_holder = last && !keys.is_empty();
         turn
     }
 
@@ -54,6 +95,11 @@ impl Turnstile {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn slot_of(key: u64) -> usize {
+    // Keys are hashes: their low bits are as good as any.
+    usize::try_from(key % STAMPS as u64).unwrap_or_default()
 }
 
 impl Drop for Turn {
@@ -82,9 +128,9 @@ mod tests {
     #[tokio::test]
     async fn a_key_is_held_by_one_turn_at_a_time() {
         let turnstile = Arc::new(Turnstile::default());
-        let first = turnstile.enter(&[1, 2]).await;
+        let first = turnstile.enter(&[1, 2], 0).await;
         let t = turnstile.clone();
-        let mut second = tokio::spawn(async move { t.enter(&[2, 3]).await });
+        let mut second = tokio::spawn(async move { t.enter(&[2, 3], 1).await });
         // The second turn waits on key 2; it gets it once the first turn ends.
         tokio::task::yield_now().await;
         assert!(!second.is_finished());
@@ -112,7 +158,7 @@ mod tests {
                         keys.dedup();
                         let held: Vec<u64> =
                             keys.iter().map(|&k| u64::try_from(k).unwrap()).collect();
-                        let turn = turnstile.enter(&held).await;
+                        let turn = turnstile.enter(&held, task as u64).await;
                         for &k in &keys {
                             let before = holders[k].fetch_add(1, Ordering::SeqCst);
                             assert_eq!(before, 0, "key {k} held twice");
@@ -130,5 +176,31 @@ mod tests {
             task.await.unwrap();
         }
         assert!(turnstile.table().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_holder_learns_whether_it_held_every_key_last() {
+        let turnstile = Arc::new(Turnstile::default());
+        let (a, b) = (turnstile.holder(), turnstile.holder());
+        let enter = |keys: &[u64], holder| {
+            let (turnstile, keys) = (turnstile.clone(), keys.to_vec());
+            async move {
+                turnstile
+                    .enter(&keys, holder)
+                    .await
+                    .held_last_by_this_holder
+            }
+        };
+        assert!(!enter(&[1, 2], a).await, "never held before");
+        assert!(enter(&[1, 2], a).await);
+        assert!(enter(&[2], a).await);
+        assert!(!enter(&[2, 3], b).await, "2 was a's, 3 nobody's");
+        assert!(!enter(&[1, 2], a).await, "b held 2 since");
+        assert!(enter(&[1, 2], a).await);
+        // A key sharing 1's slot takes it over: 1 is no longer known to be a's.
+        let same_slot = [1 + STAMPS as u64];
+        assert!(!enter(&same_slot, a).await);
+        assert!(!enter(&[1], a).await);
+        assert!(!enter(&[], a).await, "no keys: nothing known");
     }
 }

@@ -109,6 +109,7 @@ impl Inner {
                 first: position_of(first),
                 last: position_of(first + events.len() - 1),
                 replayed: append_id.is_none() || self.append_ids[first] != append_id,
+                recorded_at: None,
             })
         } else {
             Err(AppendError::DuplicateEventId(self.events[first].event.id()))
@@ -133,6 +134,7 @@ impl Inner {
             first: position_of(first),
             last: position_of(self.events.len() - 1),
             replayed: false,
+            recorded_at: Some(recorded_at),
         }
     }
 }

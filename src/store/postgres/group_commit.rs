@@ -24,7 +24,8 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
 
-const APPEND_SQL: &str = "SELECT statuses, firsts, dups FROM dcb_append(\
+/// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
+const APPEND_SQL: &str = "SELECT statuses, firsts, dups, now() FROM dcb_append(\
     $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
     $19)";
 
@@ -387,6 +388,7 @@ async fn commit(
     let statuses: Vec<i16> = row.try_get(0)?;
     let firsts: Vec<Option<i64>> = row.try_get(1)?;
     let dups: Vec<Option<Uuid>> = row.try_get(2)?;
+    let recorded_at: std::time::SystemTime = row.try_get(3)?;
     if statuses.len() != batch.len() || firsts.len() != batch.len() || dups.len() != batch.len() {
         return Err(StoreError::Corrupt(format!(
             "dcb_append answered {} statuses for {} requests",
@@ -397,22 +399,23 @@ async fn commit(
     let mut outcomes = Vec::with_capacity(batch.len());
     for (((status, first), dup), request) in statuses.into_iter().zip(firsts).zip(dups).zip(batch) {
         let status = Status::try_from(status)?;
-        let at = |first: i64, replayed: bool| {
+        let at = |first: i64, replayed: bool, stored_now: bool| {
             let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
             Appended {
                 first: Position::new(first),
                 last: Position::new(first + n - 1),
                 replayed,
+                recorded_at: stored_now.then_some(recorded_at),
             }
         };
         outcomes.push(match (status, first, dup) {
             (Status::Appended, Some(first), _) => {
                 metrics::counter!(names::EVENTS_APPENDED_TOTAL)
                     .increment(request.events.len() as u64);
-                Ok(at(first, false))
+                Ok(at(first, false, true))
             }
-            (Status::Replayed, Some(first), _) => Ok(at(first, true)),
-            (Status::Resent, Some(first), _) => Ok(at(first, false)),
+            (Status::Replayed, Some(first), _) => Ok(at(first, true, false)),
+            (Status::Resent, Some(first), _) => Ok(at(first, false, false)),
             (Status::ConditionFailed, _, _) => Err(AppendError::ConditionFailed {
                 after: request.condition.as_ref().and_then(|c| c.after),
             }),
