@@ -213,7 +213,8 @@ fn position(index: &Index, head: i64) -> Position {
     Position::new(i64::try_from(index.index(n)).expect("small position"))
 }
 
-/// An append's outcome, comparable across stores.
+/// An append's outcome, comparable across stores (whether it says when it stored, not when: that
+/// is a time of the run).
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
     Appended(Appended),
@@ -225,7 +226,10 @@ enum Outcome {
 
 fn outcome(result: Result<Appended, AppendError>) -> Outcome {
     match result {
-        Ok(a) => Outcome::Appended(a),
+        Ok(a) => Outcome::Appended(Appended {
+            recorded_at: a.recorded_at.map(|_| std::time::SystemTime::UNIX_EPOCH),
+            ..a
+        }),
         Err(AppendError::ConditionFailed { after }) => Outcome::ConditionFailed(after),
         Err(AppendError::DuplicateEventId(id)) => Outcome::DuplicateEventId(id),
         Err(AppendError::Invalid(v)) => Outcome::Invalid(v),
@@ -366,8 +370,10 @@ impl Run {
             return Ok(());
         }
         let expected = match &first.outcome {
+            // A replay stored nothing: it has no time of its own.
             Outcome::Appended(a) => Outcome::Appended(Appended {
                 replayed: true,
+                recorded_at: None,
                 ..*a
             }),
             other => other.clone(),
