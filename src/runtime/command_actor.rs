@@ -53,12 +53,10 @@ pub(crate) struct CommandActor<S> {
 struct Held {
     /// Every key of its commands (held in this process).
     keys: Vec<u64>,
-    /// Its turns across processes cover every one of its keys.
-    every_key_across_processes: bool,
     /// A turn across processes was needed and could not be taken.
     turn_lost: bool,
-    /// Some of its keys are contended by another process: its warm state is not trusted
-    /// without a read.
+    /// Some of its keys are contended by another process, or were lately: its warm state is
+    /// not trusted without a read.
     contended_across_processes: bool,
     /// This actor held every one of its keys last in this process: no other actor here
     /// appended on them since.
@@ -284,7 +282,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
             Some((leases, leased)) if !leased.is_empty() => {
                 let taken = state.turns.take(leases, &leased).await;
                 Held {
-                    every_key_across_processes: taken && leased.len() == keys.len(),
                     turn_lost: !taken,
                     contended_across_processes: true,
                     held_last_here: turn.held_last_by_this_holder,
@@ -292,11 +289,13 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 }
             }
             _ => Held {
-                keys,
-                every_key_across_processes: false,
                 turn_lost: false,
-                contended_across_processes: false,
+                contended_across_processes: self
+                    .leases
+                    .as_ref()
+                    .is_some_and(|l| l.seen_lately(&keys)),
                 held_last_here: turn.held_last_by_this_holder,
+                keys,
             },
         };
         let next = match resend {
@@ -649,12 +648,12 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 // Per command, as `dcb_append_attempts_total{result="conflict"}` counts them.
                 metrics::counter!(names::APPEND_CONFLICTS_TOTAL, "source" => source.label())
                     .increment(decided.len() as u64);
-                // Another runtime's append, while this chain had no turn on some of its keys
-                // (they are leased now): the retry waits for its turn instead of backing off,
-                // and costs no attempt. Without turns at all, or in spite of them, it does.
-                let waits_for_turn = source == ConflictSource::OtherRuntime
-                    && !held.every_key_across_processes
-                    && !held.turn_lost;
+                // Another runtime's append: while this chain had no turn on some of its keys
+                // (they are leased now), or while that runtime appends without turns (it has not
+                // met this one on them yet, or its lease lapsed; its own next conflict leases
+                // them), the retry waits for its turn instead of backing off, and costs no
+                // attempt. When turns could not be taken, it does.
+                let waits_for_turn = source == ConflictSource::OtherRuntime && !held.turn_lost;
                 // Decided without a read: the retry reads what the state lacked, at once.
                 self.back_off(state, decided, waits_for_turn || read_skipped);
                 None
