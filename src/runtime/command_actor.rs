@@ -426,6 +426,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 }
             }
         };
+        // Without a read there is nothing to fold, and the cache holds these states already.
         for group in groups.iter_mut().filter(|_| !skip_read) {
             let folded = group
                 .state
