@@ -216,8 +216,8 @@ pub(crate) enum JobOutcome {
 pub(crate) struct Job {
     pub(crate) command: Arc<dyn ErasedCommand>,
     pub(crate) attempts: u32,
-    /// Conflicts with another process met before its chain could take turns on the keys it hit
-    /// (they cost no attempt: the retry waits for its turn).
+    /// Conflicts that cost no attempt: with another runtime (the retry waits for its turn), or
+    /// met by a chain decided without a read (the retry reads).
     pub(crate) free_retries: u32,
     /// Transient store failures met so far, and the last one (answered if the deadline passes).
     pub(crate) transient_failures: u32,
