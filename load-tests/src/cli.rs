@@ -189,7 +189,7 @@ pub(crate) struct StoreSizeArgs {
     #[arg(long, default_value_t = 10_000)]
     pub(crate) small: i64,
     /// Rounds of timing, each the small store then the large one.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub(crate) rounds: usize,
     /// Database server (libpq URL); else DATABASE_URL; else the local default.
     #[arg(long)]

@@ -310,7 +310,6 @@ async fn time_decisions(
 /// size has a database of its own, filled first; then the two are timed in alternation, round by
 /// round.
 pub(crate) async fn store_size(args: StoreSizeArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
     anyhow::ensure!(
         args.small > 0 && args.large > args.small,
         "--large ({}) must be larger than --small ({}), and both above 0",

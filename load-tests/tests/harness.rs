@@ -468,6 +468,43 @@ fn sweep_charts_throughput_against_concurrency_and_runs_open_loop_at_a_fraction_
 }
 
 #[test]
+fn store_size_times_both_sizes_in_each_round() {
+    let json = scratch("store-size.json");
+    run(&[
+        "store-size",
+        "--small",
+        "100",
+        "--large",
+        "2000",
+        "--commands",
+        "20",
+        "--rounds",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let r = report(&json);
+    let rounds = r["rounds"].as_array().expect("one entry per round");
+    assert_eq!(rounds.len(), 2);
+    let mut ratios = Vec::new();
+    for round in rounds {
+        assert_eq!(round["small"]["events_stored"], 100);
+        assert_eq!(round["large"]["events_stored"], 2000);
+        let mean = |size: &str| round[size]["append_if_ms"]["mean"].as_f64().unwrap();
+        assert!(mean("small") > 0.0 && mean("large") > 0.0, "{round}");
+        let ratio = round["append_if_ratio"].as_f64().unwrap();
+        assert!(
+            (ratio - mean("large") / mean("small")).abs() < 1e-9,
+            "{round}"
+        );
+        ratios.push(ratio);
+    }
+    // The median of two rounds is their mean.
+    let median = r["append_if_ratio"].as_f64().unwrap();
+    assert!((median - (ratios[0] + ratios[1]) / 2.0).abs() < 1e-9, "{r}");
+}
+
+#[test]
 fn bad_options_are_refused_with_a_message() {
     for args in [
         &["lending", "--skew", "-1"][..],
@@ -476,6 +513,8 @@ fn bad_options_are_refused_with_a_message() {
         &["lending", "--duration", "soon"],
         &["lending", "--chart", "/tmp/x.gif", "--commands", "1"],
         &["sweep", "disjoint", "--open-loop-at", "1.5"],
+        &["store-size", "--rounds", "0"],
+        &["store-size", "--small", "1000", "--large", "100"],
     ] {
         let output = load_tests().args(args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -541,6 +541,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
         recorded_at: SystemTime,
         read_head: Option<Position>,
     ) {
+        if refresh.is_empty() {
+            // Nothing was warm (every boundary new, as under `disjoint`): nothing to fold.
+            return;
+        }
         let stored: Vec<SequencedEvent> = (first.get()..)
             .zip(events)
             .map(|(position, event)| SequencedEvent {
@@ -549,28 +553,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 event: event.clone(),
             })
             .collect();
-        let Some(last) = stored.last().map(|e| e.position) else {
-            return;
-        };
         for command in refresh {
-            let refreshed = (|| {
-                let warm = cache.warm(command.as_ref()).ok()?;
-                // Each leaf is as the read left it, or refreshed already by another command of
-                // the chain sharing it (then it folds nothing more).
-                if warm
-                    .seen
-                    .iter()
-                    .any(|seen| *seen != read_head && *seen != Some(last))
-                {
-                    return None;
-                }
-                let mut folded = warm.state?;
-                command.fold(&mut folded, &stored, &warm.seen).ok()?;
-                cache.keep(command.as_ref(), &folded, Some(last), true).ok()
-            })();
             // Not refreshed (a projection panicking now, say): the chain's events are not in
             // its leaves, which must be read again.
-            if refreshed.is_none() {
+            if refresh_one(cache, command.as_ref(), &stored, read_head).is_none() {
                 cache.distrust(command.as_ref());
             }
         }
@@ -828,4 +814,28 @@ fn covers(condition: &Query, query: &Query) -> bool {
                 .items()
                 .iter()
                 .all(|item| condition.items().contains(item)))
+}
+
+/// Folds the `stored` events (all after `read_head`) into `command`'s warm state and keeps it
+/// current at the last of them; `None` if that cannot be done.
+fn refresh_one(
+    cache: &mut WarmCache,
+    command: &dyn ErasedCommand,
+    stored: &[SequencedEvent],
+    read_head: Option<Position>,
+) -> Option<()> {
+    let last = stored.last()?.position;
+    let warm = cache.warm(command).ok()?;
+    // Each leaf is as the read left it, or refreshed already by another command of the chain
+    // sharing it (then it folds nothing more).
+    if warm
+        .seen
+        .iter()
+        .any(|seen| *seen != read_head && *seen != Some(last))
+    {
+        return None;
+    }
+    let mut folded = warm.state?;
+    command.fold(&mut folded, stored, &warm.seen).ok()?;
+    cache.keep(command, &folded, Some(last), true).ok()
 }
