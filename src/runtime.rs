@@ -151,12 +151,15 @@ impl<R> ExecuteError<R> {
     }
 }
 
-/// The default number of command actors: twice the cores available to the process. Fewer
-/// actors make longer chains (more commands per read and per append) and fewer conflicts
-/// between actors; more actors overlap more reads (the README's "Performance" gives the figures
-/// measured with 4 and with 16 actors on 2 cores).
+/// The default number of command actors: half the cores available to the process, at least one
+/// (one on 2 cores). Fewer actors make longer chains: fewer reads, fewer and larger appends, and
+/// fewer transactions, which is what several processes on one database wait for each other on
+/// (each transaction holds the store's commit-order lock through its commit). Measured on 2
+/// cores, one actor beat two and four in every scenario, most with several processes (the README's
+/// "Performance"). More actors overlap reads and decisions: worth it when one actor's CPU is
+/// the limit, which takes more cores than were measured.
 pub fn default_actors() -> usize {
-    std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The actor slot of a command with routing key `key` and consistency keys `keys`, of `slots`.
@@ -217,7 +220,7 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
         }
     }
 
-    /// Command actors (default [`default_actors`]: twice the available cores; at least 1);
+    /// Command actors (default [`default_actors`]: half the available cores, at least 1);
     /// commands are spread over them by consistency key.
     pub fn actors(mut self, actors: usize) -> Self {
         self.actors = actors;

@@ -71,7 +71,7 @@ pub(crate) struct RunArgs {
     /// Concurrent callers, in all processes together.
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub(crate) concurrency: usize,
-    /// Command actors of the runtime in each process (default: the runtime's, twice the cores).
+    /// Command actors of the runtime in each process (default: the runtime's, half the cores, at least one).
     #[arg(long, default_value_t = dcb_runtime::default_actors(), value_parser = at_least_one)]
     pub(crate) actors: usize,
     /// Keys to spread commands over: courses, books (and readers), accounts.
