@@ -579,20 +579,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
             read_skipped,
             refresh,
         } = chain;
-        let answer = match &self.leases {
-            // Held turns end with the append's commit, on their own session.
-            Some(leases) if state.turns.holding() => {
-                state
-                    .turns
-                    .append_and_give_back(leases, append_id, events.clone(), condition.clone())
-                    .await
-            }
-            _ => {
-                self.store
-                    .append_as(append_id, events.clone(), Some(condition.clone()))
-                    .await
-            }
-        };
+        let answer = self
+            .store
+            .append_as(append_id, events.clone(), Some(condition.clone()))
+            .await;
         if let Err(AppendError::Store(e)) = &answer {
             names::record_store_error("append", e);
         }

@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::append::{AppendCondition, Appended};
-use crate::error::{AppendError, StoreError};
-use crate::event::Event;
+use crate::append::AppendCondition;
+use crate::error::StoreError;
 use crate::metrics as names;
-use crate::store::{EventStore, PostgresStore, Session};
+use crate::store::{PostgresStore, Session};
 
 /// How long a key stays leased after the last sign of another process on it.
 const LEASED_FOR: Duration = Duration::from_secs(2);
@@ -266,38 +265,6 @@ impl TurnSession {
                 false
             }
         }
-    }
-
-    /// Whether this session holds turns now.
-    pub(crate) fn holding(&self) -> bool {
-        self.holding
-    }
-
-    /// Appends the chain holding these turns on their session, and gives them back in the same
-    /// round trip: the next process's turn starts when this append commits. (Through the group
-    /// committer there would be nothing to share a transaction with: the turns' keys are this
-    /// chain's alone, here and in every process taking turns.)
-    pub(crate) async fn append_and_give_back(
-        &mut self,
-        leases: &Leases,
-        append_id: Uuid,
-        events: Vec<Event>,
-        condition: AppendCondition,
-    ) -> Result<Appended, AppendError> {
-        let Some(session) = self.session.as_ref().filter(|_| self.holding) else {
-            return leases
-                .store
-                .append_as(append_id, events, Some(condition))
-                .await;
-        };
-        let (answer, given_back) = leases
-            .store
-            .append_giving_back(session, append_id, events, condition)
-            .await;
-        if given_back {
-            self.holding = false;
-        }
-        answer
     }
 
     /// Gives back the turns taken for the chain that just ended.

@@ -20,7 +20,7 @@ use crate::limits::Limits;
 use crate::query::Query;
 use crate::query::{validate_query_with, validate_read};
 use crate::validate::validate_events;
-use group_commit::{GroupCommitter, Write};
+use group_commit::GroupCommitter;
 pub(crate) use session::Session;
 
 /// A DCB event store on PostgreSQL.
@@ -168,45 +168,8 @@ impl PostgresStore {
         }
         self.inner
             .committer
-            .submit(Write {
-                events,
-                payloads,
-                condition,
-                append_id,
-            })
+            .submit(events, payloads, condition, append_id)
             .await
-    }
-
-    /// Appends on `session`, which holds a command actor's turns on contended keys, instead of
-    /// through the group committer, and gives the turns back in the same round trip (see
-    /// [`group_commit::append_then_give_back`]). Answers the append and whether the turns were
-    /// given back (if not, the caller gives them back, or ends the session).
-    pub(crate) async fn append_giving_back(
-        &self,
-        session: &Session,
-        append_id: Uuid,
-        events: Vec<Event>,
-        condition: AppendCondition,
-    ) -> (Result<Appended, AppendError>, bool) {
-        let limits = &self.inner.limits;
-        let payloads = match validate_events(&events, limits) {
-            Ok(payloads) => payloads,
-            Err(e) => return (Err(e.into()), false),
-        };
-        if let Err(e) = validate_query_with(&condition.fail_if_events_match, limits) {
-            return (Err(e.into()), false);
-        }
-        let statement = match session.append_statement().await {
-            Ok(statement) => statement,
-            Err(e) => return (Err(AppendError::Store(e)), false),
-        };
-        let write = Write {
-            events,
-            payloads,
-            condition: Some(condition),
-            append_id: Some(append_id),
-        };
-        group_commit::append_then_give_back(session.client(), statement, &write).await
     }
 }
 

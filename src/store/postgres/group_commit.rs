@@ -25,21 +25,16 @@ use crate::event::{Event, Position};
 use crate::metrics as names;
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
-pub(super) const APPEND_SQL: &str = "SELECT statuses, firsts, dups, now() FROM dcb_append(\
+const APPEND_SQL: &str = "SELECT statuses, firsts, dups, now() FROM dcb_append(\
     $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
     $19)";
 
-/// One validated append, as `dcb_append` takes it.
-pub(super) struct Write {
-    pub(super) events: Vec<Event>,
-    pub(super) payloads: Vec<String>,
-    pub(super) condition: Option<AppendCondition>,
-    /// See [`crate::EventStore::append_as`].
-    pub(super) append_id: Option<Uuid>,
-}
-
 struct Request {
-    write: Write,
+    events: Vec<Event>,
+    payloads: Vec<String>,
+    condition: Option<AppendCondition>,
+    /// See [`crate::EventStore::append_as`].
+    append_id: Option<Uuid>,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
     /// Held until the request is answered or dropped.
     _slot: OwnedSemaphorePermit,
@@ -68,7 +63,13 @@ impl GroupCommitter {
 
     /// Queues one validated append and waits for its own outcome. Waits first for room when
     /// `max_batch * 4` appends are already queued (backpressure).
-    pub(super) async fn submit(&self, write: Write) -> Result<Appended, AppendError> {
+    pub(super) async fn submit(
+        &self,
+        events: Vec<Event>,
+        payloads: Vec<String>,
+        condition: Option<AppendCondition>,
+        append_id: Option<Uuid>,
+    ) -> Result<Appended, AppendError> {
         let slot = self
             .slots
             .clone()
@@ -77,7 +78,10 @@ impl GroupCommitter {
             .map_err(|_| StoreError::Closed)?;
         let (reply, outcome) = oneshot::channel();
         let request = Request {
-            write,
+            events,
+            payloads,
+            condition,
+            append_id,
             reply,
             _slot: slot,
         };
@@ -228,7 +232,7 @@ struct BatchIndex {
 
 impl BatchIndex {
     fn add(&mut self, request: &Request) {
-        for e in &request.write.events {
+        for e in &request.events {
             self.ids.insert(e.id());
             self.types.insert(e.event_type().to_owned());
             self.tags.extend(e.tags().iter().map(ToString::to_string));
@@ -236,15 +240,10 @@ impl BatchIndex {
     }
 
     fn conflicts_with(&self, request: &Request, taken: &[Request]) -> bool {
-        if request
-            .write
-            .events
-            .iter()
-            .any(|e| self.ids.contains(&e.id()))
-        {
+        if request.events.iter().any(|e| self.ids.contains(&e.id())) {
             return true;
         }
-        let Some(condition) = &request.write.condition else {
+        let Some(condition) = &request.condition else {
             return false;
         };
         let query = &condition.fail_if_events_match;
@@ -261,7 +260,7 @@ impl BatchIndex {
         may_match
             && taken
                 .iter()
-                .flat_map(|t| &t.write.events)
+                .flat_map(|t| &t.events)
                 .any(|e| query.matches(e))
     }
 }
@@ -297,9 +296,9 @@ fn int(n: usize) -> i32 {
 }
 
 impl<'a> Encoded<'a> {
-    fn new(batch: impl IntoIterator<Item = &'a Write>) -> Self {
+    fn new(batch: &'a [Request]) -> Self {
         let mut enc = Encoded::default();
-        for (r, request) in batch.into_iter().enumerate() {
+        for (r, request) in batch.iter().enumerate() {
             let r = int(r + 1);
             enc.req_event_counts.push(int(request.events.len()));
             enc.req_append_ids.push(request.append_id);
@@ -349,57 +348,17 @@ impl<'a> Encoded<'a> {
     }
 }
 
-/// Writes the batch in one statement on a pooled connection.
+/// Writes the batch in one statement and maps each request's row to its outcome.
 async fn commit(
     pool: &Pool,
     batch: &[Request],
 ) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+    let enc = Encoded::new(batch);
     let client = pool.get().await?;
     let statement = client.prepare_cached(APPEND_SQL).await?;
-    let writes: Vec<&Write> = batch.iter().map(|r| &r.write).collect();
-    commit_on(&client, &statement, &writes).await
-}
-
-/// Appends one write on a session holding turns (`statement`: [`APPEND_SQL`] prepared on it) and
-/// gives its turns back behind it in the same round trip: the server releases them as soon as
-/// the append has committed, not a client round trip later. Answers the append and whether the
-/// turns were given back.
-pub(super) async fn append_then_give_back(
-    client: &tokio_postgres::Client,
-    statement: &tokio_postgres::Statement,
-    write: &Write,
-) -> (Result<Appended, AppendError>, bool) {
-    metrics::histogram!(names::APPEND_BATCH_SIZE).record(1.0);
-    let started = Instant::now();
-    // Both requests are queued on the connection before either is answered (tokio-postgres
-    // pipelines the requests of futures polled together), in this order.
-    let writes = [write];
-    let (appended, released) = futures::join!(
-        commit_on(client, statement, &writes),
-        client.batch_execute("SELECT pg_advisory_unlock_all()")
-    );
-    metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
-    let appended = match appended {
-        Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
-            Err(AppendError::Store(StoreError::Corrupt(
-                "dcb_append answered no outcome".to_owned(),
-            )))
-        }),
-        Err(e) => Err(AppendError::Store(e)),
-    };
-    (appended, released.is_ok())
-}
-
-/// Writes the batch in one statement and maps each request's row to its outcome.
-async fn commit_on(
-    client: &tokio_postgres::Client,
-    statement: &tokio_postgres::Statement,
-    batch: &[&Write],
-) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
-    let enc = Encoded::new(batch.iter().copied());
     let rows = client
         .query(
-            statement,
+            &statement,
             &[
                 &enc.ev_req,
                 &enc.ev_offset,
@@ -518,16 +477,14 @@ mod tests {
         let slots = Arc::new(Semaphore::new(1));
         let (reply, _) = oneshot::channel();
         Request {
-            write: Write {
-                events: vec![
-                    Event::new("T", serde_json::json!({}))
-                        .tagged("k", tag)
-                        .with_id(Uuid::from_u128(id)),
-                ],
-                payloads: vec!["{}".to_owned()],
-                condition: condition.map(|q| AppendCondition::new(q, None)),
-                append_id: None,
-            },
+            events: vec![
+                Event::new("T", serde_json::json!({}))
+                    .tagged("k", tag)
+                    .with_id(Uuid::from_u128(id)),
+            ],
+            payloads: vec!["{}".to_owned()],
+            condition: condition.map(|q| AppendCondition::new(q, None)),
+            append_id: None,
             reply,
             _slot: slots.try_acquire_owned().expect("a free slot"),
         }
@@ -540,7 +497,7 @@ mod tests {
     fn ids(requests: &[Request]) -> Vec<u128> {
         requests
             .iter()
-            .map(|r| r.write.events[0].id().as_u128())
+            .map(|r| r.events[0].id().as_u128())
             .collect()
     }
 

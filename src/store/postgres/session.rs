@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{NoTls, Statement};
+use tokio_postgres::NoTls;
 
 use crate::error::StoreError;
 
@@ -16,8 +16,6 @@ pub(crate) struct Session {
     /// Becomes `true` when the connection ends.
     ended: watch::Receiver<bool>,
     driver: JoinHandle<()>,
-    /// `dcb_append`'s statement, prepared on this connection when first needed.
-    append: OnceCell<Statement>,
 }
 
 impl Session {
@@ -52,20 +50,11 @@ impl Session {
             client,
             ended,
             driver,
-            append: OnceCell::new(),
         })
     }
 
     pub(crate) fn client(&self) -> &tokio_postgres::Client {
         &self.client
-    }
-
-    /// `dcb_append`'s statement on this connection.
-    pub(crate) async fn append_statement(&self) -> Result<&Statement, StoreError> {
-        Ok(self
-            .append
-            .get_or_try_init(|| self.client.prepare(super::group_commit::APPEND_SQL))
-            .await?)
     }
 
     /// Whether the connection is still up (a lock it held is gone otherwise).
