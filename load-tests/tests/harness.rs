@@ -163,6 +163,9 @@ fn one_hot_boundary_from_three_processes_takes_turns_and_fails_no_command() {
         r["leases"]["handed_over"].as_u64().unwrap() > 0,
         "the processes never took turns: {r}"
     );
+    // Every turn was given back when its chain ended: a turn kept would make the other
+    // processes wait out the turn wait (2 s), and count it lost.
+    assert_eq!(r["leases"]["lost"], 0, "{r}");
     let per_process = r["per_process"].as_array().unwrap();
     assert_eq!(per_process.len(), 3, "{r}");
     for p in per_process {

@@ -205,6 +205,9 @@ impl Leases {
     }
 }
 
+/// Takes turns on the locks it is given (V6).
+const TAKE_TURNS: &str = "SELECT dcb_take_turns($1)";
+
 /// A command actor's connection for its turns, opened when first needed.
 #[derive(Default)]
 pub(crate) struct TurnSession {
@@ -240,12 +243,11 @@ impl TurnSession {
         let Some(session) = &self.session else {
             return false;
         };
-        match session
-            .client()
-            .query_one("SELECT dcb_take_turns($1)", &[&locks])
-            .await
-            .and_then(|row| row.try_get::<_, Vec<i32>>(0))
-        {
+        let taken = match session.take_turns_statement(TAKE_TURNS).await {
+            Ok(take) => session.client().query_one(take, &[&locks]).await,
+            Err(e) => Err(e),
+        };
+        match taken.and_then(|row| row.try_get::<_, Vec<i32>>(0)) {
             Ok(waited) => {
                 let handed = waited.len() as u64;
                 metrics::counter!(names::LEASES_TOTAL, "event" => "handed_over").increment(handed);

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, Statement};
 
 use crate::error::StoreError;
 
@@ -16,6 +16,8 @@ pub(crate) struct Session {
     /// Becomes `true` when the connection ends.
     ended: watch::Receiver<bool>,
     driver: JoinHandle<()>,
+    /// The statement taking turns, prepared on this connection when first needed.
+    take_turns: OnceCell<Statement>,
 }
 
 impl Session {
@@ -50,11 +52,23 @@ impl Session {
             client,
             ended,
             driver,
+            take_turns: OnceCell::new(),
         })
     }
 
     pub(crate) fn client(&self) -> &tokio_postgres::Client {
         &self.client
+    }
+
+    /// The statement taking turns on this connection (`sql`: the same each time), prepared once
+    /// instead of at every turn.
+    pub(crate) async fn take_turns_statement(
+        &self,
+        sql: &'static str,
+    ) -> Result<&Statement, tokio_postgres::Error> {
+        self.take_turns
+            .get_or_try_init(|| self.client.prepare(sql))
+            .await
     }
 
     /// Whether the connection is still up (a lock it held is gone otherwise).
