@@ -155,8 +155,8 @@ impl<R> ExecuteError<R> {
 /// (one on 2 cores). Fewer actors make longer chains: fewer reads, fewer and larger appends, and
 /// fewer transactions, which is what several processes on one database wait for each other on
 /// (each transaction holds the store's commit-order lock through its commit). Measured on 2
-/// cores, one actor beat two and four in every scenario, most with several processes (the README's
-/// "Performance"). More actors overlap reads and decisions: worth it with hundreds of commands in
+/// cores at 64 callers, one actor matched or beat two and four in every scenario, by most with
+/// several processes (the README's "Performance"). More actors overlap reads and decisions: worth it with hundreds of commands in
 /// flight per process (at 256 callers four actors ran 1.1-1.4x one, whose chains stop at
 /// `max_chain`), or when one actor's CPU is the limit.
 pub fn default_actors() -> usize {

@@ -205,9 +205,6 @@ impl Leases {
     }
 }
 
-/// Takes turns on the locks it is given (V6).
-const TAKE_TURNS: &str = "SELECT dcb_take_turns($1)";
-
 /// A command actor's connection for its turns, opened when first needed.
 #[derive(Default)]
 pub(crate) struct TurnSession {
@@ -243,7 +240,7 @@ impl TurnSession {
         let Some(session) = &self.session else {
             return false;
         };
-        let taken = match session.take_turns_statement(TAKE_TURNS).await {
+        let taken = match session.take_turns_statement().await {
             Ok(take) => session.client().query_one(take, &[&locks]).await,
             Err(e) => Err(e),
         };

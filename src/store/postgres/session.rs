@@ -60,14 +60,11 @@ impl Session {
         &self.client
     }
 
-    /// The statement taking turns on this connection (`sql`: the same each time), prepared once
-    /// instead of at every turn.
-    pub(crate) async fn take_turns_statement(
-        &self,
-        sql: &'static str,
-    ) -> Result<&Statement, tokio_postgres::Error> {
+    /// `SELECT dcb_take_turns($1)` (V6) on this connection, prepared once instead of at every
+    /// turn.
+    pub(crate) async fn take_turns_statement(&self) -> Result<&Statement, tokio_postgres::Error> {
         self.take_turns
-            .get_or_try_init(|| self.client.prepare(sql))
+            .get_or_try_init(|| self.client.prepare("SELECT dcb_take_turns($1)"))
             .await
     }
 
