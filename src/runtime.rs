@@ -3,6 +3,7 @@
 
 mod after_append;
 mod command_actor;
+mod in_flight;
 mod job;
 mod leases;
 mod outcome;

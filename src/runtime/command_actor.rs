@@ -13,16 +13,17 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
 use uuid::Uuid;
 
 use super::after_append::{Next, after_append};
+use super::in_flight::InFlight;
 use super::job::{Decided, ErasedCommand, Job, JobOutcome, State};
 use super::leases::{ConflictSource, Leases, TurnSession};
-use super::turnstile::Turnstile;
+use super::turnstile::{Turn, Turnstile};
 use super::warm_cache::WarmCache;
 use super::{Committed, RetryPolicy};
-use crate::append::AppendCondition;
+use crate::append::{AppendCondition, Appended};
 use crate::decision::union;
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
@@ -37,6 +38,15 @@ pub(crate) enum CommandMsg {
     Execute(Job),
     /// Run the next chain.
     Process,
+    /// A chain's append was answered while the actor went on (see `in_flight`).
+    Answered(Box<AnsweredAppend>),
+}
+
+/// A chain sent to the store without waiting, and the store's answer.
+pub(crate) struct AnsweredAppend {
+    chain: Resend,
+    held: Held,
+    answer: Result<Appended, AppendError>,
 }
 
 pub(crate) struct CommandActor<S> {
@@ -104,11 +114,14 @@ pub(crate) struct CommandState {
     cache: WarmCache,
     /// A `Process` message is on its way (now or after a back-off).
     scheduled: bool,
-    /// A chain whose append failed without a known outcome (the connection dropped, say): it is
-    /// sent again, unchanged, before anything else runs, so it is stored exactly once.
-    resend: Option<Resend>,
+    /// Chains whose appends failed without a known outcome (the connection dropped, say), each
+    /// with when it is due: sent again, unchanged, before anything else runs, so that each is
+    /// stored exactly once. (Two chains out at once can fail in one transaction.)
+    resends: VecDeque<(Resend, Instant)>,
     /// The connection for turns across processes.
     turns: TurnSession,
+    /// The keys of the chains whose appends are out.
+    in_flight: InFlight,
     /// This actor as a holder of the turnstile's keys.
     holder: u64,
 }
@@ -151,8 +164,9 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             queue: VecDeque::new(),
             scheduled: false,
             cache: WarmCache::default(),
-            resend: None,
+            resends: VecDeque::new(),
             turns: TurnSession::default(),
+            in_flight: InFlight::default(),
             holder: self.turnstile.holder(),
         })
     }
@@ -173,26 +187,57 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
             }
             CommandMsg::Process => {
                 state.scheduled = false;
-                let resend_delay = self.run_chain(state).await?;
-                // A pending resend goes first, after its own back-off; otherwise the next turn
-                // comes when the first queued job may run (jobs back off one by one, so a job
-                // that keeps failing does not hold up the others behind it).
-                let next = match (&state.resend, resend_delay) {
-                    (Some(_), delay) => Some(delay.unwrap_or_default()),
-                    (None, _) => next_turn(&state.queue, Instant::now()),
-                };
-                if let Some(delay) = next {
-                    state.scheduled = true;
-                    if delay.is_zero() {
-                        myself.send_message(CommandMsg::Process)?;
-                    } else {
-                        myself.send_after(delay, || CommandMsg::Process);
-                    }
+                // With every append slot taken, the next answer runs the next chain.
+                if !state.in_flight.is_full() {
+                    self.run_chain(&myself, state).await?;
+                    schedule(&myself, state)?;
                 }
+            }
+            CommandMsg::Answered(answered) => {
+                let AnsweredAppend {
+                    mut chain,
+                    held,
+                    answer,
+                } = *answered;
+                state.in_flight.answered(&held.keys);
+                for (job, _) in &mut chain.decided {
+                    // Delivered: the answer below says whether its events may be stored.
+                    job.maybe_stored = false;
+                }
+                self.settle(state, chain, &held, answer).await;
+                // Jobs the answer unblocked may run now, whatever back-off timer is pending.
+                state.scheduled = false;
+                schedule(&myself, state)?;
             }
         }
         Ok(())
     }
+}
+
+/// Schedules the next chain: a pending resend first, after its own back-off; otherwise when the
+/// first queued job may run (jobs back off one by one, so a job that keeps failing does not hold
+/// up the others behind it), none while every append slot is taken.
+fn schedule(
+    myself: &ActorRef<CommandMsg>,
+    state: &mut CommandState,
+) -> Result<(), ActorProcessingErr> {
+    if state.scheduled {
+        return Ok(());
+    }
+    let now = Instant::now();
+    let next = match state.resends.front() {
+        Some((_, due)) => Some(due.saturating_duration_since(now)),
+        None => next_turn(&state.queue, &state.in_flight, now),
+    };
+    if let Some(delay) = next {
+        state.scheduled = true;
+        if delay.is_zero() {
+            myself.send_message(CommandMsg::Process)?;
+        } else {
+            myself.send_after(delay, || CommandMsg::Process);
+        }
+    }
+    Ok(())
 }
 
 fn record_attempt(name: &'static str, result: &'static str) {
@@ -201,8 +246,9 @@ fn record_attempt(name: &'static str, result: &'static str) {
 }
 
 impl<S: EventStore + 'static> CommandActor<S> {
-    /// Takes the next chain from the queue, answering expired jobs and leaving those still
-    /// backing off in place: a job marked `solo` runs alone, and a chain stops before the next one.
+    /// Takes the next chain from the queue, answering expired jobs and leaving in place those
+    /// still backing off or on the keys of an append still out: a job marked `solo` runs alone,
+    /// and a chain stops before the next one.
     fn take_chain(&self, state: &mut CommandState) -> Vec<Job> {
         let now = Instant::now();
         let mut chain: Vec<Job> = Vec::new();
@@ -215,7 +261,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 expire(job);
                 continue;
             }
-            if job.not_before.is_some_and(|t| t > now) {
+            if job.not_before.is_some_and(|t| t > now) || state.in_flight.blocks(&job) {
                 waiting.push(job);
                 continue;
             }
@@ -251,13 +297,18 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
     }
 
-    /// Runs one chain; returns the delay before its append is re-sent, when its outcome was
-    /// unknown (every other retry waits in its job's `not_before`).
+    /// Runs one chain: the first resend when it is due (none other before it), else the next
+    /// chain of the queue.
     async fn run_chain(
         &self,
+        myself: &ActorRef<CommandMsg>,
         state: &mut CommandState,
-    ) -> Result<Option<Duration>, ActorProcessingErr> {
-        let resend = state.resend.take();
+    ) -> Result<(), ActorProcessingErr> {
+        let resend = match state.resends.front() {
+            Some((_, due)) if *due > Instant::now() => return Ok(()),
+            Some(_) => state.resends.pop_front().map(|(resend, _)| resend),
+            None => None,
+        };
         let chain = match resend {
             Some(_) => Vec::new(),
             None => self.take_chain(state),
@@ -270,7 +321,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
             .flat_map(|job| job.command.keys().iter().copied())
             .collect();
         if chain.is_empty() && resend.is_none() {
-            return Ok(None);
+            return Ok(());
         }
         keys.sort_unstable();
         keys.dedup();
@@ -278,6 +329,12 @@ impl<S: EventStore + 'static> CommandActor<S> {
         // taking turns on a leased key, reads or appends on these keys meanwhile.
         let turn = self.turnstile.enter(&keys, state.holder).await;
         let leased = self.leases.as_ref().map(|l| (l, l.leased(&keys)));
+        // A resend, or a chain holding turns across processes (the other processes wait for
+        // them), is appended before the actor goes on.
+        let awaited = resend.is_some()
+            || leased
+                .as_ref()
+                .is_some_and(|(_, leased)| !leased.is_empty());
         let held = match leased {
             Some((leases, leased)) if !leased.is_empty() => {
                 let taken = state.turns.take(leases, &leased).await;
@@ -298,29 +355,42 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 keys,
             },
         };
-        let next = match resend {
-            Some(resend) => Ok(self.append(state, resend, &held).await),
-            None => self.decide_and_append(state, chain, &held).await,
+        let decided = match resend {
+            Some(resend) => Ok(Some(resend)),
+            None => self.decide_chain(state, chain, &held).await,
+        };
+        let next = match decided {
+            Ok(Some(decided)) if !awaited => {
+                state.in_flight.sent(held.keys.clone(), &decided.events);
+                self.send_append(myself, decided, held, turn);
+                return Ok(());
+            }
+            Ok(Some(decided)) => {
+                self.append(state, decided, &held).await;
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         };
         state.turns.give_back().await;
         drop(turn);
         next
     }
 
-    /// Decides a chain (on warm state and one read of what it lacks, or no read while the warm
-    /// state is current) and appends it.
-    async fn decide_and_append(
+    /// Decides a chain, on warm state and one read of what it lacks, or no read while the warm
+    /// state is current; `None` when every command is answered without an append.
+    async fn decide_chain(
         &self,
         state: &mut CommandState,
         mut chain: Vec<Job>,
         held: &Held,
-    ) -> Result<Option<Duration>, ActorProcessingErr> {
+    ) -> Result<Option<Resend>, ActorProcessingErr> {
         // Another actor of this process held a key since this one did, or another process
         // appends on them too: what they appended comes only with a read.
         let mut trust_warm = held.held_last_here && !held.contended_across_processes;
         loop {
             match self.decide(state, chain, trust_warm).await? {
-                Chain::Decided(resend) => return Ok(self.append(state, resend, held).await),
+                Chain::Decided(resend) => return Ok(Some(resend)),
                 Chain::Answered => return Ok(None),
                 Chain::ReadFirst(jobs) => {
                     chain = jobs;
@@ -562,14 +632,68 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
     }
 
-    /// Appends a decided chain and answers its jobs, or puts them back in the queue to run again;
-    /// returns the delay before the same append is re-sent, when its outcome was unknown.
-    async fn append(
+    /// Appends a decided chain and settles its answer.
+    async fn append(&self, state: &mut CommandState, chain: Resend, held: &Held) {
+        let answer = self
+            .store
+            .append_as(
+                chain.append_id,
+                chain.events.clone(),
+                Some(chain.condition.clone()),
+            )
+            .await;
+        self.settle(state, chain, held, answer).await;
+    }
+
+    /// Sends a decided chain's append without waiting for it: its answer comes back as
+    /// [`CommandMsg::Answered`]. The chain's keys in the turnstile pass on at the answer.
+    fn send_append(
+        &self,
+        myself: &ActorRef<CommandMsg>,
+        mut chain: Resend,
+        held: Held,
+        turn: Turn,
+    ) {
+        for (job, _) in &mut chain.decided {
+            // Should the answer never reach the actor, its callers must not take the commands
+            // for never run.
+            job.maybe_stored = true;
+        }
+        let store = self.store.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let answer = store
+                .append_as(
+                    chain.append_id,
+                    chain.events.clone(),
+                    Some(chain.condition.clone()),
+                )
+                .await;
+            // This actor's own next chains on these keys wait for the message; other actors
+            // need not.
+            drop(turn);
+            let answered = Box::new(AnsweredAppend {
+                chain,
+                held,
+                answer,
+            });
+            if let Err(MessagingErr::SendErr(CommandMsg::Answered(orphaned))) =
+                myself.send_message(CommandMsg::Answered(answered))
+            {
+                answer_orphaned(*orphaned);
+            }
+        });
+    }
+
+    /// Answers a chain's jobs after its append, or puts them back to run again (in the queue, or
+    /// as a resend of the same append when its outcome was unknown).
+    async fn settle(
         &self,
         state: &mut CommandState,
         chain: Resend,
         held: &Held,
-    ) -> Option<Duration> {
+        answer: Result<Appended, AppendError>,
+    ) {
         let Resend {
             decided,
             events,
@@ -579,10 +703,6 @@ impl<S: EventStore + 'static> CommandActor<S> {
             read_skipped,
             refresh,
         } = chain;
-        let answer = self
-            .store
-            .append_as(append_id, events.clone(), Some(condition.clone()))
-            .await;
         if let Err(AppendError::Store(e)) = &answer {
             names::record_store_error("append", e);
         }
@@ -615,11 +735,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     next += count;
                     finish(job, outcome, positions, replayed);
                 }
-                None
             }
             Next::DecideSingly => {
                 Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
-                None
             }
             Next::Conflict => {
                 // The append is answered: other processes need not wait on this chain's turns
@@ -643,12 +761,10 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 let waits_for_turn = source == ConflictSource::OtherRuntime && !held.turn_lost;
                 // Decided without a read: the retry reads what the state lacked, at once.
                 self.back_off(state, decided, waits_for_turn || read_skipped);
-                None
             }
             Next::RetryLater(e) => {
                 let jobs = decided.into_iter().map(|(job, _)| job).collect();
                 self.retry_later(state, jobs, &e);
-                None
             }
             Next::Resend(e) => {
                 let now = Instant::now();
@@ -664,9 +780,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     for (job, _) in live {
                         expire(job);
                     }
-                    return None;
+                    return;
                 }
-                state.resend = Some(Resend {
+                let resend = Resend {
                     decided: live,
                     events,
                     condition,
@@ -674,21 +790,20 @@ impl<S: EventStore + 'static> CommandActor<S> {
                     resent: true,
                     read_skipped,
                     refresh,
-                });
-                Some(self.transient_delay(failures))
+                };
+                let due = Instant::now() + self.transient_delay(failures);
+                state.resends.push_back((resend, due));
             }
             Next::GiveUp => {
                 for (job, _) in decided {
                     expire(job);
                 }
-                None
             }
             Next::Fail(e) => {
                 for (job, _) in decided {
                     record_attempt(job.command.name(), "error");
                     job.answer(JobOutcome::Failed(e.clone()));
                 }
-                None
             }
         }
     }
@@ -759,11 +874,61 @@ impl<S: EventStore + 'static> CommandActor<S> {
     }
 }
 
+/// The jobs of an append answered after their actor stopped (a decision of a later chain
+/// panicked), answered with what the store's answer proves: no actor is left to retry them.
+fn answer_orphaned(orphaned: AnsweredAppend) {
+    let AnsweredAppend { chain, answer, .. } = orphaned;
+    match after_append(
+        answer,
+        chain.decided.len(),
+        chain.condition.after,
+        chain.resent,
+    ) {
+        Next::Answer {
+            first, replayed, ..
+        } => {
+            let mut next = first.get();
+            for (job, outcome) in chain.decided {
+                let count = i64::try_from(outcome.as_ref().map_or(0, Vec::len)).unwrap_or(0);
+                let positions = (next..next + count).map(Position::new).collect();
+                next += count;
+                finish(job, outcome, positions, replayed);
+            }
+        }
+        // Nothing of theirs stored: dropped unanswered, the jobs tell their callers they never
+        // ran.
+        Next::Conflict | Next::DecideSingly | Next::RetryLater(_) => {
+            for (mut job, _) in chain.decided {
+                job.maybe_stored = false;
+                drop(job);
+            }
+        }
+        Next::Fail(e) => {
+            for (job, _) in chain.decided {
+                job.answer(JobOutcome::Failed(e.clone()));
+            }
+        }
+        // Stored or not is unknown: dropped, each job answers so (`maybe_stored`).
+        Next::Resend(e) => {
+            for (mut job, _) in chain.decided {
+                job.failed(&e);
+                drop(job);
+            }
+        }
+        Next::GiveUp => {}
+    }
+}
+
 /// When the next turn should run: now if a queued job may run, else when the first one backing
-/// off may; `None` with an empty queue.
-fn next_turn(queue: &VecDeque<Job>, now: Instant) -> Option<Duration> {
+/// off may; `None` with an empty queue, or with only jobs waiting for appends still out, or
+/// with every append slot taken.
+fn next_turn(queue: &VecDeque<Job>, in_flight: &InFlight, now: Instant) -> Option<Duration> {
+    if in_flight.is_full() {
+        return None;
+    }
     queue
         .iter()
+        .filter(|job| !in_flight.blocks(job))
         .map(|job| {
             // A job past its deadline is answered at the next turn, backing off or not.
             job.not_before.map_or(Duration::ZERO, |t| {

@@ -1,0 +1,94 @@
+//! Chains whose appends are out while their actor decides the next one.
+//!
+//! An actor decides one chain at a time, and a chain's append (a group-commit transaction) takes
+//! longer than its read and decision. Waiting for it left the client's core idle while the
+//! server appended, and the server's idle while the client read and decided. So a chain on keys
+//! contended by no other process sends its append and lets its actor go on: the next chain
+//! reads and decides while the first one commits. Only commands that cannot see the events still
+//! out go on meanwhile: on other keys, and with a read and a condition matching none of those
+//! events (they are not in the store yet; a command deciding without them would fail its
+//! append's condition, or find it true on the events of the chain before). At most
+//! [`MAX_IN_FLIGHT`] appends are out at once: the next chain then gathers the commands that
+//! arrive meanwhile, as it did before.
+//!
+//! The answer comes back to the actor as a message and is settled there as an awaited one would
+//! be (answers, retries, warm state). The turnstile's keys pass to other actors as soon as the
+//! store answers, so no actor of the process ever waits for this actor's mailbox.
+
+use std::collections::HashSet;
+
+use crate::event::Event;
+use crate::query::Query;
+
+use super::job::Job;
+
+/// Appends out at once per actor: one committing, and one decided behind it.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+/// The chains whose appends are out.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    chains: Vec<Sent>,
+}
+
+/// A chain whose append is out: its keys and the events it writes.
+struct Sent {
+    keys: Vec<u64>,
+    events: Vec<Event>,
+    /// Every tag of `events`, to rule most queries out without matching each event.
+    tags: HashSet<String>,
+    types: HashSet<String>,
+}
+
+impl Sent {
+    /// Whether `query` may match one of the chain's events (a job reading it would miss them).
+    fn may_be_matched_by(&self, query: &Query) -> bool {
+        if query.is_all() {
+            return true;
+        }
+        let maybe = query.items().iter().any(|item| match item.tags().first() {
+            Some(tag) => self.tags.contains(&tag.to_string()),
+            None => item.types().iter().any(|t| self.types.contains(t)),
+        });
+        maybe && self.events.iter().any(|e| query.matches(e))
+    }
+}
+
+impl InFlight {
+    pub(crate) fn is_full(&self) -> bool {
+        self.chains.len() >= MAX_IN_FLIGHT
+    }
+
+    /// A chain on `keys` (sorted) sent its append of `events`.
+    pub(crate) fn sent(&mut self, keys: Vec<u64>, events: &[Event]) {
+        self.chains.push(Sent {
+            keys,
+            events: events.to_vec(),
+            tags: events
+                .iter()
+                .flat_map(|e| e.tags().iter().map(ToString::to_string))
+                .collect(),
+            types: events.iter().map(|e| e.event_type().to_owned()).collect(),
+        });
+    }
+
+    /// The append of the chain on `keys` was answered.
+    pub(crate) fn answered(&mut self, keys: &[u64]) {
+        if let Some(i) = self.chains.iter().position(|c| c.keys == keys) {
+            self.chains.swap_remove(i);
+        }
+    }
+
+    /// Whether a job must wait for an append still out: one on its keys, or one whose events
+    /// its read or its condition may match (they are not in the store yet).
+    pub(crate) fn blocks(&self, job: &Job) -> bool {
+        self.chains.iter().any(|chain| {
+            job.command
+                .keys()
+                .iter()
+                .any(|k| chain.keys.binary_search(k).is_ok())
+                || chain.may_be_matched_by(job.command.read_query())
+                || chain.may_be_matched_by(job.command.condition_query())
+        })
+    }
+}
