@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
 
 use super::after_append::{Next, after_append};
@@ -39,14 +39,32 @@ pub(crate) enum CommandMsg {
     /// Run the next chain.
     Process,
     /// A chain's append was answered while the actor went on (see `in_flight`).
-    Answered(Box<AnsweredAppend>),
+    Answered(AnsweredAppend),
 }
 
-/// A chain sent to the store without waiting, and the store's answer.
-pub(crate) struct AnsweredAppend {
+/// A chain sent to the store without waiting, and the store's answer. Dropped unsettled (its
+/// actor stopped before it, a decision of a later chain having panicked), it answers the jobs
+/// itself with what the answer proves, since no actor is left to retry them.
+pub(crate) struct AnsweredAppend(Option<Box<Answer>>);
+
+struct Answer {
     chain: Resend,
     held: Held,
     answer: Result<Appended, AppendError>,
+}
+
+impl AnsweredAppend {
+    fn settle(mut self) -> Answer {
+        *self.0.take().expect("settled once")
+    }
+}
+
+impl Drop for AnsweredAppend {
+    fn drop(&mut self) {
+        if let Some(orphaned) = self.0.take() {
+            answer_orphaned(*orphaned);
+        }
+    }
 }
 
 pub(crate) struct CommandActor<S> {
@@ -194,11 +212,11 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
                 }
             }
             CommandMsg::Answered(answered) => {
-                let AnsweredAppend {
+                let Answer {
                     mut chain,
                     held,
                     answer,
-                } = *answered;
+                } = answered.settle();
                 state.in_flight.answered(&held.keys);
                 for (job, _) in &mut chain.decided {
                     // Delivered: the answer below says whether its events may be stored.
@@ -672,16 +690,13 @@ impl<S: EventStore + 'static> CommandActor<S> {
             // This actor's own next chains on these keys wait for the message; other actors
             // need not.
             drop(turn);
-            let answered = Box::new(AnsweredAppend {
+            let answered = AnsweredAppend(Some(Box::new(Answer {
                 chain,
                 held,
                 answer,
-            });
-            if let Err(MessagingErr::SendErr(CommandMsg::Answered(orphaned))) =
-                myself.send_message(CommandMsg::Answered(answered))
-            {
-                answer_orphaned(*orphaned);
-            }
+            })));
+            // The actor stopped: the message, dropped, answers the jobs.
+            let _ = myself.send_message(CommandMsg::Answered(answered));
         });
     }
 
@@ -874,10 +889,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
     }
 }
 
-/// The jobs of an append answered after their actor stopped (a decision of a later chain
-/// panicked), answered with what the store's answer proves: no actor is left to retry them.
-fn answer_orphaned(orphaned: AnsweredAppend) {
-    let AnsweredAppend { chain, answer, .. } = orphaned;
+/// Answers the jobs of an append whose actor stopped before settling it.
+fn answer_orphaned(orphaned: Answer) {
+    let Answer { chain, answer, .. } = orphaned;
     match after_append(
         answer,
         chain.decided.len(),
