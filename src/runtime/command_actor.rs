@@ -6,7 +6,8 @@
 //! their events, conditioned on the union of their boundaries. A hot boundary thus costs one read
 //! and one append per chain instead of per command. On a conflict the chain's commands back off
 //! (a timer, never a sleep) and are decided again on fresh state, one at a time, so that one
-//! contended boundary does not fail the others again.
+//! contended boundary does not fail the others again. The actor does not wait for a chain's
+//! append: it goes on with the commands that cannot see its events (`in_flight`).
 
 use std::any::TypeId;
 use std::collections::VecDeque;
@@ -197,16 +198,18 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CommandMsg::Execute(job) => {
+                // Held back by an append out, or too few to start a chain beside it: the next
+                // answer schedules the next chain.
+                let ready = state.in_flight.arrived(&job);
                 state.queue.push_back(job);
-                if !state.scheduled {
+                if !state.scheduled && ready {
                     state.scheduled = true;
                     myself.send_message(CommandMsg::Process)?;
                 }
             }
             CommandMsg::Process => {
                 state.scheduled = false;
-                // With every append slot taken, the next answer runs the next chain.
-                if !state.in_flight.is_full() {
+                if state.in_flight.may_start() {
                     self.run_chain(&myself, state).await?;
                     schedule(&myself, state)?;
                 }
@@ -245,6 +248,7 @@ fn schedule(
     let now = Instant::now();
     let next = match state.resends.front() {
         Some((_, due)) => Some(due.saturating_duration_since(now)),
+        None if !state.in_flight.may_start() => None,
         None => next_turn(&state.queue, &state.in_flight, now),
     };
     if let Some(delay) = next {
@@ -269,6 +273,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
     /// and a chain stops before the next one.
     fn take_chain(&self, state: &mut CommandState) -> Vec<Job> {
         let now = Instant::now();
+        state.in_flight.taken();
         let mut chain: Vec<Job> = Vec::new();
         let mut waiting: Vec<Job> = Vec::new();
         while chain.len() < self.max_chain {
@@ -379,7 +384,9 @@ impl<S: EventStore + 'static> CommandActor<S> {
         };
         let next = match decided {
             Ok(Some(decided)) if !awaited => {
-                state.in_flight.sent(held.keys.clone(), &decided.events);
+                state
+                    .in_flight
+                    .sent(held.keys.clone(), decided.decided.len(), &decided.events);
                 self.send_append(myself, decided, held, turn);
                 return Ok(());
             }
@@ -934,12 +941,8 @@ fn answer_orphaned(orphaned: Answer) {
 }
 
 /// When the next turn should run: now if a queued job may run, else when the first one backing
-/// off may; `None` with an empty queue, or with only jobs waiting for appends still out, or
-/// with every append slot taken.
+/// off may; `None` with an empty queue, or with only jobs waiting for appends still out.
 fn next_turn(queue: &VecDeque<Job>, in_flight: &InFlight, now: Instant) -> Option<Duration> {
-    if in_flight.is_full() {
-        return None;
-    }
     queue
         .iter()
         .filter(|job| !in_flight.blocks(job))

@@ -14,6 +14,12 @@
 //! The answer comes back to the actor as a message and is settled there as an awaited one would
 //! be (answers, retries, warm state). The turnstile's keys pass to other actors as soon as the
 //! store answers, so no actor of the process ever waits for this actor's mailbox.
+//!
+//! A chain starts while another is out only once as many commands it may take have arrived as
+//! the chain out holds. Without that rule the chains shrank: with few callers per process (16 in
+//! each of 4 processes) every chain split in two, each paying a transaction and its share of
+//! the store's commit order, and 4 processes ran 0.6-0.9x as many decisions, with 1.5x the
+//! server CPU per decision.
 
 use std::collections::HashSet;
 
@@ -29,11 +35,14 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 #[derive(Default)]
 pub(crate) struct InFlight {
     chains: Vec<Sent>,
+    /// Commands arrived since the last chain was taken that no append out holds back.
+    arrived: usize,
 }
 
 /// A chain whose append is out: its keys and the events it writes.
 struct Sent {
     keys: Vec<u64>,
+    commands: usize,
     events: Vec<Event>,
     /// Every tag of `events`, to rule most queries out without matching each event.
     tags: HashSet<String>,
@@ -55,14 +64,33 @@ impl Sent {
 }
 
 impl InFlight {
-    pub(crate) fn is_full(&self) -> bool {
-        self.chains.len() >= MAX_IN_FLIGHT
+    /// Whether a chain may start now: none is out, or fewer than [`MAX_IN_FLIGHT`] and as many
+    /// commands arrived as the largest out holds.
+    pub(crate) fn may_start(&self) -> bool {
+        self.chains.is_empty()
+            || (self.chains.len() < MAX_IN_FLIGHT
+                && self.chains.iter().all(|c| self.arrived >= c.commands))
     }
 
-    /// A chain on `keys` (sorted) sent its append of `events`.
-    pub(crate) fn sent(&mut self, keys: Vec<u64>, events: &[Event]) {
+    /// A job arrived; whether a chain may start for it now.
+    pub(crate) fn arrived(&mut self, job: &Job) -> bool {
+        if self.blocks(job) {
+            return false;
+        }
+        self.arrived += 1;
+        self.may_start()
+    }
+
+    /// A chain was taken from the queue.
+    pub(crate) fn taken(&mut self) {
+        self.arrived = 0;
+    }
+
+    /// A chain of `commands` on `keys` (sorted) sent its append of `events`.
+    pub(crate) fn sent(&mut self, keys: Vec<u64>, commands: usize, events: &[Event]) {
         self.chains.push(Sent {
             keys,
+            commands,
             events: events.to_vec(),
             tags: events
                 .iter()
