@@ -5,6 +5,8 @@
 
 #[path = "support/cut_proxy.rs"]
 mod cut_proxy;
+#[path = "support/gate.rs"]
+mod gate;
 #[path = "support/pings.rs"]
 mod pings;
 
@@ -17,6 +19,7 @@ use dcb_runtime::{
     default_keys,
 };
 use dcb_runtime::{PostgresStore, tokio_postgres};
+use gate::{finish, poll_each_once};
 use pings::{Pings, pinged};
 use tokio::sync::watch;
 
@@ -104,59 +107,65 @@ async fn blocked_appends() -> (TestDatabase, Runtime<PostgresStore>, tokio_postg
     (db, runtime, blocker)
 }
 
+/// Starts `decision` on its way and waits until it was decided once.
+async fn decided_once(
+    runtime: &Runtime<PostgresStore>,
+    decision: Counted,
+    what: &str,
+) -> tokio::task::JoinHandle<Result<dcb_runtime::Committed, ExecuteError<()>>> {
+    let decided = decision.decided.clone();
+    let run = tokio::spawn({
+        let runtime = runtime.clone();
+        async move { runtime.execute(decision).await }
+    });
+    Counted::decided(&decided, 1, what).await;
+    run
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_an_append_is_out_its_actor_decides_other_boundaries_and_holds_back_its_readers() {
+async fn while_an_append_is_out_its_actor_decides_a_command_on_another_boundary() {
     let (_db, runtime, blocker) = blocked_appends().await;
-
-    let first = Counted::new("a", "a", "a");
-    let first_decided = first.decided.clone();
-    let first_run = tokio::spawn({
-        let runtime = runtime.clone();
-        async move { runtime.execute(first).await }
-    });
-    Counted::decided(&first_decided, 1, "the first command").await;
-
-    // On another key, but reading what the first one writes: it must wait for that append.
-    let reader = Counted::new("a", "c", "c");
-    let reader_decided = reader.decided.clone();
-    let reader_run = tokio::spawn({
-        let runtime = runtime.clone();
-        async move { runtime.execute(reader).await }
-    });
-    // Another boundary altogether, queued behind the reader: decided while the first append is
-    // out, which also shows the reader was looked at and held back.
+    let first = decided_once(&runtime, Counted::new("a", "a", "a"), "the first command").await;
     let other = Counted::new("b", "b", "b");
     let other_decided = other.decided.clone();
-    let other_run = tokio::spawn({
-        let runtime = runtime.clone();
-        async move { runtime.execute(other).await }
-    });
-    let other_seen = Counted::decided(&other_decided, 1, "the command on another boundary").await;
-    assert_eq!(other_seen, vec![0]);
+    let other = decided_once(&runtime, other, "the command on another boundary").await;
     assert!(
-        !first_run.is_finished(),
+        !first.is_finished(),
         "the first append is out until the lock is released"
-    );
-    assert!(
-        reader_decided.borrow().is_empty(),
-        "the reader was decided before the events it reads were stored: {:?}",
-        reader_decided.borrow()
     );
 
     blocker.batch_execute("COMMIT").await.expect("unlock");
-    let first = first_run.await.expect("task").expect("first commits");
-    let reader = reader_run.await.expect("task").expect("reader commits");
-    let other = other_run.await.expect("task").expect("other commits");
-    assert_eq!(
-        (first.attempts, reader.attempts, other.attempts),
-        (1, 1, 1),
-        "no conflict: nothing was decided on a state missing an append out"
-    );
+    let first = first.await.expect("task").expect("first commits");
+    let other = other.await.expect("task").expect("other commits");
+    assert_eq!((first.attempts, other.attempts), (1, 1));
+    assert_eq!(*other_decided.borrow(), vec![0]);
+    runtime.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_reading_what_an_append_out_writes_waits_for_its_answer() {
+    let (_db, runtime, blocker) = blocked_appends().await;
+    let first = decided_once(&runtime, Counted::new("a", "a", "a"), "the first command").await;
+    // On another key, but reading what the first one writes.
+    let reader = Counted::new("a", "c", "c");
+    let reader_decided = reader.decided.clone();
+    let polled = poll_each_once([runtime.execute(reader)]).await;
+    assert!(polled[0].1.is_none(), "not answered while appends wait");
+
+    // The reader is in the actor's mailbox before the first append can be answered.
+    blocker.batch_execute("COMMIT").await.expect("unlock");
+    let first = first.await.expect("task").expect("first commits");
+    let reader = finish(polled)
+        .await
+        .pop()
+        .expect("one")
+        .expect("reader commits");
     assert_eq!(
         *reader_decided.borrow(),
         vec![1],
-        "the reader decided once, counting the first command's ping"
+        "the reader decided once, counting the first command's ping, not before it was stored"
     );
+    assert_eq!(reader.attempts, 1, "no conflict");
     assert!(reader.positions[0] > first.positions[0]);
     runtime.shutdown().await;
 }
@@ -166,11 +175,7 @@ async fn an_append_out_when_its_actor_stops_is_answered_and_not_decided_again() 
     let (_db, runtime, blocker) = blocked_appends().await;
     let first = Counted::new("a", "a", "a");
     let first_decided = first.decided.clone();
-    let first_run = tokio::spawn({
-        let runtime = runtime.clone();
-        async move { runtime.execute(first).await }
-    });
-    Counted::decided(&first_decided, 1, "the first command").await;
+    let first_run = decided_once(&runtime, first, "the first command").await;
 
     // Decided while the first append is out, by the same actor, which it stops.
     let panicked = runtime.execute(Panics).await;

@@ -269,11 +269,11 @@ fn record_attempt(name: &'static str, result: &'static str) {
 
 impl<S: EventStore + 'static> CommandActor<S> {
     /// Takes the next chain from the queue, answering expired jobs and leaving in place those
-    /// still backing off or on the keys of an append still out: a job marked `solo` runs alone,
-    /// and a chain stops before the next one.
+    /// still backing off: a job marked `solo` runs alone, and a chain stops before the next one
+    /// and before a job an append out holds back.
     fn take_chain(&self, state: &mut CommandState) -> Vec<Job> {
         let now = Instant::now();
-        state.in_flight.taken();
+        state.in_flight.taking();
         let mut chain: Vec<Job> = Vec::new();
         let mut waiting: Vec<Job> = Vec::new();
         while chain.len() < self.max_chain {
@@ -284,7 +284,13 @@ impl<S: EventStore + 'static> CommandActor<S> {
                 expire(job);
                 continue;
             }
-            if job.not_before.is_some_and(|t| t > now) || state.in_flight.blocks(&job) {
+            if state.in_flight.blocks(&job) {
+                // The queue keeps its order behind a job waiting for an append out.
+                state.in_flight.hold_back();
+                state.queue.push_front(job);
+                break;
+            }
+            if job.not_before.is_some_and(|t| t > now) {
                 waiting.push(job);
                 continue;
             }
