@@ -60,7 +60,8 @@ pub const APPEND_CONFLICTS_TOTAL: &str = "dcb_append_conflicts_total";
 /// Counter: turns on keys contended by several processes (a session advisory lock held from a
 /// chain's read to its append), by `event`: `taken` (free at once), `handed_over` (after waiting
 /// for another process's turn to end), `lost` (not taken or not kept: the session failed or the
-/// wait timed out; the chain ran without it).
+/// wait timed out; the chain ran without it), `seen` (an append made without turns found another
+/// process holding the turn on one of its keys: this process takes turns there from then on).
 pub const LEASES_TOTAL: &str = "dcb_leases_total";
 /// Gauge: keys this process coordinates with other processes (found contended by another
 /// process within the last seconds), sampled each second.

@@ -691,15 +691,27 @@ impl<S: EventStore + 'static> CommandActor<S> {
             job.maybe_stored = true;
         }
         let store = self.store.clone();
+        // Decided on warm state without a read, chain after chain, a process may keep winning
+        // a boundary on which others take turns without ever meeting them: it watches their
+        // turns (cold chains read, which leaves the others room; and watching costs a lock
+        // probe per key).
+        let leases = self.leases.clone().filter(|_| chain.read_skipped);
         let myself = myself.clone();
         tokio::spawn(async move {
-            let answer = store
-                .append_as(
-                    chain.append_id,
-                    chain.events.clone(),
-                    Some(chain.condition.clone()),
-                )
-                .await;
+            let events = chain.events.clone();
+            let condition = chain.condition.clone();
+            let answer = match leases {
+                Some(leases) => {
+                    leases
+                        .append_watching(chain.append_id, events, condition, &held.keys)
+                        .await
+                }
+                None => {
+                    store
+                        .append_as(chain.append_id, events, Some(condition))
+                        .await
+                }
+            };
             // This actor's own next chains on these keys wait for the message; other actors
             // need not.
             drop(turn);

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::append::AppendCondition;
-use crate::error::StoreError;
+use crate::append::{AppendCondition, Appended};
+use crate::error::{AppendError, StoreError};
+use crate::event::Event;
 use crate::metrics as names;
 use crate::store::{PostgresStore, Session};
 
@@ -202,6 +203,33 @@ impl Leases {
         // are as likely to meet the other process next.
         self.contended(keys.iter().copied());
         ConflictSource::OtherRuntime
+    }
+}
+
+impl Leases {
+    /// Appends a chain running without turns, watching the turns on its `keys`: when another
+    /// session holds one (a process taking turns there, which this one never met: it never
+    /// conflicted with it), the keys become leased, and this process's next chains on them take
+    /// turns too (V7).
+    pub(crate) async fn append_watching(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: AppendCondition,
+        keys: &[u64],
+    ) -> Result<Appended, AppendError> {
+        let mut locks: Vec<i32> = keys.iter().map(|&k| lock_key(k)).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let (answer, held) = self
+            .store
+            .append_watching(append_id, events, Some(condition), locks)
+            .await;
+        if !held.is_empty() {
+            metrics::counter!(names::LEASES_TOTAL, "event" => "seen").increment(held.len() as u64);
+            self.contended(keys.iter().copied());
+        }
+        answer
     }
 }
 

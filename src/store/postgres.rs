@@ -161,14 +161,45 @@ impl PostgresStore {
         condition: Option<AppendCondition>,
         append_id: Option<Uuid>,
     ) -> Result<Appended, AppendError> {
+        self.write_watching(events, condition, append_id, Vec::new())
+            .await
+            .0
+    }
+
+    /// [`EventStore::append_as`], answering also which of the turn locks in `watch` (V6) another
+    /// session held when the events were written (V7): how a command actor running without
+    /// turns learns that another process takes turns on its keys.
+    pub(crate) async fn append_watching(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+        watch: Vec<i32>,
+    ) -> (Result<Appended, AppendError>, Vec<i32>) {
+        self.write_watching(events, condition, Some(append_id), watch)
+            .await
+    }
+
+    async fn write_watching(
+        &self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+        append_id: Option<Uuid>,
+        watch: Vec<i32>,
+    ) -> (Result<Appended, AppendError>, Vec<i32>) {
         let limits = &self.inner.limits;
-        let payloads = validate_events(&events, limits)?;
-        if let Some(c) = &condition {
-            validate_query_with(&c.fail_if_events_match, limits)?;
+        let payloads = match validate_events(&events, limits) {
+            Ok(payloads) => payloads,
+            Err(e) => return (Err(e.into()), Vec::new()),
+        };
+        if let Some(c) = &condition
+            && let Err(e) = validate_query_with(&c.fail_if_events_match, limits)
+        {
+            return (Err(e.into()), Vec::new());
         }
         self.inner
             .committer
-            .submit(events, payloads, condition, append_id)
+            .submit(events, payloads, condition, append_id, watch)
             .await
     }
 }

@@ -25,9 +25,12 @@ use crate::event::{Event, Position};
 use crate::metrics as names;
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
-const APPEND_SQL: &str = "SELECT statuses, firsts, dups, now() FROM dcb_append(\
-    $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-    $19)";
+const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20) \
+    FROM dcb_append($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, \
+    $15, $16, $17, $18, $19) AS a";
+
+/// A request's outcome, and which of its watched turn locks another session holds.
+type Answer = (Result<Appended, AppendError>, Vec<i32>);
 
 struct Request {
     events: Vec<Event>,
@@ -35,7 +38,9 @@ struct Request {
     condition: Option<AppendCondition>,
     /// See [`crate::EventStore::append_as`].
     append_id: Option<Uuid>,
-    reply: oneshot::Sender<Result<Appended, AppendError>>,
+    /// Turn locks (V6) to look at: the answer says which another session holds (V7).
+    watch: Vec<i32>,
+    reply: oneshot::Sender<Answer>,
     /// Held until the request is answered or dropped.
     _slot: OwnedSemaphorePermit,
 }
@@ -61,7 +66,8 @@ impl GroupCommitter {
         })
     }
 
-    /// Queues one validated append and waits for its own outcome. Waits first for room when
+    /// Queues one validated append and waits for its own outcome, and for which of the turn
+    /// locks in `watch` another session held when it was written. Waits first for room when
     /// `max_batch * 4` appends are already queued (backpressure).
     pub(super) async fn submit(
         &self,
@@ -69,27 +75,32 @@ impl GroupCommitter {
         payloads: Vec<String>,
         condition: Option<AppendCondition>,
         append_id: Option<Uuid>,
-    ) -> Result<Appended, AppendError> {
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        watch: Vec<i32>,
+    ) -> Answer {
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return (Err(StoreError::Closed.into()), Vec::new());
+        };
         let (reply, outcome) = oneshot::channel();
         let request = Request {
             events,
             payloads,
             condition,
             append_id,
+            watch,
             reply,
             _slot: slot,
         };
-        self.appender
+        if self
+            .appender
             .send_message(AppenderMsg::Append(request))
-            .map_err(|_| StoreError::Closed)?;
+            .is_err()
+        {
+            return (Err(StoreError::Closed.into()), Vec::new());
+        }
         // The appender took the request and stopped before answering: committed or not, unknown.
-        outcome.await.map_err(|_| StoreError::AnswerLost)?
+        outcome
+            .await
+            .unwrap_or_else(|_| (Err(StoreError::AnswerLost.into()), Vec::new()))
     }
 }
 
@@ -178,10 +189,16 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
     let committed = commit(pool, &batch).await;
     metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
     match committed {
-        Ok(outcomes) => {
+        Ok((outcomes, held)) => {
             for (request, outcome) in batch.into_iter().zip(outcomes) {
+                let held_here = request
+                    .watch
+                    .iter()
+                    .copied()
+                    .filter(|lock| held.contains(lock))
+                    .collect();
                 // The caller may have gone away; its events are stored all the same.
-                let _ = request.reply.send(outcome);
+                let _ = request.reply.send((outcome, held_here));
             }
             true
         }
@@ -189,7 +206,9 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
             // The whole batch failed (or its commit is unknown): every caller learns it, and may
             // re-send, which event ids make idempotent.
             for request in batch {
-                let _ = request.reply.send(Err(AppendError::Store(e.clone())));
+                let _ = request
+                    .reply
+                    .send((Err(AppendError::Store(e.clone())), Vec::new()));
             }
             false
         }
@@ -348,12 +367,16 @@ impl<'a> Encoded<'a> {
     }
 }
 
-/// Writes the batch in one statement and maps each request's row to its outcome.
+/// Writes the batch in one statement and maps each request's row to its outcome; also answers
+/// which of the requests' watched turn locks another session holds.
 async fn commit(
     pool: &Pool,
     batch: &[Request],
-) -> Result<Vec<Result<Appended, AppendError>>, StoreError> {
+) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
+    let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
+    watch.sort_unstable();
+    watch.dedup();
     let client = pool.get().await?;
     let statement = client.prepare_cached(APPEND_SQL).await?;
     let rows = client
@@ -379,6 +402,7 @@ async fn commit(
                 &enc.item_tag_starts,
                 &enc.item_tag_counts,
                 &enc.req_append_ids,
+                &watch,
             ],
         )
         .await?;
@@ -389,6 +413,7 @@ async fn commit(
     let firsts: Vec<Option<i64>> = row.try_get(1)?;
     let dups: Vec<Option<Uuid>> = row.try_get(2)?;
     let recorded_at: std::time::SystemTime = row.try_get(3)?;
+    let held: Vec<i32> = row.try_get(4)?;
     if statuses.len() != batch.len() || firsts.len() != batch.len() || dups.len() != batch.len() {
         return Err(StoreError::Corrupt(format!(
             "dcb_append answered {} statuses for {} requests",
@@ -427,7 +452,7 @@ async fn commit(
             }
         });
     }
-    Ok(outcomes)
+    Ok((outcomes, held))
 }
 
 /// What `dcb_append` answers for one request (its `statuses` array).
@@ -485,6 +510,7 @@ mod tests {
             payloads: vec!["{}".to_owned()],
             condition: condition.map(|q| AppendCondition::new(q, None)),
             append_id: None,
+            watch: Vec::new(),
             reply,
             _slot: slots.try_acquire_owned().expect("a free slot"),
         }
