@@ -9,15 +9,13 @@
 -- keys, and the appender's statement answers which of them another session holds now: the
 -- process then takes turns on those keys as well.
 --
--- Each lock is tried and, when free, released at once (session level, on the appender's own
--- connection): nothing is held past the call and no shared lock slot is kept per key.
+-- Each lock is tried at the transaction level: one that was free is held until the append's
+-- statement commits (a turn taken meanwhile waits that long), and ends with it whatever happens,
+-- a cancelled statement included. Only appends decided without a read watch their keys, so a
+-- batch holds a handful of such locks, not one per key of every chain.
 CREATE FUNCTION dcb_turns_held(locks int[]) RETURNS int[]
 LANGUAGE sql VOLATILE AS $fn$
     SELECT coalesce(array_agg(k), '{}')
     FROM unnest(locks) AS k
-    -- CASE fixes the order: unlock only what the try took.
-    WHERE CASE WHEN pg_try_advisory_lock(1145258580, k)
-               THEN NOT pg_advisory_unlock(1145258580, k)
-               ELSE true
-          END
+    WHERE NOT pg_try_advisory_xact_lock(1145258580, k)
 $fn$;
