@@ -136,6 +136,9 @@ pub(crate) struct Leases {
     pub(crate) handed_over: u64,
     /// Not taken or not kept (the chain ran without it).
     pub(crate) lost: u64,
+    /// Turns another process held, seen by an append made without turns (turns are taken on
+    /// those keys from then on).
+    pub(crate) seen: u64,
 }
 
 /// One process's part of the run.
@@ -250,6 +253,7 @@ impl Report {
             taken: whole(m.leases_taken),
             handed_over: whole(m.leases_handed_over),
             lost: whole(m.leases_lost),
+            seen: whole(m.leases_seen),
         };
         self.retries = whole(m.retries);
         self.store_errors = whole(m.store_errors);
@@ -325,12 +329,13 @@ impl fmt::Display for Report {
             taken,
             handed_over,
             lost,
+            seen,
         } = self.leases;
-        if taken + handed_over + lost > 0 {
+        if taken + handed_over + lost + seen > 0 {
             writeln!(
                 f,
                 "turns across procs  {taken} taken at once, {handed_over} handed over by another \
-                 process, {lost} lost"
+                 process, {lost} lost; {seen} seen held by another process by appends without turns"
             )?;
         }
         if self.per_process.len() > 1 {

@@ -48,6 +48,8 @@ pub(crate) struct Snapshot {
     pub(crate) leases_handed_over: f64,
     #[serde(default)]
     pub(crate) leases_lost: f64,
+    #[serde(default)]
+    pub(crate) leases_seen: f64,
 }
 
 impl Snapshot {
@@ -76,6 +78,7 @@ impl Snapshot {
             leases_taken: counter_sum(&text, LEASES_TOTAL, Some(("event", "taken"))),
             leases_handed_over: counter_sum(&text, LEASES_TOTAL, Some(("event", "handed_over"))),
             leases_lost: counter_sum(&text, LEASES_TOTAL, Some(("event", "lost"))),
+            leases_seen: counter_sum(&text, LEASES_TOTAL, Some(("event", "seen"))),
         }
     }
 
@@ -96,6 +99,7 @@ impl Snapshot {
             leases_taken: self.leases_taken - earlier.leases_taken,
             leases_handed_over: self.leases_handed_over - earlier.leases_handed_over,
             leases_lost: self.leases_lost - earlier.leases_lost,
+            leases_seen: self.leases_seen - earlier.leases_seen,
         }
     }
 
@@ -116,6 +120,7 @@ impl Snapshot {
             leases_taken: self.leases_taken + other.leases_taken,
             leases_handed_over: self.leases_handed_over + other.leases_handed_over,
             leases_lost: self.leases_lost + other.leases_lost,
+            leases_seen: self.leases_seen + other.leases_seen,
         }
     }
 
