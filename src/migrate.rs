@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
+use tokio_postgres::NoTls;
 
 use crate::error::StoreError;
 
@@ -13,29 +13,45 @@ mod embedded {
 /// Session advisory lock taken while migrating, so concurrent processes apply each migration once.
 const MIGRATION_LOCK: i64 = 7_166_468_893_617_058_149;
 
-pub(crate) async fn run(pool: &Pool) -> Result<(), StoreError> {
-    let mut client = pool.get().await?;
-    // Timeouts set for the application's statements (on the database or the role) must not fail
-    // a migration, nor its wait for another process's: this session runs without them, and
-    // gives them back before it returns to the pool.
-    client
-        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
-        .await?;
+/// Startup options of the migration's connection. Timeouts set for the application's statements
+/// (on the database or the role) must not fail a migration, nor its wait for another process's.
+/// Set at startup they apply before the first statement: a `SET` sent first ran under the
+/// database's own timeout, and a 5 ms one cancelled it once on a loaded machine.
+const NO_TIMEOUTS: &str = "-c statement_timeout=0 -c lock_timeout=0";
+
+pub(crate) async fn run(config: &tokio_postgres::Config) -> Result<(), StoreError> {
+    let mut config = config.clone();
+    let options = match config.get_options() {
+        Some(o) => format!("{o} {NO_TIMEOUTS}"),
+        None => NO_TIMEOUTS.to_owned(),
+    };
+    config.options(options);
+    // A connection of its own, closed after: its settings never reach the pool.
+    let (mut client, connection) = config.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "migration connection ended");
+        }
+    });
+    let migrated = migrate_on(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    migrated
+}
+
+async fn migrate_on(client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     let applied = embedded::migrations::runner()
-        .run_async(&mut **client)
+        .run_async(client)
         .await
         .map_err(|e| StoreError::Migration(Arc::new(e)));
+    // The lock ends with the session anyway; released first so the next process goes on at once.
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
-    let reset = client
-        .batch_execute("RESET statement_timeout; RESET lock_timeout")
-        .await;
     applied?;
     unlocked?;
-    reset?;
     Ok(())
 }

@@ -114,7 +114,7 @@ impl PostgresStore {
     ///
     /// A connection or migration failure.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        crate::migrate::run(&self.inner.pool).await
+        crate::migrate::run(&self.inner.config).await
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -282,7 +282,7 @@ impl PostgresStoreBuilder {
         // Fail now, not at the first command, when the server is unreachable.
         drop(pool.get().await?);
         if self.migrate {
-            crate::migrate::run(&pool).await?;
+            crate::migrate::run(&pg).await?;
         }
         let committer = GroupCommitter::start(pool.clone(), self.max_batch).await?;
         Ok(PostgresStore {
