@@ -117,8 +117,18 @@ impl CutProxy {
     ///
     /// The store cannot connect.
     pub async fn single_connection_store(&self, url: &str) -> dcb_runtime::PostgresStore {
+        // Migrated directly (migrations open a connection of their own): the proxy then counts
+        // only the pool's connections.
+        drop(
+            dcb_runtime::PostgresStore::builder(url)
+                .pool_size(1)
+                .connect()
+                .await
+                .expect("migrated"),
+        );
         dcb_runtime::PostgresStore::builder(self.url(url))
             .pool_size(1)
+            .migrate(false)
             .connect()
             .await
             .expect("store through the proxy")
