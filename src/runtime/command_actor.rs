@@ -768,13 +768,7 @@ impl<S: EventStore + 'static> CommandActor<S> {
                         }
                     }
                 }
-                let mut next = first.get();
-                for (job, outcome) in decided {
-                    let count = i64::try_from(outcome.as_ref().map_or(0, Vec::len)).unwrap_or(0);
-                    let positions = (next..next + count).map(Position::new).collect();
-                    next += count;
-                    finish(job, outcome, positions, replayed);
-                }
+                finish_stored(decided, first, replayed);
             }
             Next::DecideSingly => {
                 Self::requeue_solo(state, decided.into_iter().map(|(job, _)| job), None);
@@ -926,13 +920,7 @@ fn answer_orphaned(orphaned: Answer) {
         Next::Answer {
             first, replayed, ..
         } => {
-            let mut next = first.get();
-            for (job, outcome) in chain.decided {
-                let count = i64::try_from(outcome.as_ref().map_or(0, Vec::len)).unwrap_or(0);
-                let positions = (next..next + count).map(Position::new).collect();
-                next += count;
-                finish(job, outcome, positions, replayed);
-            }
+            finish_stored(chain.decided, first, replayed);
         }
         // Nothing of theirs stored: dropped unanswered, the jobs tell their callers they never
         // ran.
@@ -979,6 +967,17 @@ fn expire(mut job: Job) {
     match job.last_failure.take() {
         Some(e) => job.answer(JobOutcome::Failed(AppendError::Store(e))),
         None => job.answer(JobOutcome::Timeout),
+    }
+}
+
+/// Answers the jobs of a chain whose events are stored from `first` on, in order.
+fn finish_stored(decided: Vec<(Job, Verdict)>, first: Position, replayed: bool) {
+    let mut next = first.get();
+    for (job, outcome) in decided {
+        let count = i64::try_from(outcome.as_ref().map_or(0, Vec::len)).unwrap_or(0);
+        let positions = (next..next + count).map(Position::new).collect();
+        next += count;
+        finish(job, outcome, positions, replayed);
     }
 }
 

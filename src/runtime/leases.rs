@@ -204,9 +204,7 @@ impl Leases {
         self.contended(keys.iter().copied());
         ConflictSource::OtherRuntime
     }
-}
 
-impl Leases {
     /// Appends a chain running without turns, watching the turns on its `keys`: when another
     /// session holds one (a process taking turns there, which this one never met: it never
     /// conflicted with it), the keys become leased, and this process's next chains on them take
@@ -223,7 +221,7 @@ impl Leases {
         locks.dedup();
         let (answer, held) = self
             .store
-            .append_watching(append_id, events, Some(condition), locks)
+            .write_watching(events, Some(condition), Some(append_id), locks)
             .await;
         if !held.is_empty() {
             metrics::counter!(names::LEASES_TOTAL, "event" => "seen").increment(held.len() as u64);

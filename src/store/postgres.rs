@@ -166,21 +166,11 @@ impl PostgresStore {
             .0
     }
 
-    /// [`EventStore::append_as`], answering also which of the turn locks in `watch` (V6) another
-    /// session held when the events were written (V7): how a command actor running without
-    /// turns learns that another process takes turns on its keys.
-    pub(crate) async fn append_watching(
-        &self,
-        append_id: Uuid,
-        events: Vec<Event>,
-        condition: Option<AppendCondition>,
-        watch: Vec<i32>,
-    ) -> (Result<Appended, AppendError>, Vec<i32>) {
-        self.write_watching(events, condition, Some(append_id), watch)
-            .await
-    }
-
-    async fn write_watching(
+    /// [`EventStore::append_as`] (or `append_if` without `append_id`), answering also which of
+    /// the turn locks in `watch` (V6) another session held when the events were written (V7):
+    /// how a command actor running without turns learns that another process takes turns on
+    /// its keys.
+    pub(crate) async fn write_watching(
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
