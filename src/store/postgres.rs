@@ -1,6 +1,5 @@
 //! The PostgreSQL store: reads by index, appends through a group committer.
 
-mod durable;
 mod group_commit;
 mod read_sql;
 mod session;
@@ -147,14 +146,6 @@ impl PostgresStore {
             .iter()
             .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()?)
-    }
-
-    /// Returns once every append visible now is durable (see `store/postgres/durable.rs`): what
-    /// a subscription waits for before it hands events to code that may act outside the
-    /// database.
-    pub(crate) async fn wait_durable(&self) -> Result<(), StoreError> {
-        let client = self.inner.pool.get().await?;
-        durable::wait_durable(&client).await
     }
 
     /// The process's one notification listener, started by the first follower that asks.

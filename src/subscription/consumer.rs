@@ -380,15 +380,6 @@ impl<D: Delivery> Consumer<D> {
                 return Next::OnWake;
             }
         }
-        // A handler may act outside the database: it gets only events that a crash cannot
-        // erase (an append is visible a little before it is durable).
-        if !read.events.is_empty()
-            && let Err(e) = store.wait_durable().await
-        {
-            crate::metrics::record_store_error("read", &e);
-            self.count_error("store");
-            return Next::After(Self::fault_delay(state));
-        }
         let delivered = state
             .delivery
             .deliver(store.pool(), self.name(), &read.events, state.position, to)

@@ -5,10 +5,7 @@
 //! Writers are serialised by `dcb_append`'s advisory lock anyway (positions must follow commit
 //! order), so batching is what lets concurrent appenders share a commit instead of queueing for it,
 //! and one appender per store is enough (measured: 64 appenders, 9.8k appends/s with one writer,
-//! 7.4k with two).
-//!
-//! A batch commits without waiting for its WAL flush, and a task of its own answers it once it
-//! is durable (see [`super::durable`]): the next batch takes the lock meanwhile. A batch holds only requests independent of each other (see
+//! 7.4k with two). A batch holds only requests independent of each other (see
 //! [`take_independent`]), which lets `dcb_append` check and insert it with a few set-based
 //! statements. The appender runs no user code; a semaphore bounds the appends in its care, since
 //! ractor mailboxes are unbounded.
@@ -22,23 +19,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use uuid::Uuid;
 
-use super::durable::wait_durable;
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
-/// The batch's transaction commits without waiting for its WAL flush (`set_config(.., true)`
-/// lasts until its commit): see [`super::durable`].
-const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20), \
-    set_config('synchronous_commit', 'off', true) \
+const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20) \
     FROM dcb_append($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, \
     $15, $16, $17, $18, $19) AS a";
-
-/// Batches committed and not yet answered, at most (each holds a connection while its flush is
-/// waited for). Beyond that the appender waits before writing the next batch.
-const AWAITING_FLUSH: usize = 2;
 
 /// A request's outcome, and which of its watched turn locks another session holds.
 type Answer = (Result<Appended, AppendError>, Vec<i32>);
@@ -65,20 +54,12 @@ pub(super) struct GroupCommitter {
 impl GroupCommitter {
     /// Starts the appender; it stops when this handle (the last clone of the store) is dropped.
     pub(super) async fn start(pool: Pool, max_batch: usize) -> Result<Self, StoreError> {
-        let (appender, _) = Actor::spawn(
-            None,
-            Appender {
-                pool,
-                max_batch,
-                flushes: Arc::new(Semaphore::new(AWAITING_FLUSH)),
-            },
-            (),
-        )
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "could not start the appender");
-            StoreError::Closed
-        })?;
+        let (appender, _) = Actor::spawn(None, Appender { pool, max_batch }, ())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not start the appender");
+                StoreError::Closed
+            })?;
         Ok(Self {
             appender,
             slots: Arc::new(Semaphore::new(max_batch * 4)),
@@ -132,8 +113,6 @@ impl Drop for GroupCommitter {
 struct Appender {
     pool: Pool,
     max_batch: usize,
-    /// One permit per batch committed and not yet durable.
-    flushes: Arc<Semaphore>,
 }
 
 enum AppenderMsg {
@@ -191,9 +170,7 @@ impl Actor for Appender {
             AppenderMsg::Flush => {
                 state.flush_scheduled = false;
                 let batch = take_independent(&mut state.pending, state.limit);
-                // Never closed: the appender owns it.
-                let flush = self.flushes.clone().acquire_owned().await?;
-                state.limit = if commit_and_answer(&self.pool, batch, flush).await {
+                state.limit = if commit_and_answer(&self.pool, batch).await {
                     (state.limit + 1).min(self.max_batch)
                 } else {
                     (state.limit / 2).max(1)
@@ -204,56 +181,37 @@ impl Actor for Appender {
     }
 }
 
-/// Commits the batch, then, in a task of its own holding `flush`, waits for it to be durable and
-/// answers each request; whether the batch's transaction went through.
-async fn commit_and_answer(pool: &Pool, batch: Vec<Request>, flush: OwnedSemaphorePermit) -> bool {
+/// Commits the batch and answers each request; whether the batch's transaction went through.
+async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
     #[allow(clippy::cast_precision_loss)] // batch sizes are small
     metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
-    match commit(pool, &batch).await {
-        Ok((outcomes, held, client)) => {
-            // The task owns the batch: it answers every caller even if the appender stops.
-            tokio::spawn(async move {
-                let durable = wait_durable(&client).await;
-                drop(client);
-                drop(flush);
-                metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
-                match durable {
-                    Ok(()) => answer(batch, outcomes, &held),
-                    Err(e) => fail(batch, &e),
-                }
-            });
+    let committed = commit(pool, &batch).await;
+    metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
+    match committed {
+        Ok((outcomes, held)) => {
+            for (request, outcome) in batch.into_iter().zip(outcomes) {
+                let held_here = request
+                    .watch
+                    .iter()
+                    .copied()
+                    .filter(|lock| held.contains(lock))
+                    .collect();
+                // The caller may have gone away; its events are stored all the same.
+                let _ = request.reply.send((outcome, held_here));
+            }
             true
         }
         Err(e) => {
-            metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
-            fail(batch, &e);
+            // The whole batch failed (or its commit is unknown): every caller learns it, and may
+            // re-send, which event ids make idempotent.
+            for request in batch {
+                let _ = request
+                    .reply
+                    .send((Err(AppendError::Store(e.clone())), Vec::new()));
+            }
             false
         }
-    }
-}
-
-/// Answers each request of a durable batch with its own outcome.
-fn answer(batch: Vec<Request>, outcomes: Vec<Result<Appended, AppendError>>, held: &[i32]) {
-    for (request, outcome) in batch.into_iter().zip(outcomes) {
-        let held_here = request
-            .watch
-            .iter()
-            .copied()
-            .filter(|lock| held.contains(lock))
-            .collect();
-        // The caller may have gone away; its events are stored all the same.
-        let _ = request.reply.send((outcome, held_here));
-    }
-}
-
-/// The whole batch failed, or whether it is durable is unknown: every caller learns it, and may
-/// re-send, which event ids make idempotent.
-fn fail(batch: Vec<Request>, e: &StoreError) {
-    for request in batch {
-        let _ = request
-            .reply
-            .send((Err(AppendError::Store(e.clone())), Vec::new()));
     }
 }
 
@@ -411,18 +369,10 @@ impl<'a> Encoded<'a> {
 
 /// Writes the batch in one statement and maps each request's row to its outcome; also answers
 /// which of the requests' watched turn locks another session holds.
-/// Answers also the connection, to wait on it for the batch to be durable.
 async fn commit(
     pool: &Pool,
     batch: &[Request],
-) -> Result<
-    (
-        Vec<Result<Appended, AppendError>>,
-        Vec<i32>,
-        deadpool_postgres::Object,
-    ),
-    StoreError,
-> {
+) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
     let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
     watch.sort_unstable();
@@ -502,7 +452,7 @@ async fn commit(
             }
         });
     }
-    Ok((outcomes, held, client))
+    Ok((outcomes, held))
 }
 
 /// What `dcb_append` answers for one request (its `statuses` array).
