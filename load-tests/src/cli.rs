@@ -156,8 +156,8 @@ pub(crate) struct SweepArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
     pub(crate) levels: Vec<usize>,
     /// After the levels, one open-loop run at this fraction of the peak (the highest committed/s
-    /// of the levels), with the peak's concurrency bounding the commands in flight: its latency
-    /// is timed from each command's due time. 0.8 gives p99 at 80 % of peak.
+    /// of the levels), with four times the peak's concurrency bounding the commands in flight:
+    /// its latency is timed from each command's due time. 0.8 gives p99 at 80 % of peak.
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub(crate) open_loop_at: Option<f64>,
     #[command(flatten)]

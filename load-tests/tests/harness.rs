@@ -446,8 +446,8 @@ fn sweep_charts_throughput_against_concurrency_and_runs_open_loop_at_a_fraction_
             rate(a).total_cmp(&rate(b))
         })
         .unwrap();
-    // The open-loop run comes last, at half the peak, with the peak's concurrency.
-    assert_eq!(levels, [1, 4, peak["concurrency"].as_u64().unwrap()]);
+    // The open-loop run comes last, at half the peak, with four times the peak's concurrency.
+    assert_eq!(levels, [1, 4, 4 * peak["concurrency"].as_u64().unwrap()]);
     let open = &reports[2];
     let asked = open["rate_per_s"]
         .as_f64()
