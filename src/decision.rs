@@ -4,10 +4,11 @@
 mod leaf;
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::event::{Event, Position, SequencedEvent};
-use crate::query::Query;
+use crate::query::{Query, QueryItem};
 pub use leaf::Leaf;
 
 /// A leaf projection's folded state, type-erased: what a command actor keeps warm.
@@ -234,16 +235,28 @@ impl<A: Projection, B: Projection, C: Projection> Projection for (A, B, C) {
 
 /// The query matching what either query matches.
 pub fn union(a: &Query, b: &Query) -> Query {
-    if a.is_all() || b.is_all() {
-        return Query::all();
-    }
-    let mut items = a.items().to_vec();
-    for item in b.items() {
-        if !items.contains(item) {
-            items.push(item.clone());
+    union_all([a, b]).unwrap_or_else(Query::all)
+}
+
+/// The query matching what any of `queries` matches (`None` for none): each distinct item once,
+/// in the order first met. A chain's read and condition are the union of tens of queries;
+/// folding [`union`] over them copied the growing union at every step.
+pub(crate) fn union_all<'a>(queries: impl IntoIterator<Item = &'a Query>) -> Option<Query> {
+    let mut seen: HashSet<&QueryItem> = HashSet::new();
+    let mut items = Vec::new();
+    let mut any = false;
+    for query in queries {
+        any = true;
+        if query.is_all() {
+            return Some(Query::all());
+        }
+        for item in query.items() {
+            if seen.insert(item) {
+                items.push(item.clone());
+            }
         }
     }
-    Query::from_items(items)
+    any.then(|| Query::from_items(items))
 }
 
 /// A command: reads its projection, decides on the folded state, and has the runtime append the
@@ -335,4 +348,42 @@ fn key_of(value: &(impl Hash + ?Sized)) -> u64 {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::P;
+
+    fn on(tag: &str) -> Query {
+        QueryItem::new(["T"], [P("k", tag)]).into()
+    }
+
+    #[test]
+    fn union_all_keeps_each_item_once_in_the_order_first_met() {
+        let both: Query = Query::from_items(vec![
+            QueryItem::new(["T"], [P("k", "b")]),
+            QueryItem::new(["T"], [P("k", "c")]),
+        ]);
+        let all = union_all([&on("a"), &both, &on("b"), &on("a")]).expect("a union");
+        assert_eq!(
+            all,
+            Query::from_items(vec![
+                QueryItem::new(["T"], [P("k", "a")]),
+                QueryItem::new(["T"], [P("k", "b")]),
+                QueryItem::new(["T"], [P("k", "c")]),
+            ])
+        );
+        assert_eq!(all, union(&union(&on("a"), &both), &on("b")));
+    }
+
+    #[test]
+    fn union_all_of_everything_is_everything_and_of_nothing_is_none() {
+        assert!(
+            union_all([&on("a"), &Query::all()])
+                .expect("a union")
+                .is_all()
+        );
+        assert!(union_all(std::iter::empty()).is_none());
+    }
 }

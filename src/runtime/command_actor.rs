@@ -25,7 +25,7 @@ use super::turnstile::{Turn, Turnstile};
 use super::warm_cache::WarmCache;
 use super::{Committed, RetryPolicy};
 use crate::append::{AppendCondition, Appended};
-use crate::decision::union;
+use crate::decision::union_all;
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position, SequencedEvent};
 use crate::metrics as names;
@@ -478,21 +478,14 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
 
         // One read of the union, from the oldest head any group has seen.
-        let read_query = groups[1..]
-            .iter()
-            .fold(groups[0].query.clone(), |q, g| union(&q, &g.query));
+        let read_query = union_all(groups.iter().map(|g| &g.query)).unwrap_or_else(Query::all);
         // A leaf that never read needs everything.
         let after = groups
             .iter()
             .flat_map(|g| g.seen.iter().copied())
             .collect::<Option<Vec<_>>>()
             .and_then(|heads| heads.into_iter().min());
-        let condition: Query = chain
-            .iter()
-            .map(|job| job.command.condition_query())
-            .fold(None::<Query>, |acc, q| {
-                Some(acc.map_or_else(|| q.clone(), |a| union(&a, q)))
-            })
+        let condition: Query = union_all(chain.iter().map(|job| job.command.condition_query()))
             .unwrap_or_else(Query::all);
         // Every leaf current at one and the same head: the store holds nothing new for them
         // unless another writer appended, which the append's condition finds, as it covers every
