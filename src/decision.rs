@@ -374,7 +374,6 @@ mod tests {
                 QueryItem::new(["T"], [P("k", "c")]),
             ])
         );
-        assert_eq!(all, union(&union(&on("a"), &both), &on("b")));
     }
 
     #[test]

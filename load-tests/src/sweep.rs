@@ -63,8 +63,8 @@ pub(crate) async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
 /// Commands in flight in the open-loop run, per command in flight at the peak. An open loop
 /// models arrivals that do not wait for each other; its bound is the load generator's, not the
 /// system's. At the peak's own concurrency it sits near what 80 % of the peak keeps in flight
-/// (Little's law: 0.8 x the peak's callers), so every burst found no free caller and was sent
-/// late by the generator itself (measured: 8,900/s against an 11,166/s peak at 64 callers,
+/// (Little's law: 0.8 x the peak's callers), so a burst found no free caller and was sent late
+/// by the generator itself (measured: 8,900/s against an 11,166/s peak at 64 callers,
 /// 10,695-36,621 of 44,500 commands late, p99 from due time 26-150 ms; with 256 in flight,
 /// 160-1,459 late, 19-38 ms).
 const OPEN_LOOP_HEADROOM: usize = 4;
