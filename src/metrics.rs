@@ -66,6 +66,16 @@ pub const LEASES_TOTAL: &str = "dcb_leases_total";
 /// Gauge: keys this process coordinates with other processes (found contended by another
 /// process within the last seconds), sampled each second.
 pub const LEASED_KEYS: &str = "dcb_leased_keys";
+/// Counter: commands this process sent to the process owning their key, by `decision` and
+/// `outcome`: `committed` there, `run_here` (not committed there: run here, under the same
+/// idempotency key), `no_answer` (none in time: run here).
+pub const FORWARDED_COMMANDS_TOTAL: &str = "dcb_forwarded_commands_total";
+/// Counter: commands other processes sent to this one, as the owner of their key, that it ran.
+pub const FORWARDED_COMMANDS_SERVED_TOTAL: &str = "dcb_forwarded_commands_served_total";
+/// Counter: ownerships of contended keys, by `event`: `taken`, `given_back` (its lease lapsed).
+pub const OWNERSHIPS_TOTAL: &str = "dcb_ownerships_total";
+/// Gauge: contended keys this process owns (their forwarded commands run here).
+pub const OWNED_KEYS: &str = "dcb_owned_keys";
 /// Every metric name, for checks that an exposition is complete.
 pub const ALL: &[&str] = &[
     COMMANDS_TOTAL,
@@ -91,6 +101,10 @@ pub const ALL: &[&str] = &[
     APPEND_CONFLICTS_TOTAL,
     LEASES_TOTAL,
     LEASED_KEYS,
+    FORWARDED_COMMANDS_TOTAL,
+    FORWARDED_COMMANDS_SERVED_TOTAL,
+    OWNERSHIPS_TOTAL,
+    OWNED_KEYS,
 ];
 
 /// Where [`install_prometheus`] listens unless told otherwise: loopback only.
@@ -241,6 +255,22 @@ pub fn describe() {
         Unit::Count,
         "Keys coordinated with other processes."
     );
+    describe_counter!(
+        FORWARDED_COMMANDS_TOTAL,
+        Unit::Count,
+        "Commands sent to the process owning their key, by outcome."
+    );
+    describe_counter!(
+        FORWARDED_COMMANDS_SERVED_TOTAL,
+        Unit::Count,
+        "Commands run for other processes, as the owner of their key."
+    );
+    describe_counter!(
+        OWNERSHIPS_TOTAL,
+        Unit::Count,
+        "Ownerships of contended keys: taken, given back."
+    );
+    describe_gauge!(OWNED_KEYS, Unit::Count, "Contended keys this process owns.");
     describe_gauge!(
         POOL_CONNECTIONS,
         Unit::Count,

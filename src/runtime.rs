@@ -3,6 +3,7 @@
 
 mod after_append;
 mod command_actor;
+mod forwarding;
 mod in_flight;
 mod job;
 mod leases;
@@ -12,6 +13,7 @@ mod supervisor;
 mod turnstile;
 mod warm_cache;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,8 +29,9 @@ use crate::limits::ValidationError;
 use crate::metrics as names;
 use crate::store::{EventStore, PostgresStore};
 use command_actor::CommandMsg;
+use forwarding::{Codec, Forwarding};
 pub use job::keyed_event_id;
-use job::{Command, ErasedCommand, Job, JobOutcome};
+use job::{Command, ErasedCommand, Job, JobOutcome, keys_of};
 use leases::Leases;
 pub use outcome::CommandOutcome;
 use overlap::Overlap;
@@ -191,6 +194,8 @@ pub struct RuntimeBuilder<S> {
     policy: RetryPolicy,
     max_chain: usize,
     leases: Option<Leases>,
+    /// Decisions that may be forwarded to the process owning their key, by name.
+    forwarded: HashMap<&'static str, Codec<S>>,
 }
 
 impl Runtime<PostgresStore> {
@@ -209,6 +214,24 @@ impl Runtime<PostgresStore> {
     }
 }
 
+impl RuntimeBuilder<PostgresStore> {
+    /// Lets commands of `D` run in the process that owns their key while other processes
+    /// contend for it, so that a hot boundary is decided in one process's chains whichever
+    /// process its callers are in (see "How it works" in the README). The decision crosses
+    /// between processes as JSON, so every process must register `D` under the same
+    /// [`Decision::NAME`]. Only commands holding one key are forwarded. A forwarded command runs
+    /// under an idempotency key (the caller's, or a fresh one): when the owner does not answer
+    /// within half a second, or did not commit it, this process runs it itself, and it is
+    /// committed once either way.
+    pub fn forward<D>(mut self) -> Self
+    where
+        D: Decision + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.forwarded.insert(D::NAME, Codec::of::<D>());
+        self
+    }
+}
+
 impl<S: EventStore + 'static> RuntimeBuilder<S> {
     /// A builder for a runtime on any store (for example a [`crate::MemoryStore`] in tests).
     pub fn new(store: S) -> Self {
@@ -219,6 +242,7 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
             policy: RetryPolicy::default(),
             max_chain: 64,
             leases: None,
+            forwarded: HashMap::new(),
         }
     }
 
@@ -285,13 +309,31 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
         }
         let store = Arc::new(self.store);
         let turnstile = Arc::new(Turnstile::default());
+        let leases = self.leases.map(Arc::new);
+        let forwarding = match &leases {
+            Some(leases) if !self.forwarded.is_empty() => {
+                for event in ["taken", "given_back"] {
+                    metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => event).increment(0);
+                }
+                metrics::counter!(names::FORWARDED_COMMANDS_SERVED_TOTAL).increment(0);
+                for &decision in self.forwarded.keys() {
+                    for outcome in ["committed", "run_here", "no_answer"] {
+                        metrics::counter!(names::FORWARDED_COMMANDS_TOTAL, "decision" => decision, "outcome" => outcome)
+                            .increment(0);
+                    }
+                }
+                metrics::gauge!(names::OWNED_KEYS).set(0.0);
+                Some(Arc::new(Forwarding::new(self.forwarded, leases.clone())))
+            }
+            _ => None,
+        };
         let supervisor = Supervisor {
             store: store.clone(),
             policy: self.policy,
             max_chain: self.max_chain,
             actors: self.actors,
             turnstile: turnstile.clone(),
-            leases: self.leases.map(Arc::new),
+            leases,
         };
         let (ready, slots) = oneshot::channel();
         let (supervisor, _) = Actor::spawn(None, supervisor, ready).await.map_err(|e| {
@@ -299,20 +341,23 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
             StoreError::Closed
         })?;
         let slots = slots.await.map_err(|_| StoreError::Closed)?;
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                slots,
-                supervisor,
-                capacity: self.queue_capacity,
-                policy: self.policy,
-                closing: AtomicBool::new(false),
-                inflight: AtomicUsize::new(0),
-                idle: Notify::new(),
-                store,
-                turnstile,
-                overlap: Overlap::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            slots,
+            supervisor,
+            capacity: self.queue_capacity,
+            policy: self.policy,
+            closing: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            store,
+            turnstile,
+            overlap: Overlap::default(),
+            forwarding,
+        });
+        if let Some(forwarding) = &inner.forwarding {
+            forwarding.start(Arc::downgrade(&inner));
+        }
+        Ok(Runtime { inner })
     }
 }
 
@@ -367,6 +412,15 @@ struct Inner<S> {
     store: Arc<S>,
     turnstile: Arc<Turnstile>,
     overlap: Overlap,
+    forwarding: Option<Arc<Forwarding<S>>>,
+}
+
+impl<S> Drop for Inner<S> {
+    fn drop(&mut self) {
+        if let Some(forwarding) = &self.forwarding {
+            forwarding.stop();
+        }
+    }
 }
 
 /// Counts a command in flight for as long as it lives.
@@ -442,6 +496,77 @@ impl<S: EventStore + 'static> Runtime<S> {
         key: Option<String>,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let started = Instant::now();
+        let result = match &self.inner.forwarding {
+            Some(forwarding) if forwarding.forwards(D::NAME) => {
+                self.forward_or_decide(forwarding, decision, key, started)
+                    .await
+            }
+            _ => self.decide_keyed(decision, key, started).await,
+        };
+        metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
+            .record(started.elapsed());
+        // Counted once, here, as the caller is answered (after the keyed fix-up), and only in
+        // the caller's process (a command served for another process is counted there).
+        let outcome = CommandOutcome::of(&result).label();
+        metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    /// Sends the command to the process owning its key, if another process owns it; runs it
+    /// here when it does not answer in time or did not commit it.
+    async fn forward_or_decide<D: Decision>(
+        &self,
+        forwarding: &Forwarding<S>,
+        decision: D,
+        key: Option<String>,
+        started: Instant,
+    ) -> Result<Committed, ExecuteError<D::Rejection>> {
+        let keys = keys_of(&decision);
+        let destination = match keys[..] {
+            [one] => forwarding.destination(&decision, one).await,
+            _ => None,
+        };
+        let Some((channel, command)) = destination else {
+            let r = self.decide_keyed(decision, key, started).await;
+            return r;
+        };
+        // Wherever it runs, it runs under this key: committed once.
+        let idempotency_key = key.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
+        let deadline = started + self.inner.policy.deadline;
+        let forwarded = forwarding
+            .forward(
+                channel,
+                D::NAME,
+                keys[0],
+                &idempotency_key,
+                command,
+                deadline,
+            )
+            .await;
+        let mut result = match forwarded {
+            Some(committed) => Ok(committed),
+            None => {
+                self.decide_keyed(decision, Some(idempotency_key), started)
+                    .await
+            }
+        };
+        if key.is_none()
+            && let Ok(committed) = &mut result
+        {
+            // A key of our own making: to the caller, this is the one execution.
+            committed.replayed = false;
+        }
+        result
+    }
+
+    /// Runs the decision here, under `key` if given (see [`Runtime::execute_with_key`]).
+    async fn decide_keyed<D: Decision>(
+        &self,
+        decision: D,
+        key: Option<String>,
+        started: Instant,
+    ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let mut result = self.run(decision, key.clone(), started).await;
         if let Some(key) = &key {
             // Refused, out of attempts, failed, deciding nothing or a replay: maybe because an
@@ -470,12 +595,6 @@ impl<S: EventStore + 'static> Runtime<S> {
                 }
             }
         }
-        metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
-            .record(started.elapsed());
-        // Counted once, here, as the caller is answered (after the keyed fix-up above).
-        let outcome = CommandOutcome::of(&result).label();
-        metrics::counter!(names::COMMANDS_TOTAL, "decision" => D::NAME, "outcome" => outcome)
-            .increment(1);
         result
     }
 
@@ -610,6 +729,11 @@ impl<S: EventStore + 'static> Runtime<S> {
     pub async fn shutdown(&self) {
         let inner = &*self.inner;
         inner.closing.store(true, Ordering::SeqCst);
+        if let Some(forwarding) = &inner.forwarding {
+            // Still listening until the actors stop: what other processes send meanwhile is
+            // answered at once, "run it yourself".
+            forwarding.resign().await;
+        }
         loop {
             // Registered before the check, so a wake-up between the two is not lost.
             let idle = inner.idle.notified();
@@ -624,6 +748,10 @@ impl<S: EventStore + 'static> Runtime<S> {
             .supervisor
             .stop_and_wait(None, Some(Duration::from_secs(10)))
             .await;
+        if let Some(forwarding) = &inner.forwarding {
+            forwarding.drain().await;
+            forwarding.stop();
+        }
     }
 }
 

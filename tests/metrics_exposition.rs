@@ -38,6 +38,7 @@ const GAUGES: &[&str] = &[
     names::SUBSCRIPTION_LAG_SECONDS,
     names::SUBSCRIPTION_ACTIVE,
     names::LEASED_KEYS,
+    names::OWNED_KEYS,
 ];
 const COUNTERS: &[&str] = &[
     names::COMMANDS_TOTAL,
@@ -50,6 +51,9 @@ const COUNTERS: &[&str] = &[
     names::SUBSCRIPTION_ERRORS_TOTAL,
     names::APPEND_CONFLICTS_TOTAL,
     names::LEASES_TOTAL,
+    names::FORWARDED_COMMANDS_TOTAL,
+    names::FORWARDED_COMMANDS_SERVED_TOTAL,
+    names::OWNERSHIPS_TOTAL,
 ];
 /// Every `outcome` of `dcb_commands_total`.
 const OUTCOMES: &[&str] = &[
@@ -150,6 +154,25 @@ impl Decision for Bump {
     }
 }
 
+/// A decision registered for forwarding (`RuntimeBuilder::forward`), so that the forwarding
+/// metrics are exposed; it never runs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Forwardable;
+
+impl Decision for Forwardable {
+    const NAME: &'static str = "forwardable";
+    type Projection = Bumps;
+    type Rejection = std::convert::Infallible;
+
+    fn projection(&self) -> Bumps {
+        Bumps
+    }
+
+    fn decide(&self, _bumps: &u64) -> Result<Vec<Event>, Self::Rejection> {
+        Ok(Vec::new())
+    }
+}
+
 /// Installs the exporter on a free loopback port.
 fn install() -> (SocketAddr, metrics_exporter_prometheus::PrometheusHandle) {
     let mut last = None;
@@ -245,6 +268,7 @@ async fn the_exposition_is_complete_typed_and_parses() {
     // rounds until at least one was retried (one round practically always suffices).
     let runtime = Runtime::builder(store.clone())
         .actors(4)
+        .forward::<Forwardable>()
         .start()
         .await
         .expect("runtime");

@@ -83,6 +83,11 @@ pub(crate) struct RunArgs {
     /// OS processes running the callers against the same database; results are merged.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub(crate) processes: usize,
+    /// Do not forward commands on a key contended by several processes to the process owning
+    /// it: every process takes turns on the key with its own commands (as before forwarding),
+    /// for comparison.
+    #[arg(long)]
+    pub(crate) turns_only: bool,
     /// Seed of the callers' random choices (default: random, printed in the report).
     #[arg(long)]
     pub(crate) seed: Option<u64>,

@@ -44,6 +44,9 @@ pub(crate) async fn run_children(
             .args(["--keys", &args.keys.to_string()])
             .args(["--skew", &args.skew.to_string()])
             .args(["--seed", &args.seed().to_string()]);
+        if args.turns_only {
+            cmd.arg("--turns-only");
+        }
         if let Some(chaos) = args.chaos {
             let name =
                 clap::ValueEnum::to_possible_value(&chaos).expect("every chaos kind has a name");

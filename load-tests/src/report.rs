@@ -41,6 +41,7 @@ pub(crate) struct Report {
     pub(crate) retries: u64,
     /// Turns on keys contended by several processes, summed over the processes.
     pub(crate) leases: Leases,
+    pub(crate) forwarded: Forwarded,
     /// What each process did, in process order.
     pub(crate) per_process: Vec<ProcessFigures>,
     /// Failed store operations, transient ones (retried) included: `dcb_store_errors_total`.
@@ -139,6 +140,20 @@ pub(crate) struct Leases {
     /// Turns another process held, seen by an append made without turns (turns are taken on
     /// those keys from then on).
     pub(crate) seen: u64,
+}
+
+/// `dcb_forwarded_commands_total` by outcome, and `dcb_forwarded_commands_served_total`, over
+/// the run.
+#[derive(Serialize, Debug, Default, Clone, Copy)]
+pub(crate) struct Forwarded {
+    /// Sent to the process owning their key and committed there.
+    pub(crate) committed: u64,
+    /// Sent, not committed there: run by their own process.
+    pub(crate) run_here: u64,
+    /// Sent, no answer in time: run by their own process.
+    pub(crate) no_answer: u64,
+    /// Run for another process, as the owner of their key.
+    pub(crate) served: u64,
 }
 
 /// One process's part of the run.
@@ -255,6 +270,12 @@ impl Report {
             lost: whole(m.leases_lost),
             seen: whole(m.leases_seen),
         };
+        self.forwarded = Forwarded {
+            committed: whole(m.forwarded_committed),
+            run_here: whole(m.forwarded_run_here),
+            no_answer: whole(m.forwarded_no_answer),
+            served: whole(m.forwarded_served),
+        };
         self.retries = whole(m.retries);
         self.store_errors = whole(m.store_errors);
         self.conflict_rate = m.conflict_rate();
@@ -336,6 +357,19 @@ impl fmt::Display for Report {
                 f,
                 "turns across procs  {taken} taken at once, {handed_over} handed over by another \
                  process, {lost} lost; {seen} seen held by another process by appends without turns"
+            )?;
+        }
+        let Forwarded {
+            committed,
+            run_here,
+            no_answer,
+            served,
+        } = self.forwarded;
+        if committed + run_here + no_answer + served > 0 {
+            writeln!(
+                f,
+                "forwarded           {committed} committed by the key's owner, {run_here} run here \
+                 after its answer, {no_answer} run here without one; {served} served as owner"
             )?;
         }
         if self.per_process.len() > 1 {

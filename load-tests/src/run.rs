@@ -41,11 +41,14 @@ pub(crate) async fn run_share(
     }
     .connect()
     .await?;
-    let runtime = Runtime::builder(store)
+    let mut builder = Runtime::builder(store)
         .actors(args.actors)
-        .queue_capacity(share.callers.max(1024))
-        .start()
-        .await?;
+        .queue_capacity(share.callers.max(1024));
+    if !args.turns_only {
+        // The one scenario whose decisions hold one key that several processes contend for.
+        builder = builder.forward::<dcb_scenarios::invoice::NextInvoice>();
+    }
+    let runtime = builder.start().await?;
     let keys = KeyPicker::new(args.keys, args.skew)?;
     let keyed = args.chaos.is_some();
     let workload = Arc::new(Workload::new(kind, keys, args.keys, share.process, keyed));

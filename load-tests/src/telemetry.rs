@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use dcb_runtime::metrics::{
     APPEND_ATTEMPTS_TOTAL, APPEND_BATCH_SIZE, APPEND_CONFLICTS_TOTAL, APPEND_DURATION_SECONDS,
-    COMMAND_RETRIES_TOTAL, LEASES_TOTAL, READ_DURATION_SECONDS, STORE_ERRORS_TOTAL,
+    COMMAND_RETRIES_TOTAL, FORWARDED_COMMANDS_SERVED_TOTAL, FORWARDED_COMMANDS_TOTAL, LEASES_TOTAL,
+    READ_DURATION_SECONDS, STORE_ERRORS_TOTAL,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,16 @@ pub(crate) struct Snapshot {
     pub(crate) leases_lost: f64,
     #[serde(default)]
     pub(crate) leases_seen: f64,
+    /// Commands sent to the process owning their key (`dcb_forwarded_commands_total`), by
+    /// outcome, and those served for other processes.
+    #[serde(default)]
+    pub(crate) forwarded_committed: f64,
+    #[serde(default)]
+    pub(crate) forwarded_run_here: f64,
+    #[serde(default)]
+    pub(crate) forwarded_no_answer: f64,
+    #[serde(default)]
+    pub(crate) forwarded_served: f64,
 }
 
 impl Snapshot {
@@ -79,6 +90,22 @@ impl Snapshot {
             leases_handed_over: counter_sum(&text, LEASES_TOTAL, Some(("event", "handed_over"))),
             leases_lost: counter_sum(&text, LEASES_TOTAL, Some(("event", "lost"))),
             leases_seen: counter_sum(&text, LEASES_TOTAL, Some(("event", "seen"))),
+            forwarded_committed: counter_sum(
+                &text,
+                FORWARDED_COMMANDS_TOTAL,
+                Some(("outcome", "committed")),
+            ),
+            forwarded_run_here: counter_sum(
+                &text,
+                FORWARDED_COMMANDS_TOTAL,
+                Some(("outcome", "run_here")),
+            ),
+            forwarded_no_answer: counter_sum(
+                &text,
+                FORWARDED_COMMANDS_TOTAL,
+                Some(("outcome", "no_answer")),
+            ),
+            forwarded_served: counter_sum(&text, FORWARDED_COMMANDS_SERVED_TOTAL, None),
         }
     }
 
@@ -100,6 +127,10 @@ impl Snapshot {
             leases_handed_over: self.leases_handed_over - earlier.leases_handed_over,
             leases_lost: self.leases_lost - earlier.leases_lost,
             leases_seen: self.leases_seen - earlier.leases_seen,
+            forwarded_committed: self.forwarded_committed - earlier.forwarded_committed,
+            forwarded_run_here: self.forwarded_run_here - earlier.forwarded_run_here,
+            forwarded_no_answer: self.forwarded_no_answer - earlier.forwarded_no_answer,
+            forwarded_served: self.forwarded_served - earlier.forwarded_served,
         }
     }
 
@@ -121,6 +152,10 @@ impl Snapshot {
             leases_handed_over: self.leases_handed_over + other.leases_handed_over,
             leases_lost: self.leases_lost + other.leases_lost,
             leases_seen: self.leases_seen + other.leases_seen,
+            forwarded_committed: self.forwarded_committed + other.forwarded_committed,
+            forwarded_run_here: self.forwarded_run_here + other.forwarded_run_here,
+            forwarded_no_answer: self.forwarded_no_answer + other.forwarded_no_answer,
+            forwarded_served: self.forwarded_served + other.forwarded_served,
         }
     }
 

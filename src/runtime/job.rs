@@ -64,6 +64,15 @@ pub(crate) struct Command<D: Decision> {
     key: Option<String>,
 }
 
+/// The keys a command of `decision` holds (see [`Command::keys`]), without building it.
+pub(crate) fn keys_of<D: Decision>(decision: &D) -> Vec<u64> {
+    let read_query = decision.projection().query();
+    let mut keys = decision.consistency_keys(&decision.condition_query(&read_query));
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 impl<D: Decision> Command<D> {
     pub(crate) fn new(decision: D, key: Option<String>) -> Self {
         let projection = decision.projection();

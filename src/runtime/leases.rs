@@ -95,6 +95,11 @@ impl Leases {
         }
     }
 
+    /// The store's connection settings.
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        self.store.config()
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
         // Nothing panics while the table is locked; a poisoned table is still consistent.
         self.contended
@@ -146,7 +151,7 @@ impl Leases {
     }
 
     /// Another process was seen on these keys just now.
-    fn contended(&self, keys: impl IntoIterator<Item = u64>) {
+    pub(crate) fn contended(&self, keys: impl IntoIterator<Item = u64>) {
         let now = Instant::now();
         let mut table = self.table();
         for key in keys {
@@ -243,7 +248,7 @@ pub(crate) struct TurnSession {
 
 /// A key in the advisory-lock key space of turns: 64 bits folded into the lock's 32 (two keys
 /// that fold alike take turns together, which costs waiting, never correctness).
-fn lock_key(key: u64) -> i32 {
+pub(crate) fn lock_key(key: u64) -> i32 {
     #[allow(clippy::cast_possible_truncation)]
     let folded = (key ^ (key >> 32)) as u32;
     i32::from_ne_bytes(folded.to_ne_bytes())

@@ -18,7 +18,9 @@ SELECT (count(*) - count(DISTINCT number)) \
         - count(DISTINCT number) FILTER (WHERE number >= 1)) \
 FROM invoices";
 
-/// Creates the invoice with the next number.
+/// Creates the invoice with the next number. Serialisable, so that a runtime may forward it to
+/// the process owning the invoice sequence (`RuntimeBuilder::forward`).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct NextInvoice;
 
 /// The highest invoice number so far (0 before the first).

@@ -21,9 +21,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Opens a connection with these settings (the store's).
-    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
-        let mut config = config.clone();
+    /// These settings (the store's) for a session: keepalives that end it soon after its
+    /// process or host is gone.
+    pub(crate) fn config(base: &tokio_postgres::Config) -> tokio_postgres::Config {
+        let mut config = base.clone();
         // A process that dies closes its socket and the server ends the session at once. A host
         // that vanishes closes nothing: the server's own keepalives (set for this session) end
         // it within about idle + count x interval = 8 s, instead of the system's default of
@@ -40,6 +41,12 @@ impl Session {
             .keepalives_idle(Duration::from_secs(5))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(3);
+        config
+    }
+
+    /// Opens a connection with these settings (the store's).
+    pub(crate) async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
+        let config = Self::config(config);
         let (client, connection) = config.connect(NoTls).await?;
         let (ended_tx, ended) = watch::channel(false);
         let driver = tokio::spawn(async move {

@@ -1,0 +1,583 @@
+//! Commands forwarded to the process that owns their key.
+//!
+//! Turns (`leases.rs`) stop processes from invalidating each other's reads on a hot boundary,
+//! but each turn decides only the commands its own process has waiting: four processes of 16
+//! callers each append chains of 16, one after the other, where one process of 64 callers
+//! appends chains of 64 (the README's "Performance": about 0.4x of one process). So a decision
+//! registered with [`crate::RuntimeBuilder::forward`] goes, while its key is leased, to the one
+//! process that *owns* the key, and joins that process's chains there.
+//!
+//! - **Ownership** is a session advisory lock (key space 1145258575, 'DCBO') taken with
+//!   `pg_try_advisory_lock` on the connection that listens for this process's forwarded
+//!   commands, on channel `dcb_forward_<its backend pid>`. Whoever does not get the lock finds
+//!   the holder's pid in `pg_locks`: that names its channel. No table, no consensus of our own:
+//!   a process that dies loses its ownership with its session, and a lapsed lease gives it back.
+//! - **Transport** is `NOTIFY` (no WAL, no disk sync): requests and answers are packed many to a
+//!   notification by one writer per process, which sends whatever queued while it sent the last.
+//! - **Correctness never rests on it**: the owner runs the command like any other (the append
+//!   condition guards it), under an idempotency key the sender chose. A sender that hears no
+//!   answer within [`FORWARD_WAIT`] (the owner died, or a notification was lost), or hears that
+//!   it did not commit there, runs the command itself under the same key: it is committed once
+//!   whichever ran it (see `Runtime::execute_with_key`).
+
+mod wire;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::leases::{Leases, lock_key};
+use super::{Committed, Inner, Runtime};
+use crate::decision::Decision;
+use crate::metrics as names;
+use crate::store::{EventStore, Session};
+use wire::{Answer, Envelope, MAX_PAYLOAD, Request, WireCommitted};
+
+/// The advisory-lock key space of ownership ('DCBO', beside the turns' 'DCBT').
+const OWNERS_SPACE: i32 = 0x4443_424F;
+
+/// How long a sender waits for the owner's answer before running the command itself.
+pub(crate) const FORWARD_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a sender trusts what it found out about another process owning a key (a look-up
+/// costs one query of `pg_locks`). An owner shutting down keeps answering for this long after
+/// the last request it received, so that no sender waits [`FORWARD_WAIT`] on it.
+const OWNER_FRESH: Duration = Duration::from_millis(250);
+
+/// How often the owner gives back keys whose lease lapsed.
+const RELEASE_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs a forwarded command in the owner; `None` unless it committed.
+type Serve<S> = Arc<
+    dyn Fn(Arc<Inner<S>>, String, Value) -> BoxFuture<'static, Option<Committed>> + Send + Sync,
+>;
+
+/// How one registered decision crosses between processes.
+pub(crate) struct Codec<S> {
+    encode: fn(&dyn Any) -> Option<Value>,
+    serve: Serve<S>,
+}
+
+impl<S: EventStore + 'static> Codec<S> {
+    pub(crate) fn of<D: Decision + Serialize + DeserializeOwned>() -> Self {
+        Self {
+            encode: |decision| serde_json::to_value(decision.downcast_ref::<D>()?).ok(),
+            serve: Arc::new(|inner, key, command| {
+                Box::pin(async move {
+                    let decision: D = serde_json::from_value(command).ok()?;
+                    Runtime { inner }
+                        .decide_keyed(decision, Some(key), Instant::now())
+                        .await
+                        .ok()
+                })
+            }),
+        }
+    }
+}
+
+/// Who owns a key, as this process last found out.
+enum Owner {
+    /// This process, through the listening connection on `channel`.
+    Me {
+        channel: String,
+    },
+    Other {
+        channel: String,
+        seen: Instant,
+    },
+}
+
+/// The connection that listens for this process's forwarded commands and holds its ownerships.
+struct Link {
+    client: tokio_postgres::Client,
+    channel: String,
+}
+
+/// A notification to send.
+struct Note {
+    channel: String,
+    answer: bool,
+    item: String,
+}
+
+pub(crate) struct Forwarding<S> {
+    codecs: HashMap<&'static str, Codec<S>>,
+    leases: Arc<Leases>,
+    link: Mutex<Option<Arc<Link>>>,
+    owners: tokio::sync::Mutex<HashMap<u64, Owner>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
+    next_id: AtomicU64,
+    outbox: mpsc::UnboundedSender<Note>,
+    unsent: Mutex<Option<mpsc::UnboundedReceiver<Note>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// When the last forwarded request arrived.
+    last_request: Mutex<Option<Instant>>,
+    /// Set as the runtime shuts down: it claims no key any more.
+    resigned: std::sync::atomic::AtomicBool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while these are locked; a poisoned one is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<S> std::fmt::Debug for Codec<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Codec")
+    }
+}
+
+impl<S> Forwarding<S> {
+    /// Stops listening and sending: this process's ownerships end with the connection.
+    pub(crate) fn stop(&self) {
+        for task in locked(&self.tasks).drain(..) {
+            task.abort();
+        }
+        *locked(&self.link) = None;
+    }
+
+    fn link(&self) -> Option<Arc<Link>> {
+        locked(&self.link).clone()
+    }
+}
+
+impl<S: EventStore + 'static> Forwarding<S> {
+    pub(crate) fn new(codecs: HashMap<&'static str, Codec<S>>, leases: Arc<Leases>) -> Self {
+        let (outbox, unsent) = mpsc::unbounded_channel();
+        Self {
+            codecs,
+            leases,
+            link: Mutex::new(None),
+            owners: tokio::sync::Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            outbox,
+            unsent: Mutex::new(Some(unsent)),
+            tasks: Mutex::new(Vec::new()),
+            last_request: Mutex::new(None),
+            resigned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Starts the listener and the writer; `runtime` serves the commands forwarded here.
+    pub(crate) fn start(self: &Arc<Self>, runtime: Weak<Inner<S>>) {
+        let Some(unsent) = locked(&self.unsent).take() else {
+            return;
+        };
+        let listener = tokio::spawn(listen(self.clone(), runtime));
+        let writer = tokio::spawn(write(self.clone(), unsent));
+        locked(&self.tasks).extend([listener, writer]);
+    }
+
+    /// Gives back every key this process owns and claims none any more, as the runtime shuts
+    /// down: the other processes then find no owner and one of them claims the key, and what they
+    /// still send here is answered "run it yourself" (the runtime takes no new command).
+    pub(crate) async fn resign(&self) {
+        self.resigned.store(true, Ordering::SeqCst);
+        let mut owners = self.owners.lock().await;
+        let owned = owners
+            .values()
+            .filter(|o| matches!(o, Owner::Me { .. }))
+            .count();
+        metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "given_back").increment(owned as u64);
+        owners.clear();
+        metrics::gauge!(names::OWNED_KEYS).set(0.0);
+        if let Some(link) = self.link()
+            && let Err(e) = link
+                .client
+                .execute("SELECT pg_advisory_unlock_all()", &[])
+                .await
+        {
+            tracing::debug!(error = %e, "could not give ownerships back");
+        }
+    }
+
+    /// Waits, after [`Forwarding::resign`], until no request arrived for [`OWNER_FRESH`] (senders
+    /// that still thought this process the owner have looked again), at most twice that.
+    pub(crate) async fn drain(&self) {
+        let limit = Instant::now() + 2 * OWNER_FRESH;
+        loop {
+            let Some(last) = *locked(&self.last_request) else {
+                return;
+            };
+            let quiet = last + OWNER_FRESH;
+            if Instant::now() >= quiet.min(limit) {
+                return;
+            }
+            tokio::time::sleep_until(quiet.min(limit).into()).await;
+        }
+    }
+
+    /// Whether decisions named `decision` may be forwarded.
+    pub(crate) fn forwards(&self, decision: &str) -> bool {
+        self.codecs.contains_key(decision)
+    }
+
+    /// The decision serialised, with the channel of the process owning its `key`, when the key
+    /// is leased and another process owns it.
+    pub(crate) async fn destination<D: Decision>(
+        &self,
+        decision: &D,
+        key: u64,
+    ) -> Option<(String, Value)> {
+        let codec = self.codecs.get(D::NAME)?;
+        if self.leases.leased(&[key]).is_empty() {
+            return None;
+        }
+        let channel = self.owner_elsewhere(key).await?;
+        Some((channel, (codec.encode)(decision)?))
+    }
+
+    /// The channel of the process owning `key`, unless it is this one (or nobody: then this
+    /// one claims it).
+    async fn owner_elsewhere(&self, key: u64) -> Option<String> {
+        let link = self.link()?;
+        let mut owners = self.owners.lock().await;
+        match owners.get(&key) {
+            Some(Owner::Me { channel }) if *channel == link.channel => return None,
+            Some(Owner::Other { channel, seen }) if seen.elapsed() < OWNER_FRESH => {
+                return Some(channel.clone());
+            }
+            _ => {}
+        }
+        if self.resigned.load(Ordering::SeqCst) {
+            return None;
+        }
+        let claimed = link
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2), \
+                        (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+                           AND classid::bigint = ($1::int::bigint & 4294967295) \
+                           AND objid::bigint = ($2::int::bigint & 4294967295) \
+                           AND granted AND pid <> pg_backend_pid() LIMIT 1)",
+                &[&OWNERS_SPACE, &lock_key(key)],
+            )
+            .await
+            .and_then(|row| {
+                Ok((
+                    row.try_get::<_, bool>(0)?,
+                    row.try_get::<_, Option<i32>>(1)?,
+                ))
+            });
+        match claimed {
+            Ok((true, _)) => {
+                metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "taken").increment(1);
+                owners.insert(
+                    key,
+                    Owner::Me {
+                        channel: link.channel.clone(),
+                    },
+                );
+                None
+            }
+            Ok((false, Some(pid))) => {
+                let channel = channel_of(pid);
+                owners.insert(
+                    key,
+                    Owner::Other {
+                        channel: channel.clone(),
+                        seen: Instant::now(),
+                    },
+                );
+                Some(channel)
+            }
+            // Given back between the two looks, or the connection failed: run it here.
+            Ok((false, None)) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not look up a key's owner");
+                None
+            }
+        }
+    }
+
+    /// Sends the command to the owner on `channel` and waits for its answer: `None` when it did
+    /// not commit there, or no answer came in time (the caller then runs it itself, under the
+    /// same `idempotency_key`).
+    pub(crate) async fn forward(
+        &self,
+        channel: String,
+        decision: &'static str,
+        key: u64,
+        idempotency_key: &str,
+        command: Value,
+        deadline: Instant,
+    ) -> Option<Committed> {
+        let link = self.link()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Request {
+            id,
+            reply_to: link.channel.clone(),
+            decision: decision.to_owned(),
+            key,
+            idempotency_key: idempotency_key.to_owned(),
+            command,
+        };
+        let item = serde_json::to_string(&request).ok()?;
+        if item.len() + 16 > MAX_PAYLOAD {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        locked(&self.pending).insert(id, reply);
+        // Forwarding is a sign of another process on the key: it stays leased here too.
+        self.leases.contended([key]);
+        let sent = self.outbox.send(Note {
+            channel,
+            answer: false,
+            item,
+        });
+        let wait = (Instant::now() + FORWARD_WAIT).min(deadline);
+        let answered = match sent {
+            Ok(()) => tokio::time::timeout_at(wait.into(), answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        locked(&self.pending).remove(&id);
+        let outcome = match answered {
+            Some(Some(committed)) => Ok(committed),
+            Some(None) => {
+                // Maybe the owner is shutting down: look again next time.
+                self.owners.lock().await.remove(&key);
+                Err("run_here")
+            }
+            None => {
+                // The owner may be gone: look again next time.
+                self.owners.lock().await.remove(&key);
+                Err("no_answer")
+            }
+        };
+        let label = outcome.as_ref().map_or_else(|e| *e, |_| "committed");
+        metrics::counter!(names::FORWARDED_COMMANDS_TOTAL, "decision" => decision, "outcome" => label)
+            .increment(1);
+        outcome.ok()
+    }
+
+    fn dispatch(self: &Arc<Self>, runtime: &Weak<Inner<S>>, payload: &str) {
+        match serde_json::from_str::<Envelope>(payload) {
+            Ok(Envelope::Answers(answers)) => {
+                let mut pending = locked(&self.pending);
+                for answer in answers {
+                    let Ok(answer) = serde_json::from_value::<Answer>(answer) else {
+                        continue;
+                    };
+                    if let Some(waiting) = pending.remove(&answer.id) {
+                        let _ = waiting.send(answer.committed.map(Committed::from));
+                    }
+                }
+            }
+            Ok(Envelope::Requests(requests)) => {
+                *locked(&self.last_request) = Some(Instant::now());
+                for request in requests {
+                    let Ok(request) = serde_json::from_value::<Request>(request) else {
+                        continue;
+                    };
+                    let Some(inner) = runtime.upgrade() else {
+                        return;
+                    };
+                    tokio::spawn(self.clone().serve(inner, request));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "a forwarding notification did not parse"),
+        }
+    }
+
+    /// Runs a command another process forwarded, and answers it.
+    async fn serve(self: Arc<Self>, runtime: Arc<Inner<S>>, request: Request) {
+        // Serving is a sign of another process on the key: it stays leased, and owned.
+        self.leases.contended([request.key]);
+        let committed = match self.codecs.get(request.decision.as_str()) {
+            Some(codec) => (codec.serve)(runtime, request.idempotency_key, request.command).await,
+            None => None,
+        };
+        metrics::counter!(names::FORWARDED_COMMANDS_SERVED_TOTAL).increment(1);
+        let mut item = serde_json::to_string(&Answer {
+            id: request.id,
+            committed: committed.as_ref().map(WireCommitted::from),
+        });
+        if item.as_ref().is_ok_and(|i| i.len() + 16 > MAX_PAYLOAD) {
+            // Too large to answer: the sender runs it again and finds it committed.
+            item = serde_json::to_string(&Answer {
+                id: request.id,
+                committed: None,
+            });
+        }
+        if let Ok(item) = item {
+            let _ = self.outbox.send(Note {
+                channel: request.reply_to,
+                answer: true,
+                item,
+            });
+        }
+    }
+
+    /// Gives back the keys this process owns whose lease lapsed (nobody else is on them).
+    async fn release_lapsed(&self) {
+        let Some(link) = self.link() else { return };
+        let mut owners = self.owners.lock().await;
+        owners.retain(|_, o| match o {
+            Owner::Other { seen, .. } => seen.elapsed() < OWNER_FRESH,
+            Owner::Me { .. } => true,
+        });
+        let lapsed: Vec<u64> = owners
+            .iter()
+            .filter(|(k, o)| matches!(o, Owner::Me { .. }) && self.leases.leased(&[**k]).is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in lapsed {
+            owners.remove(&key);
+            metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "given_back").increment(1);
+            if let Err(e) = link
+                .client
+                .execute(
+                    "SELECT pg_advisory_unlock($1, $2)",
+                    &[&OWNERS_SPACE, &lock_key(key)],
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "could not give a key's ownership back");
+            }
+        }
+        let owned = owners
+            .values()
+            .filter(|o| matches!(o, Owner::Me { .. }))
+            .count();
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(names::OWNED_KEYS).set(owned as f64);
+    }
+}
+
+fn channel_of(pid: i32) -> String {
+    format!("dcb_forward_{pid}")
+}
+
+/// Listens for forwarded commands and answers, reconnecting after a failure. Ownerships end
+/// with each connection.
+async fn listen<S: EventStore + 'static>(forwarding: Arc<Forwarding<S>>, runtime: Weak<Inner<S>>) {
+    let mut failures = 0u32;
+    loop {
+        match listen_once(&forwarding, &runtime).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(error = %e, "the forwarding listener lost its connection");
+            }
+        }
+        *locked(&forwarding.link) = None;
+        forwarding.owners.lock().await.clear();
+        metrics::gauge!(names::OWNED_KEYS).set(0.0);
+        tokio::time::sleep(Duration::from_millis(50u64 << failures.min(5))).await;
+    }
+}
+
+async fn listen_once<S: EventStore + 'static>(
+    forwarding: &Arc<Forwarding<S>>,
+    runtime: &Weak<Inner<S>>,
+) -> Result<(), tokio_postgres::Error> {
+    let config = Session::config(forwarding.leases.config());
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (heard, mut notes) = mpsc::unbounded_channel::<String>();
+    // The connection delivers notifications (and answers queries) only while polled.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message
+                && heard.send(n.payload().to_owned()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let driven = async {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        let channel = channel_of(pid);
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        *locked(&forwarding.link) = Some(Arc::new(Link { client, channel }));
+        let mut release = tokio::time::interval(RELEASE_EVERY);
+        loop {
+            tokio::select! {
+                note = notes.recv() => match note {
+                    Some(payload) => forwarding.dispatch(runtime, &payload),
+                    None => return Ok(()),
+                },
+                _ = release.tick() => forwarding.release_lapsed().await,
+            }
+        }
+    };
+    let ended = driven.await;
+    driver.abort();
+    ended
+}
+
+/// Sends notifications: all that queued while the last statement ran go in the next, packed.
+async fn write<S: EventStore + 'static>(
+    forwarding: Arc<Forwarding<S>>,
+    mut unsent: mpsc::UnboundedReceiver<Note>,
+) {
+    let mut session: Option<Session> = None;
+    while let Some(first) = unsent.recv().await {
+        let mut notes = vec![first];
+        while let Ok(note) = unsent.try_recv() {
+            notes.push(note);
+        }
+        let mut groups: Vec<((String, bool), Vec<String>)> = Vec::new();
+        for note in notes {
+            let group = (note.channel, note.answer);
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, items)) => items.push(note.item),
+                None => groups.push((group, vec![note.item])),
+            }
+        }
+        let (mut channels, mut payloads) = (Vec::new(), Vec::new());
+        for ((channel, answer), items) in groups {
+            for payload in wire::pack(if answer { "Answers" } else { "Requests" }, &items) {
+                channels.push(channel.clone());
+                payloads.push(payload);
+            }
+        }
+        if session.as_ref().is_none_or(|s| !s.is_alive()) {
+            session = open_writer(&forwarding).await;
+        }
+        let Some(open) = &session else {
+            // Lost: the senders hear nothing and run their commands themselves.
+            continue;
+        };
+        if let Err(e) = open
+            .client()
+            .execute(
+                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+                &[&channels, &payloads],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "could not send forwarding notifications");
+            session = None;
+        }
+    }
+}
+
+async fn open_writer<S: EventStore + 'static>(forwarding: &Forwarding<S>) -> Option<Session> {
+    let session = Session::open(forwarding.leases.config()).await.ok()?;
+    // A notification needs no disk sync: losing one costs a sender a wait, nothing else.
+    session
+        .client()
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .ok()?;
+    Some(session)
+}
