@@ -501,7 +501,7 @@ impl<S: EventStore + 'static> Runtime<S> {
                 self.forward_or_decide(forwarding, decision, key, started)
                     .await
             }
-            _ => self.decide_keyed(decision, key, started).await,
+            _ => self.decide_keyed(decision, key, started, false).await,
         };
         metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
             .record(started.elapsed());
@@ -528,8 +528,7 @@ impl<S: EventStore + 'static> Runtime<S> {
             _ => None,
         };
         let Some((channel, command)) = destination else {
-            let r = self.decide_keyed(decision, key, started).await;
-            return r;
+            return self.decide_keyed(decision, key, started, false).await;
         };
         // Wherever it runs, it runs under this key: committed once.
         let idempotency_key = key.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
@@ -547,7 +546,7 @@ impl<S: EventStore + 'static> Runtime<S> {
         let mut result = match forwarded {
             Some(committed) => Ok(committed),
             None => {
-                self.decide_keyed(decision, Some(idempotency_key), started)
+                self.decide_keyed(decision, Some(idempotency_key), started, false)
                     .await
             }
         };
@@ -560,14 +559,16 @@ impl<S: EventStore + 'static> Runtime<S> {
         result
     }
 
-    /// Runs the decision here, under `key` if given (see [`Runtime::execute_with_key`]).
+    /// Runs the decision here, under `key` if given (see [`Runtime::execute_with_key`]);
+    /// `served`: for another process, as the owner of its key.
     async fn decide_keyed<D: Decision>(
         &self,
         decision: D,
         key: Option<String>,
         started: Instant,
+        served: bool,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
-        let mut result = self.run(decision, key.clone(), started).await;
+        let mut result = self.run(decision, key.clone(), started, served).await;
         if let Some(key) = &key {
             // Refused, out of attempts, failed, deciding nothing or a replay: maybe because an
             // earlier execution under this key was committed (its events are in the state now,
@@ -659,12 +660,20 @@ impl<S: EventStore + 'static> Runtime<S> {
         decision: D,
         key: Option<String>,
         started: Instant,
+        served: bool,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let inner = &*self.inner;
         // Counted in flight before looking at `closing` (both SeqCst, as in `shutdown`): either
         // shutdown sees this command and waits for it, or this command sees shutdown and leaves.
+        // A runtime shutting down still runs what other processes send it until it resigns its
+        // keys (the same way).
         let _inflight = InFlight::enter(inner);
-        if inner.closing.load(Ordering::SeqCst) {
+        let refused = if served {
+            inner.forwarding.as_ref().is_none_or(|f| f.resigned())
+        } else {
+            inner.closing.load(Ordering::SeqCst)
+        };
+        if refused {
             return Err(ExecuteError::ShuttingDown);
         }
         let command = Command::new(decision, key);
@@ -726,12 +735,16 @@ impl<S: EventStore + 'static> Runtime<S> {
     }
 
     /// Stops taking commands, waits for those in flight to finish, then stops the actors.
+    ///
+    /// A runtime owning keys other processes forward their commands to (see
+    /// [`RuntimeBuilder::forward`]) first goes on running what they send until they have sent
+    /// nothing for a quarter of a second (at most a second), then gives its keys back: what they
+    /// still send is answered at once, "run it yourself".
     pub async fn shutdown(&self) {
         let inner = &*self.inner;
         inner.closing.store(true, Ordering::SeqCst);
         if let Some(forwarding) = &inner.forwarding {
-            // Still listening until the actors stop: what other processes send meanwhile is
-            // answered at once, "run it yourself".
+            forwarding.drain().await;
             forwarding.resign().await;
         }
         loop {
@@ -749,7 +762,6 @@ impl<S: EventStore + 'static> Runtime<S> {
             .stop_and_wait(None, Some(Duration::from_secs(10)))
             .await;
         if let Some(forwarding) = &inner.forwarding {
-            forwarding.drain().await;
             forwarding.stop();
         }
     }

@@ -77,7 +77,7 @@ impl<S: EventStore + 'static> Codec<S> {
                 Box::pin(async move {
                     let decision: D = serde_json::from_value(command).ok()?;
                     Runtime { inner }
-                        .decide_keyed(decision, Some(key), Instant::now())
+                        .decide_keyed(decision, Some(key), Instant::now(), true)
                         .await
                         .ok()
                 })
@@ -192,6 +192,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             .count();
         metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "given_back").increment(owned as u64);
         owners.clear();
+        self.leases.clear_owned();
         metrics::gauge!(names::OWNED_KEYS).set(0.0);
         if let Some(link) = self.link()
             && let Err(e) = link
@@ -203,10 +204,10 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
     }
 
-    /// Waits, after [`Forwarding::resign`], until no request arrived for [`OWNER_FRESH`] (senders
-    /// that still thought this process the owner have looked again), at most twice that.
+    /// Waits until no request arrived for [`OWNER_FRESH`] (the senders are done, or have looked
+    /// for the owner again), at most four times that: then [`Forwarding::resign`].
     pub(crate) async fn drain(&self) {
-        let limit = Instant::now() + 2 * OWNER_FRESH;
+        let limit = Instant::now() + 4 * OWNER_FRESH;
         loop {
             let Some(last) = *locked(&self.last_request) else {
                 return;
@@ -217,6 +218,11 @@ impl<S: EventStore + 'static> Forwarding<S> {
             }
             tokio::time::sleep_until(quiet.min(limit).into()).await;
         }
+    }
+
+    /// Whether [`Forwarding::resign`] was called.
+    pub(crate) fn resigned(&self) -> bool {
+        self.resigned.load(Ordering::SeqCst)
     }
 
     /// Whether decisions named `decision` may be forwarded.
@@ -232,7 +238,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
         key: u64,
     ) -> Option<(String, Value)> {
         let codec = self.codecs.get(D::NAME)?;
-        if self.leases.leased(&[key]).is_empty() {
+        if !self.leases.is_leased(key) {
             return None;
         }
         let channel = self.owner_elsewhere(key).await?;
@@ -274,6 +280,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
         match claimed {
             Ok((true, _)) => {
                 metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "taken").increment(1);
+                self.leases.set_owned(key, true);
                 owners.insert(
                     key,
                     Owner::Me {
@@ -433,11 +440,12 @@ impl<S: EventStore + 'static> Forwarding<S> {
         });
         let lapsed: Vec<u64> = owners
             .iter()
-            .filter(|(k, o)| matches!(o, Owner::Me { .. }) && self.leases.leased(&[**k]).is_empty())
+            .filter(|(k, o)| matches!(o, Owner::Me { .. }) && !self.leases.is_leased(**k))
             .map(|(k, _)| *k)
             .collect();
         for key in lapsed {
             owners.remove(&key);
+            self.leases.set_owned(key, false);
             metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "given_back").increment(1);
             if let Err(e) = link
                 .client
@@ -477,6 +485,7 @@ async fn listen<S: EventStore + 'static>(forwarding: Arc<Forwarding<S>>, runtime
         }
         *locked(&forwarding.link) = None;
         forwarding.owners.lock().await.clear();
+        forwarding.leases.clear_owned();
         metrics::gauge!(names::OWNED_KEYS).set(0.0);
         tokio::time::sleep(Duration::from_millis(50u64 << failures.min(5))).await;
     }
@@ -529,7 +538,7 @@ async fn write<S: EventStore + 'static>(
     forwarding: Arc<Forwarding<S>>,
     mut unsent: mpsc::UnboundedReceiver<Note>,
 ) {
-    let mut session: Option<Session> = None;
+    let mut session: Option<(Session, tokio_postgres::Statement)> = None;
     while let Some(first) = unsent.recv().await {
         let mut notes = vec![first];
         while let Ok(note) = unsent.try_recv() {
@@ -550,28 +559,23 @@ async fn write<S: EventStore + 'static>(
                 payloads.push(payload);
             }
         }
-        if session.as_ref().is_none_or(|s| !s.is_alive()) {
+        if session.as_ref().is_none_or(|(s, _)| !s.is_alive()) {
             session = open_writer(&forwarding).await;
         }
-        let Some(open) = &session else {
+        let Some((open, notify)) = &session else {
             // Lost: the senders hear nothing and run their commands themselves.
             continue;
         };
-        if let Err(e) = open
-            .client()
-            .execute(
-                "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
-                &[&channels, &payloads],
-            )
-            .await
-        {
+        if let Err(e) = open.client().execute(notify, &[&channels, &payloads]).await {
             tracing::debug!(error = %e, "could not send forwarding notifications");
             session = None;
         }
     }
 }
 
-async fn open_writer<S: EventStore + 'static>(forwarding: &Forwarding<S>) -> Option<Session> {
+async fn open_writer<S: EventStore + 'static>(
+    forwarding: &Forwarding<S>,
+) -> Option<(Session, tokio_postgres::Statement)> {
     let session = Session::open(forwarding.leases.config()).await.ok()?;
     // A notification needs no disk sync: losing one costs a sender a wait, nothing else.
     session
@@ -579,5 +583,10 @@ async fn open_writer<S: EventStore + 'static>(forwarding: &Forwarding<S>) -> Opt
         .batch_execute("SET synchronous_commit = off")
         .await
         .ok()?;
-    Some(session)
+    let notify = session
+        .client()
+        .prepare("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)")
+        .await
+        .ok()?;
+    Some((session, notify))
 }

@@ -16,7 +16,7 @@
 //! its `lock_timeout` would bound each lock, and a chain may wait for many). Correctness never rests on a turn: the
 //! append condition still guards every append, so a turn lost or never taken costs a retry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,11 @@ pub(crate) struct Leases {
     mark: [u8; 6],
     /// Leased keys, with the last time another process was seen on them.
     contended: Mutex<HashMap<u64, Instant>>,
+    /// Leased keys this process owns (`forwarding.rs`): the other processes send their commands
+    /// on them here instead of appending, so its chains on them take no turns and trust their
+    /// warm state as in one process (an append by another process still fails the condition,
+    /// and is read then).
+    owned: Mutex<HashSet<u64>>,
 }
 
 impl std::fmt::Debug for Leases {
@@ -92,6 +97,7 @@ impl Leases {
             store,
             mark,
             contended: Mutex::new(HashMap::new()),
+            owned: Mutex::new(HashSet::new()),
         }
     }
 
@@ -101,10 +107,7 @@ impl Leases {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
-        // Nothing panics while the table is locked; a poisoned table is still consistent.
-        self.contended
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.contended)
     }
 
     /// A fresh append id bearing this process's mark (a version 8 UUID).
@@ -119,35 +122,63 @@ impl Leases {
         append_id.is_some_and(|id| id.as_bytes()[..6] == self.mark)
     }
 
-    /// Of `keys` (sorted), those leased now.
+    /// Of `keys` (sorted), those leased now and not owned by this process: the keys a chain
+    /// takes turns on.
     pub(crate) fn leased(&self, keys: &[u64]) -> Vec<u64> {
         let table = self.table();
         if table.is_empty() {
             return Vec::new();
         }
+        let owned = locked(&self.owned);
         let now = Instant::now();
         keys.iter()
             .copied()
             .filter(|k| {
-                table
-                    .get(k)
-                    .is_some_and(|&seen| now.saturating_duration_since(seen) < LEASED_FOR)
+                !owned.contains(k)
+                    && table
+                        .get(k)
+                        .is_some_and(|&seen| now.saturating_duration_since(seen) < LEASED_FOR)
             })
             .collect()
     }
 
-    /// Whether another process was seen on one of `keys` within `READ_FIRST_FOR`.
+    /// Whether `key` is leased now, owned by this process or not.
+    pub(crate) fn is_leased(&self, key: u64) -> bool {
+        self.table()
+            .get(&key)
+            .is_some_and(|&seen| seen.elapsed() < LEASED_FOR)
+    }
+
+    /// Whether another process was seen within `READ_FIRST_FOR` on one of `keys` not owned by
+    /// this process.
     pub(crate) fn seen_lately(&self, keys: &[u64]) -> bool {
         let table = self.table();
         if table.is_empty() {
             return false;
         }
+        let owned = locked(&self.owned);
         let now = Instant::now();
         keys.iter().any(|k| {
-            table
-                .get(k)
-                .is_some_and(|&seen| now.saturating_duration_since(seen) < READ_FIRST_FOR)
+            !owned.contains(k)
+                && table
+                    .get(k)
+                    .is_some_and(|&seen| now.saturating_duration_since(seen) < READ_FIRST_FOR)
         })
+    }
+
+    /// This process owns `key` now, or no longer.
+    pub(crate) fn set_owned(&self, key: u64, owned: bool) {
+        let mut set = locked(&self.owned);
+        if owned {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    /// This process owns no key any more.
+    pub(crate) fn clear_owned(&self) {
+        locked(&self.owned).clear();
     }
 
     /// Another process was seen on these keys just now.
@@ -236,6 +267,11 @@ impl Leases {
     }
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while these are locked; a poisoned one is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A command actor's connection for its turns, opened when first needed.
 #[derive(Default)]
 pub(crate) struct TurnSession {
@@ -303,11 +339,10 @@ impl TurnSession {
             return;
         }
         let released = match &self.session {
-            Some(session) => session
-                .client()
-                .execute("SELECT pg_advisory_unlock_all()", &[])
-                .await
-                .is_ok(),
+            Some(session) => match session.give_back_statement().await {
+                Ok(give_back) => session.client().execute(give_back, &[]).await.is_ok(),
+                Err(_) => false,
+            },
             None => true,
         };
         if !released {

@@ -16,8 +16,10 @@ pub(crate) struct Session {
     /// Becomes `true` when the connection ends.
     ended: watch::Receiver<bool>,
     driver: JoinHandle<()>,
-    /// The statement taking turns, prepared on this connection when first needed.
+    /// The statements taking turns and giving them back, prepared on this connection when
+    /// first needed.
     take_turns: OnceCell<Statement>,
+    give_back: OnceCell<Statement>,
 }
 
 impl Session {
@@ -60,6 +62,7 @@ impl Session {
             ended,
             driver,
             take_turns: OnceCell::new(),
+            give_back: OnceCell::new(),
         })
     }
 
@@ -72,6 +75,13 @@ impl Session {
     pub(crate) async fn take_turns_statement(&self) -> Result<&Statement, tokio_postgres::Error> {
         self.take_turns
             .get_or_try_init(|| self.client.prepare("SELECT dcb_take_turns($1)"))
+            .await
+    }
+
+    /// `SELECT pg_advisory_unlock_all()` on this connection, prepared once.
+    pub(crate) async fn give_back_statement(&self) -> Result<&Statement, tokio_postgres::Error> {
+        self.give_back
+            .get_or_try_init(|| self.client.prepare("SELECT pg_advisory_unlock_all()"))
             .await
     }
 
