@@ -220,9 +220,10 @@ pub(crate) async fn account(
     })
 }
 
-/// Waits, from `from` until `until`, for a process of the run to hold a turn on a key contended
-/// by several processes (a granted advisory lock in the turns' key space, V6); which one (its
-/// connections are named `dcb-load-p<index>`), if any did.
+/// Waits, from `from` until `until`, for a process of the run to own a key contended by several
+/// processes (a granted advisory lock in the ownership key space, `forwarding.rs`) or, if none
+/// does, to hold a turn on one (the turns' key space, V6); which one (its connections are named
+/// `dcb-load-p<index>`), if any did.
 pub(crate) async fn turn_holder(
     url: &str,
     from: Duration,
@@ -241,9 +242,10 @@ pub(crate) async fn turn_holder(
         let row = client
             .query_opt(
                 "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE l.locktype = 'advisory' AND l.classid = 1145258580 AND l.objsubid = 2 \
-                   AND l.granted AND a.datname = current_database() \
-                   AND a.application_name LIKE 'dcb-load-p%' LIMIT 1",
+                 WHERE l.locktype = 'advisory' AND l.classid IN (1145258575, 1145258580) \
+                   AND l.objsubid = 2 AND l.granted AND a.datname = current_database() \
+                   AND a.application_name LIKE 'dcb-load-p%' \
+                 ORDER BY l.classid = 1145258575 DESC LIMIT 1",
                 &[],
             )
             .await?;

@@ -81,7 +81,7 @@ pub(crate) async fn run_children(
         })?;
         children[index].start_kill()?;
         eprintln!(
-            "chaos: killed process {index} (SIGKILL) while it held a turn on a contended key"
+            "chaos: killed process {index} (SIGKILL) while it owned, or held a turn on, a contended key"
         );
         killed = Some(Killed {
             process: index,

@@ -153,8 +153,34 @@ fn transfer_on_20_accounts_never_overdraws_and_meets_few_conflicts_in_two_proces
 }
 
 #[test]
-fn one_hot_boundary_from_three_processes_takes_turns_and_fails_no_command() {
+fn one_hot_boundary_from_three_processes_is_decided_by_its_owner_and_fails_no_command() {
     let r = scenario("invoice", &["--processes", "3"]);
+    assert_eq!(r["processes"], 3, "{r}");
+    // `scenario` checked: no error, gapless invoice numbers (SQL), one event per command.
+    assert_eq!(r["events_in_store"], r["committed"], "{r}");
+    assert_few_conflicts(&r);
+    // The other processes sent their commands to the process owning the key, which ran them:
+    // every one sent was answered, each by the one owner's serving (sent = served).
+    let forwarded = &r["forwarded"];
+    let committed = forwarded["committed"].as_u64().unwrap();
+    assert!(committed > 0, "no command was forwarded: {r}");
+    assert_eq!(
+        forwarded["served"].as_u64().unwrap(),
+        committed + forwarded["run_here"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert_eq!(forwarded["no_answer"], 0, "{r}");
+    let per_process = r["per_process"].as_array().unwrap();
+    assert_eq!(per_process.len(), 3, "{r}");
+    for p in per_process {
+        assert!(p["throughput_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
+#[test]
+fn one_hot_boundary_from_three_processes_takes_turns_and_fails_no_command() {
+    let r = scenario("invoice", &["--processes", "3", "--turns-only"]);
+    assert_eq!(r["forwarded"]["committed"], 0, "{r}");
     assert_eq!(r["processes"], 3, "{r}");
     // `scenario` checked: no error, gapless invoice numbers (SQL), one event per command.
     assert_eq!(r["events_in_store"], r["committed"], "{r}");
@@ -174,7 +200,7 @@ fn one_hot_boundary_from_three_processes_takes_turns_and_fails_no_command() {
 }
 
 #[test]
-fn killing_the_process_holding_a_turn_loses_nothing_and_the_others_go_on() {
+fn killing_the_process_owning_the_hot_key_loses_nothing_and_the_others_go_on() {
     let r = scenario(
         "invoice",
         &[
@@ -206,8 +232,15 @@ fn killing_the_process_holding_a_turn_loses_nothing_and_the_others_go_on() {
         r["committed"].as_i64().unwrap() + r["killed_process_stored"].as_i64().unwrap(),
         "{r}"
     );
-    // The killed process's turns ended with its session: the survivors waited for none longer
-    // than the turn wait (2 s), so none of them came near its 10 s deadline.
+    // The survivors forwarded to the killed owner: the commands it had not answered were run by
+    // their own process after the forward wait (0.5 s), under the same idempotency key (stored
+    // once, as counted above), and its ownership ended with its session, so one of them took
+    // the key over. None came near its 10 s deadline.
+    assert!(r["forwarded"]["committed"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["forwarded"]["no_answer"].as_u64().unwrap() > 0,
+        "no survivor had a command out to the owner when it was killed: {r}"
+    );
     let max_ms = r["latency_ms"]["max"].as_f64().unwrap();
     assert!(max_ms < 2_500.0, "a survivor waited {max_ms} ms: {r}");
     // And they went on committing after the kill (a third into the run), every second.
