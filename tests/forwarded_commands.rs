@@ -1,0 +1,164 @@
+//! Commands on a key two runtimes contend for run in the process owning the key
+//! (`RuntimeBuilder::forward`), and their callers get the answers they would have got running
+//! them themselves: the commits, once each, and the rejections, typed.
+//!
+//! Two runtimes on separate pools of one database, as two processes would be (the harness's
+//! `invoice --processes 3` and `--chaos kill-owner` tests run them as OS processes, one killed).
+//! They take tickets of one sold-out-able counter; the forwarding metrics tell that commands
+//! crossed over.
+
+use std::time::Duration;
+
+use dcb_runtime::testing::TestDatabase;
+use dcb_runtime::{
+    Decision, Event, ExecuteError, P, Projection, Query, QueryItem, Runtime, SequencedEvent,
+};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use serde_json::json;
+
+const TICKETS: u64 = 1_000;
+const CALLERS_PER_RUNTIME: usize = 16;
+const COMMANDS_PER_CALLER: u64 = 90;
+
+/// Tickets taken so far.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Taken(String);
+
+impl Projection for Taken {
+    type State = u64;
+    fn query(&self) -> Query {
+        QueryItem::new(["TicketTaken"], [P("show", &*self.0)]).into()
+    }
+    fn initial_state(&self) -> u64 {
+        0
+    }
+    fn evolve(&self, taken: &mut u64, _event: &SequencedEvent) {
+        *taken += 1;
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TakeTicket {
+    show: String,
+}
+
+impl Decision for TakeTicket {
+    const NAME: &'static str = "take_ticket";
+    type Projection = Taken;
+    type Rejection = String;
+
+    fn projection(&self) -> Taken {
+        Taken(self.show.clone())
+    }
+
+    fn decide(&self, taken: &u64) -> Result<Vec<Event>, String> {
+        if *taken >= TICKETS {
+            return Err(format!("{} sold out", self.show));
+        }
+        Ok(vec![
+            Event::new("TicketTaken", json!({ "number": taken + 1 })).tagged("show", &*self.show),
+        ])
+    }
+}
+
+/// The sum of a counter's series whose labels include `label`.
+fn counter(exposition: &str, name: &str, label: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here() {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the test binary's recorder");
+    let db = TestDatabase::create().await.expect("test database");
+    let mut runtimes = Vec::new();
+    for _ in 0..2 {
+        let runtime = Runtime::builder(db.store().await.expect("store"))
+            .forward::<TakeTicket>()
+            .deadline(Duration::from_secs(30))
+            .start()
+            .await
+            .expect("runtime");
+        runtimes.push(runtime);
+    }
+
+    let mut callers = Vec::new();
+    for runtime in &runtimes {
+        for _ in 0..CALLERS_PER_RUNTIME {
+            let runtime = runtime.clone();
+            callers.push(tokio::spawn(async move {
+                let (mut committed, mut rejected) = (Vec::new(), 0u64);
+                for _ in 0..COMMANDS_PER_CALLER {
+                    let take = TakeTicket {
+                        show: "premiere".to_owned(),
+                    };
+                    match runtime.execute(take).await {
+                        Ok(c) => {
+                            assert!(!c.replayed, "an unkeyed command answered a replay: {c:?}");
+                            assert_eq!(c.events.len(), 1, "{c:?}");
+                            assert_eq!(c.events[0].event_type(), "TicketTaken");
+                            committed
+                                .push((c.positions[0], c.events[0].payload()["number"].clone()));
+                        }
+                        Err(ExecuteError::Rejected(why)) => {
+                            assert_eq!(why, "premiere sold out");
+                            rejected += 1;
+                        }
+                        Err(e) => panic!("a command failed: {e:?}"),
+                    }
+                }
+                (committed, rejected)
+            }));
+        }
+    }
+    let (mut committed, mut rejected) = (Vec::new(), 0);
+    for caller in callers {
+        let (c, r) = caller.await.expect("caller");
+        committed.extend(c);
+        rejected += r;
+    }
+    let exposition = metrics.render();
+    for runtime in &runtimes {
+        runtime.shutdown().await;
+    }
+
+    // Every ticket once, in order, each answered to exactly one caller; the rest refused.
+    let sent = 2 * CALLERS_PER_RUNTIME as u64 * COMMANDS_PER_CALLER;
+    assert_eq!(committed.len() as u64, TICKETS, "{exposition}");
+    assert_eq!(rejected, sent - TICKETS);
+    committed.sort_by_key(|(position, _)| *position);
+    let numbers: Vec<u64> = committed.iter().map(|(_, n)| n.as_u64().unwrap()).collect();
+    assert_eq!(numbers, (1..=TICKETS).collect::<Vec<_>>());
+    let client = db.client().await.expect("client");
+    let stored: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events WHERE type = 'TicketTaken'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored as u64, TICKETS);
+
+    // Commands crossed over: committed at the owner, and refused there, then run (and refused)
+    // by their own runtime, whose caller got the typed rejection above.
+    let forwarded = "dcb_forwarded_commands_total";
+    assert!(
+        counter(&exposition, forwarded, "outcome=\"committed\"") > 0.0,
+        "no command was committed by the key's owner:\n{exposition}"
+    );
+    assert!(
+        counter(&exposition, forwarded, "outcome=\"run_here\"") > 0.0,
+        "no refused command came back to run where it was sent:\n{exposition}"
+    );
+    assert_eq!(
+        counter(&exposition, forwarded, "outcome=\"no_answer\""),
+        0.0,
+        "{exposition}"
+    );
+}
