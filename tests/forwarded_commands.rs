@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{
-    Decision, Event, ExecuteError, P, Projection, Query, QueryItem, Runtime, SequencedEvent,
+    Decision, Event, ExecuteError, P, Position, Projection, Query, QueryItem, Runtime,
+    SequencedEvent,
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
@@ -70,12 +71,9 @@ fn counter(exposition: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here() {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the test binary's recorder");
-    let db = TestDatabase::create().await.expect("test database");
+/// Two runtimes on `db`, their callers taking tickets until sold out: the commits (position,
+/// number) and the count of rejections.
+async fn sell_out(db: &TestDatabase) -> (Vec<Runtime>, Vec<(Position, u64)>, u64) {
     let mut runtimes = Vec::new();
     for _ in 0..2 {
         let runtime = Runtime::builder(db.store().await.expect("store"))
@@ -86,7 +84,6 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
             .expect("runtime");
         runtimes.push(runtime);
     }
-
     let mut callers = Vec::new();
     for runtime in &runtimes {
         for _ in 0..CALLERS_PER_RUNTIME {
@@ -102,8 +99,8 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
                             assert!(!c.replayed, "an unkeyed command answered a replay: {c:?}");
                             assert_eq!(c.events.len(), 1, "{c:?}");
                             assert_eq!(c.events[0].event_type(), "TicketTaken");
-                            committed
-                                .push((c.positions[0], c.events[0].payload()["number"].clone()));
+                            let number = c.events[0].payload()["number"].as_u64().unwrap();
+                            committed.push((c.positions[0], number));
                         }
                         Err(ExecuteError::Rejected(why)) => {
                             assert_eq!(why, "premiere sold out");
@@ -122,8 +119,23 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
         committed.extend(c);
         rejected += r;
     }
+    (runtimes, committed, rejected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here() {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the test binary's recorder");
+    // Another database on the server, whose runtimes own the same key there and stay up:
+    // ownership (an advisory lock) is per database, and so must the look-up of the owner be.
+    let elsewhere = TestDatabase::create().await.expect("test database");
+    let (others, _, _) = sell_out(&elsewhere).await;
+
+    let db = TestDatabase::create().await.expect("test database");
+    let (runtimes, mut committed, rejected) = sell_out(&db).await;
     let exposition = metrics.render();
-    for runtime in &runtimes {
+    for runtime in runtimes.iter().chain(&others) {
         runtime.shutdown().await;
     }
 
@@ -132,7 +144,7 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
     assert_eq!(committed.len() as u64, TICKETS, "{exposition}");
     assert_eq!(rejected, sent - TICKETS);
     committed.sort_by_key(|(position, _)| *position);
-    let numbers: Vec<u64> = committed.iter().map(|(_, n)| n.as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = committed.iter().map(|(_, n)| *n).collect();
     assert_eq!(numbers, (1..=TICKETS).collect::<Vec<_>>());
     let client = db.client().await.expect("client");
     let stored: i64 = client
@@ -146,7 +158,8 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
     assert_eq!(stored as u64, TICKETS);
 
     // Commands crossed over: committed at the owner, and refused there, then run (and refused)
-    // by their own runtime, whose caller got the typed rejection above.
+    // by their own runtime, whose caller got the typed rejection above; every one was answered
+    // (none went to the owner of the key in the other database).
     let forwarded = "dcb_forwarded_commands_total";
     assert!(
         counter(&exposition, forwarded, "outcome=\"committed\"") > 0.0,

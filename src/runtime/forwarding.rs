@@ -265,6 +265,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
             .query_one(
                 "SELECT pg_try_advisory_lock($1, $2), \
                         (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+                           AND database = (SELECT oid FROM pg_database \
+                                           WHERE datname = current_database()) \
                            AND classid::bigint = ($1::int::bigint & 4294967295) \
                            AND objid::bigint = ($2::int::bigint & 4294967295) \
                            AND granted AND pid <> pg_backend_pid() LIMIT 1)",
