@@ -339,8 +339,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
         let (reply, answer) = oneshot::channel();
         locked(&self.pending).insert(id, reply);
-        // Forwarding is a sign of another process on the key: it stays leased here too.
-        self.leases.contended([key]);
+        // The key stays leased here while its commands go to the owner.
+        self.leases.forwarding(key);
         let sent = self.outbox.send(Note {
             channel,
             answer: false,
@@ -405,8 +405,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
 
     /// Runs a command another process forwarded, and answers it.
     async fn serve(self: Arc<Self>, runtime: Arc<Inner<S>>, request: Request) {
-        // Serving is a sign of another process on the key: it stays leased, and owned.
-        self.leases.contended([request.key]);
+        // The key stays leased, and owned, while others send its commands here.
+        self.leases.forwarding(request.key);
         let committed = match self.codecs.get(request.decision.as_str()) {
             Some(codec) => (codec.serve)(runtime, request.idempotency_key, request.command).await,
             None => None,

@@ -74,10 +74,14 @@ pub(crate) struct Leases {
     mark: [u8; 6],
     /// Leased keys, with the last time another process was seen on them.
     contended: Mutex<HashMap<u64, Instant>>,
+    /// Keys whose commands were forwarded lately, to or from this process (`forwarding.rs`),
+    /// with the last time: they stay leased for forwarding, without turns.
+    forwarded: Mutex<HashMap<u64, Instant>>,
     /// Leased keys this process owns (`forwarding.rs`): the other processes send their commands
-    /// on them here instead of appending, so its chains on them take no turns and trust their
+    /// on them here instead of appending. Once no other process's append has met its chains
+    /// for `LEASED_FOR` (all of them forward), its chains on them take no turns and trust their
     /// warm state as in one process (an append by another process still fails the condition,
-    /// and is read then).
+    /// and is read then). Until then the others, still appending, find its turns (V7).
     owned: Mutex<HashSet<u64>>,
 }
 
@@ -97,6 +101,7 @@ impl Leases {
             store,
             mark,
             contended: Mutex::new(HashMap::new()),
+            forwarded: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashSet::new()),
         }
     }
@@ -122,35 +127,37 @@ impl Leases {
         append_id.is_some_and(|id| id.as_bytes()[..6] == self.mark)
     }
 
-    /// Of `keys` (sorted), those leased now and not owned by this process: the keys a chain
-    /// takes turns on.
+    /// Of `keys` (sorted), those leased now: the keys a chain takes turns on. A key this process
+    /// owns, only while another process's appends still meet its chains.
     pub(crate) fn leased(&self, keys: &[u64]) -> Vec<u64> {
         let table = self.table();
         if table.is_empty() {
             return Vec::new();
         }
-        let owned = locked(&self.owned);
         let now = Instant::now();
         keys.iter()
             .copied()
             .filter(|k| {
-                !owned.contains(k)
-                    && table
-                        .get(k)
-                        .is_some_and(|&seen| now.saturating_duration_since(seen) < LEASED_FOR)
+                table
+                    .get(k)
+                    .is_some_and(|&seen| now.saturating_duration_since(seen) < LEASED_FOR)
             })
             .collect()
     }
 
-    /// Whether `key` is leased now, owned by this process or not.
+    /// Whether `key` is leased now, by another process's appends or by forwarding.
     pub(crate) fn is_leased(&self, key: u64) -> bool {
-        self.table()
-            .get(&key)
-            .is_some_and(|&seen| seen.elapsed() < LEASED_FOR)
+        let fresh = |seen: Option<&Instant>| seen.is_some_and(|s| s.elapsed() < LEASED_FOR);
+        fresh(self.table().get(&key)) || fresh(locked(&self.forwarded).get(&key))
     }
 
-    /// Whether another process was seen within `READ_FIRST_FOR` on one of `keys` not owned by
-    /// this process.
+    /// Commands on `key` were forwarded just now, to or from this process.
+    pub(crate) fn forwarding(&self, key: u64) {
+        locked(&self.forwarded).insert(key, Instant::now());
+    }
+
+    /// Whether another process was seen lately on one of `keys`, whose events then come only
+    /// with a read: within `READ_FIRST_FOR`, or `LEASED_FOR` on a key this process owns.
     pub(crate) fn seen_lately(&self, keys: &[u64]) -> bool {
         let table = self.table();
         if table.is_empty() {
@@ -159,10 +166,14 @@ impl Leases {
         let owned = locked(&self.owned);
         let now = Instant::now();
         keys.iter().any(|k| {
-            !owned.contains(k)
-                && table
-                    .get(k)
-                    .is_some_and(|&seen| now.saturating_duration_since(seen) < READ_FIRST_FOR)
+            let window = if owned.contains(k) {
+                LEASED_FOR
+            } else {
+                READ_FIRST_FOR
+            };
+            table
+                .get(k)
+                .is_some_and(|&seen| now.saturating_duration_since(seen) < window)
         })
     }
 
@@ -196,10 +207,14 @@ impl Leases {
         let now = Instant::now();
         let mut table = self.table();
         table.retain(|_, seen| now.saturating_duration_since(*seen) < READ_FIRST_FOR);
+        let mut forwarded = locked(&self.forwarded);
+        forwarded.retain(|_, seen| now.saturating_duration_since(*seen) < LEASED_FOR);
+        let lapsed = |seen: &Instant| now.saturating_duration_since(*seen) >= LEASED_FOR;
         table
-            .values()
-            .filter(|&&seen| now.saturating_duration_since(seen) < LEASED_FOR)
+            .iter()
+            .filter(|(k, seen)| !lapsed(seen) && !forwarded.contains_key(k))
             .count()
+            + forwarded.len()
     }
 
     /// Who appended the events that failed `condition`, a chain's on `keys`; leases the keys
