@@ -20,6 +20,7 @@
 //!   it did not commit there, runs the command itself under the same key: it is committed once
 //!   whichever ran it (see `Runtime::execute_with_key`).
 
+mod transport;
 mod wire;
 
 use std::any::Any;
@@ -28,20 +29,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::leases::{Leases, lock_key};
 use super::{Committed, Inner, Runtime};
 use crate::decision::Decision;
 use crate::metrics as names;
-use crate::store::{EventStore, Session};
+use crate::store::EventStore;
+use transport::{Link, Note, channel_of};
 use wire::{Answer, Envelope, MAX_PAYLOAD, Request, WireCommitted};
 
 /// The advisory-lock key space of ownership ('DCBO', beside the turns' 'DCBT').
@@ -96,19 +96,6 @@ enum Owner {
         channel: String,
         seen: Instant,
     },
-}
-
-/// The connection that listens for this process's forwarded commands and holds its ownerships.
-struct Link {
-    client: tokio_postgres::Client,
-    channel: String,
-}
-
-/// A notification to send.
-struct Note {
-    channel: String,
-    answer: bool,
-    item: String,
 }
 
 pub(crate) struct Forwarding<S> {
@@ -175,8 +162,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
         let Some(unsent) = locked(&self.unsent).take() else {
             return;
         };
-        let listener = tokio::spawn(listen(self.clone(), runtime));
-        let writer = tokio::spawn(write(self.clone(), unsent));
+        let listener = tokio::spawn(transport::listen(self.clone(), runtime));
+        let writer = tokio::spawn(transport::write(self.clone(), unsent));
         locked(&self.tasks).extend([listener, writer]);
     }
 
@@ -467,128 +454,4 @@ impl<S: EventStore + 'static> Forwarding<S> {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(names::OWNED_KEYS).set(owned as f64);
     }
-}
-
-fn channel_of(pid: i32) -> String {
-    format!("dcb_forward_{pid}")
-}
-
-/// Listens for forwarded commands and answers, reconnecting after a failure. Ownerships end
-/// with each connection.
-async fn listen<S: EventStore + 'static>(forwarding: Arc<Forwarding<S>>, runtime: Weak<Inner<S>>) {
-    let mut failures = 0u32;
-    loop {
-        match listen_once(&forwarding, &runtime).await {
-            Ok(()) => failures = 0,
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::debug!(error = %e, "the forwarding listener lost its connection");
-            }
-        }
-        *locked(&forwarding.link) = None;
-        forwarding.owners.lock().await.clear();
-        forwarding.leases.clear_owned();
-        metrics::gauge!(names::OWNED_KEYS).set(0.0);
-        tokio::time::sleep(Duration::from_millis(50u64 << failures.min(5))).await;
-    }
-}
-
-async fn listen_once<S: EventStore + 'static>(
-    forwarding: &Arc<Forwarding<S>>,
-    runtime: &Weak<Inner<S>>,
-) -> Result<(), tokio_postgres::Error> {
-    let config = Session::config(forwarding.leases.config());
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (heard, mut notes) = mpsc::unbounded_channel::<String>();
-    // The connection delivers notifications (and answers queries) only while polled.
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message
-                && heard.send(n.payload().to_owned()).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let driven = async {
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        let channel = channel_of(pid);
-        client.batch_execute(&format!("LISTEN {channel}")).await?;
-        *locked(&forwarding.link) = Some(Arc::new(Link { client, channel }));
-        let mut release = tokio::time::interval(RELEASE_EVERY);
-        loop {
-            tokio::select! {
-                note = notes.recv() => match note {
-                    Some(payload) => forwarding.dispatch(runtime, &payload),
-                    None => return Ok(()),
-                },
-                _ = release.tick() => forwarding.release_lapsed().await,
-            }
-        }
-    };
-    let ended = driven.await;
-    driver.abort();
-    ended
-}
-
-/// Sends notifications: all that queued while the last statement ran go in the next, packed.
-async fn write<S: EventStore + 'static>(
-    forwarding: Arc<Forwarding<S>>,
-    mut unsent: mpsc::UnboundedReceiver<Note>,
-) {
-    let mut session: Option<(Session, tokio_postgres::Statement)> = None;
-    while let Some(first) = unsent.recv().await {
-        let mut notes = vec![first];
-        while let Ok(note) = unsent.try_recv() {
-            notes.push(note);
-        }
-        let mut groups: Vec<((String, bool), Vec<String>)> = Vec::new();
-        for note in notes {
-            let group = (note.channel, note.answer);
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, items)) => items.push(note.item),
-                None => groups.push((group, vec![note.item])),
-            }
-        }
-        let (mut channels, mut payloads) = (Vec::new(), Vec::new());
-        for ((channel, answer), items) in groups {
-            for payload in wire::pack(if answer { "Answers" } else { "Requests" }, &items) {
-                channels.push(channel.clone());
-                payloads.push(payload);
-            }
-        }
-        if session.as_ref().is_none_or(|(s, _)| !s.is_alive()) {
-            session = open_writer(&forwarding).await;
-        }
-        let Some((open, notify)) = &session else {
-            // Lost: the senders hear nothing and run their commands themselves.
-            continue;
-        };
-        if let Err(e) = open.client().execute(notify, &[&channels, &payloads]).await {
-            tracing::debug!(error = %e, "could not send forwarding notifications");
-            session = None;
-        }
-    }
-}
-
-async fn open_writer<S: EventStore + 'static>(
-    forwarding: &Forwarding<S>,
-) -> Option<(Session, tokio_postgres::Statement)> {
-    let session = Session::open(forwarding.leases.config()).await.ok()?;
-    // A notification needs no disk sync: losing one costs a sender a wait, nothing else.
-    session
-        .client()
-        .batch_execute("SET synchronous_commit = off")
-        .await
-        .ok()?;
-    let notify = session
-        .client()
-        .prepare("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)")
-        .await
-        .ok()?;
-    Some((session, notify))
 }
