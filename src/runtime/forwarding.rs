@@ -366,9 +366,6 @@ impl<S: EventStore + 'static> Forwarding<S> {
             Ok(Envelope::Answers(answers)) => {
                 let mut pending = locked(&self.pending);
                 for answer in answers {
-                    let Ok(answer) = serde_json::from_value::<Answer>(answer) else {
-                        continue;
-                    };
                     if let Some(waiting) = pending.remove(&answer.id) {
                         let _ = waiting.send(answer.committed.map(Committed::from));
                     }
@@ -377,9 +374,6 @@ impl<S: EventStore + 'static> Forwarding<S> {
             Ok(Envelope::Requests(requests)) => {
                 *locked(&self.last_request) = Some(Instant::now());
                 for request in requests {
-                    let Ok(request) = serde_json::from_value::<Request>(request) else {
-                        continue;
-                    };
                     let Some(inner) = runtime.upgrade() else {
                         return;
                     };

@@ -37,11 +37,11 @@ pub(super) struct Answer {
     pub(super) committed: Option<WireCommitted>,
 }
 
-/// A notification's payload: requests or answers.
-#[derive(Debug, Serialize, Deserialize)]
+/// A notification's payload: requests or answers (written by [`pack`], item by item).
+#[derive(Debug, Deserialize)]
 pub(super) enum Envelope {
-    Requests(Vec<Value>),
-    Answers(Vec<Value>),
+    Requests(Vec<Request>),
+    Answers(Vec<Answer>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,24 +140,34 @@ mod tests {
 
     #[test]
     fn items_pack_in_order_into_payloads_below_the_limit_that_parse_back() {
-        let items: Vec<String> = (0..500)
-            .map(|i| serde_json::json!({ "n": i, "pad": "x".repeat(i % 97) }).to_string())
+        let items: Vec<String> = (0..500u64)
+            .map(|i| {
+                serde_json::to_string(&Request {
+                    id: i,
+                    reply_to: "dcb_forward_1".to_owned(),
+                    decision: "d".repeat(usize::try_from(i % 97).unwrap()),
+                    key: i,
+                    idempotency_key: "k".to_owned(),
+                    command: Value::Null,
+                })
+                .unwrap()
+            })
             .collect();
         let payloads = pack("Requests", &items);
         assert!(
             payloads.len() > 1,
-            "500 items of up to 120 bytes need several payloads"
+            "500 requests of 130-230 bytes need several payloads"
         );
         let mut back = Vec::new();
         for p in &payloads {
             assert!(p.len() <= MAX_PAYLOAD, "a payload of {} bytes", p.len());
             match serde_json::from_str::<Envelope>(p).expect("a payload parses") {
-                Envelope::Requests(values) => back.extend(values),
+                Envelope::Requests(requests) => back.extend(requests),
                 Envelope::Answers(_) => panic!("requests packed as answers"),
             }
         }
-        let numbers: Vec<u64> = back.iter().map(|v| v["n"].as_u64().unwrap()).collect();
-        assert_eq!(numbers, (0..500).collect::<Vec<u64>>());
+        let ids: Vec<u64> = back.iter().map(|r| r.id).collect();
+        assert_eq!(ids, (0..500).collect::<Vec<u64>>());
         assert!(pack("Answers", &[]).is_empty());
         assert!(pack("Answers", &["x".repeat(MAX_PAYLOAD)]).is_empty());
     }
