@@ -29,7 +29,7 @@ use crate::limits::ValidationError;
 use crate::metrics as names;
 use crate::store::{EventStore, PostgresStore};
 use command_actor::CommandMsg;
-use forwarding::{Codec, Forwarding};
+use forwarding::{Codec, FORWARD_WAIT, Forwarded, Forwarding};
 pub use job::keyed_event_id;
 use job::{Command, ErasedCommand, Job, JobOutcome, keys_of};
 use leases::Leases;
@@ -423,6 +423,19 @@ impl<S> Drop for Inner<S> {
     }
 }
 
+/// Who asks `run` for a command, which decides whether a runtime shutting down takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// A caller of `execute`: refused once the shutdown began.
+    Caller,
+    /// A caller's command already counted in flight (forwarded, and now run here): never
+    /// refused.
+    Accepted,
+    /// Another process's, forwarded here as to the owner of its key: refused once this runtime
+    /// gave its keys back.
+    Served,
+}
+
 /// Counts a command in flight for as long as it lives.
 struct InFlight<'a, S>(&'a Inner<S>);
 
@@ -496,12 +509,16 @@ impl<S: EventStore + 'static> Runtime<S> {
         key: Option<String>,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let started = Instant::now();
+        let deadline = started + self.inner.policy.deadline;
         let result = match &self.inner.forwarding {
             Some(forwarding) if forwarding.forwards(D::NAME) => {
-                self.forward_or_decide(forwarding, decision, key, started)
+                self.forward_or_decide(forwarding, decision, key, deadline)
                     .await
             }
-            _ => self.decide_keyed(decision, key, started, false).await,
+            _ => {
+                self.decide_keyed(decision, key, deadline, Admission::Caller)
+                    .await
+            }
         };
         metrics::histogram!(names::COMMAND_DURATION_SECONDS, "decision" => D::NAME)
             .record(started.elapsed());
@@ -514,13 +531,13 @@ impl<S: EventStore + 'static> Runtime<S> {
     }
 
     /// Sends the command to the process owning its key, if another process owns it; runs it
-    /// here when it does not answer in time or did not commit it.
+    /// here when that one answers that it did not commit it, or does not answer in time.
     async fn forward_or_decide<D: Decision>(
         &self,
         forwarding: &Forwarding<S>,
         decision: D,
         key: Option<String>,
-        started: Instant,
+        deadline: Instant,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let keys = keys_of(&decision);
         let destination = match keys[..] {
@@ -528,11 +545,18 @@ impl<S: EventStore + 'static> Runtime<S> {
             _ => None,
         };
         let Some((channel, command)) = destination else {
-            return self.decide_keyed(decision, key, started, false).await;
+            return self
+                .decide_keyed(decision, key, deadline, Admission::Caller)
+                .await;
         };
+        // In flight from here (as `run` counts): a shutdown waits for it, and its fallback runs
+        // even if the shutdown began meanwhile.
+        let _inflight = InFlight::enter(&self.inner);
+        if self.inner.closing.load(Ordering::SeqCst) {
+            return Err(ExecuteError::ShuttingDown);
+        }
         // Wherever it runs, it runs under this key: committed once.
         let idempotency_key = key.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
-        let deadline = started + self.inner.policy.deadline;
         let forwarded = forwarding
             .forward(
                 channel,
@@ -543,11 +567,35 @@ impl<S: EventStore + 'static> Runtime<S> {
                 deadline,
             )
             .await;
+        let here = |decision| {
+            self.decide_keyed(
+                decision,
+                Some(idempotency_key.clone()),
+                deadline,
+                Admission::Accepted,
+            )
+        };
         let mut result = match forwarded {
-            Some(committed) => Ok(committed),
-            None => {
-                self.decide_keyed(decision, Some(idempotency_key), started, false)
-                    .await
+            Forwarded::Committed(committed) => Ok(committed),
+            Forwarded::NotCommitted => here(decision).await,
+            Forwarded::NoAnswer => {
+                let result = here(decision).await;
+                if result.is_ok() {
+                    result
+                } else {
+                    // The owner may have decided it before its own deadline (`OWNER_BUDGET`)
+                    // and be committing it still: look for that once more, after the time a
+                    // commit takes at worst in practice, before answering a failure.
+                    tokio::time::sleep(FORWARD_WAIT).await;
+                    match self
+                        .earlier_execution(D::NAME, &idempotency_key, deadline)
+                        .await
+                    {
+                        Ok(Some(committed)) => Ok(committed),
+                        Ok(None) => result,
+                        Err(e) => Err(ExecuteError::Store(e)),
+                    }
+                }
             }
         };
         if key.is_none()
@@ -559,16 +607,16 @@ impl<S: EventStore + 'static> Runtime<S> {
         result
     }
 
-    /// Runs the decision here, under `key` if given (see [`Runtime::execute_with_key`]);
-    /// `served`: for another process, as the owner of its key.
+    /// Runs the decision here, under `key` if given (see [`Runtime::execute_with_key`]), by
+    /// `deadline`.
     async fn decide_keyed<D: Decision>(
         &self,
         decision: D,
         key: Option<String>,
-        started: Instant,
-        served: bool,
+        deadline: Instant,
+        admission: Admission,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
-        let mut result = self.run(decision, key.clone(), started, served).await;
+        let mut result = self.run(decision, key.clone(), deadline, admission).await;
         if let Some(key) = &key {
             // Refused, out of attempts, failed, deciding nothing or a replay: maybe because an
             // earlier execution under this key was committed (its events are in the state now,
@@ -583,10 +631,11 @@ impl<S: EventStore + 'static> Runtime<S> {
                         | ExecuteError::Store(_)
                         | ExecuteError::Timeout
                         | ExecuteError::Panicked(_)
+                        | ExecuteError::Overloaded
+                        | ExecuteError::ShuttingDown
                 ),
             };
             if earlier {
-                let deadline = started + self.inner.policy.deadline;
                 match self.earlier_execution(D::NAME, key, deadline).await {
                     Ok(Some(committed)) => result = Ok(committed),
                     Ok(None) => {}
@@ -659,8 +708,8 @@ impl<S: EventStore + 'static> Runtime<S> {
         &self,
         decision: D,
         key: Option<String>,
-        started: Instant,
-        served: bool,
+        deadline: Instant,
+        admission: Admission,
     ) -> Result<Committed, ExecuteError<D::Rejection>> {
         let inner = &*self.inner;
         // Counted in flight before looking at `closing` (both SeqCst, as in `shutdown`): either
@@ -668,10 +717,10 @@ impl<S: EventStore + 'static> Runtime<S> {
         // A runtime shutting down still runs what other processes send it until it resigns its
         // keys (the same way).
         let _inflight = InFlight::enter(inner);
-        let refused = if served {
-            inner.forwarding.as_ref().is_none_or(|f| f.resigned())
-        } else {
-            inner.closing.load(Ordering::SeqCst)
+        let refused = match admission {
+            Admission::Caller => inner.closing.load(Ordering::SeqCst),
+            Admission::Accepted => false,
+            Admission::Served => inner.forwarding.as_ref().is_none_or(|f| f.resigned()),
         };
         if refused {
             return Err(ExecuteError::ShuttingDown);
@@ -683,7 +732,6 @@ impl<S: EventStore + 'static> Runtime<S> {
         };
         let slot = &inner.slots[route(command.key(), command.keys(), inner.slots.len(), gather)];
         let command: Arc<dyn ErasedCommand> = Arc::new(command);
-        let deadline = started + inner.policy.deadline;
         loop {
             if Instant::now() >= deadline {
                 return Err(ExecuteError::Timeout);
@@ -762,6 +810,8 @@ impl<S: EventStore + 'static> Runtime<S> {
             .stop_and_wait(None, Some(Duration::from_secs(10)))
             .await;
         if let Some(forwarding) = &inner.forwarding {
+            // Answers already queued go out before the writer stops.
+            forwarding.flush().await;
             forwarding.stop();
         }
     }

@@ -7,6 +7,8 @@
 //! They take tickets of one sold-out-able counter; the forwarding metrics tell that commands
 //! crossed over.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dcb_runtime::testing::TestDatabase;
@@ -127,17 +129,50 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .expect("the test binary's recorder");
-    // Another database on the server, whose runtimes own the same key there and stay up:
-    // ownership (an advisory lock) is per database, and so must the look-up of the owner be.
+    // Another database on the server, whose runtimes own the same key there and keep
+    // forwarding to its owner (refusals, once sold out) while the run below goes on: ownership
+    // (an advisory lock) is per database, and so must the look-up of the owner be.
     let elsewhere = TestDatabase::create().await.expect("test database");
     let (others, _, _) = sell_out(&elsewhere).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let busy: Vec<_> = others
+        .iter()
+        .map(|runtime| {
+            let (runtime, done) = (runtime.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    let take = TakeTicket {
+                        show: "premiere".to_owned(),
+                    };
+                    let refused = runtime.execute(take).await;
+                    assert!(
+                        matches!(refused, Err(ExecuteError::Rejected(_))),
+                        "{refused:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    let forwarded = "dcb_forwarded_commands_total";
+    let before = metrics.render();
+    assert!(
+        counter(&before, forwarded, "outcome=\"run_here\"") > 0.0,
+        "the other database's runtimes forwarded nothing:\n{before}"
+    );
 
     let db = TestDatabase::create().await.expect("test database");
     let (runtimes, mut committed, rejected) = sell_out(&db).await;
     let exposition = metrics.render();
+    done.store(true, Ordering::Relaxed);
+    for task in busy {
+        task.await.expect("the other database's callers");
+    }
     for runtime in runtimes.iter().chain(&others) {
         runtime.shutdown().await;
     }
+    // What this run forwarded (the other database's runtimes add refusals only).
+    let since =
+        |label: &str| counter(&exposition, forwarded, label) - counter(&before, forwarded, label);
 
     // Every ticket once, in order, each answered to exactly one caller; the rest refused.
     let sent = 2 * CALLERS_PER_RUNTIME as u64 * COMMANDS_PER_CALLER;
@@ -160,13 +195,12 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
     // Commands crossed over: committed at the owner, and refused there, then run (and refused)
     // by their own runtime, whose caller got the typed rejection above; every one was answered
     // (none went to the owner of the key in the other database).
-    let forwarded = "dcb_forwarded_commands_total";
     assert!(
-        counter(&exposition, forwarded, "outcome=\"committed\"") > 0.0,
+        since("outcome=\"committed\"") > 0.0,
         "no command was committed by the key's owner:\n{exposition}"
     );
     assert!(
-        counter(&exposition, forwarded, "outcome=\"run_here\"") > 0.0,
+        since("outcome=\"run_here\"") > 0.0,
         "no refused command came back to run where it was sent:\n{exposition}"
     );
     assert_eq!(

@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::leases::{Leases, lock_key};
-use super::{Committed, Inner, Runtime};
+use super::{Admission, Committed, Inner, Runtime, keyed_event_id};
 use crate::decision::Decision;
 use crate::metrics as names;
 use crate::store::EventStore;
@@ -50,6 +50,57 @@ const OWNERS_SPACE: i32 = 0x4443_424F;
 /// How long a sender waits for the owner's answer before running the command itself.
 pub(crate) const FORWARD_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the owner may take to decide a forwarded command: a job not decided by then
+/// expires there undecided, well before the sender gives up waiting ([`FORWARD_WAIT`]).
+const OWNER_BUDGET: Duration = Duration::from_millis(400);
+
+/// How long a look-up of a key's owner may take before the command runs here instead.
+const LOOK_UP_WAIT: Duration = Duration::from_secs(1);
+
+/// How a forwarded command ended, as its sender knows it.
+pub(crate) enum Forwarded {
+    /// Committed by the owner (its answer bears the events' keyed ids).
+    Committed(Committed),
+    /// Not committed there (refused, failed, not taken), or never sent: run it here.
+    NotCommitted,
+    /// No answer in time: the owner may have died, or may still commit what it decided within
+    /// [`OWNER_BUDGET`].
+    NoAnswer,
+}
+
+/// Whether `committed`'s events bear the ids `decision` gives them under `key`.
+fn is_keyed(committed: &Committed, decision: &'static str, key: &str) -> bool {
+    committed.positions.len() == committed.events.len()
+        && committed
+            .events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.id() == keyed_event_id(decision, key, i))
+}
+
+/// A sender's wait for an answer, in the pending table until dropped.
+struct Pending<'a> {
+    table: &'a Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
+    id: u64,
+}
+
+impl<'a> Pending<'a> {
+    fn insert(
+        table: &'a Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
+        id: u64,
+        reply: oneshot::Sender<Option<Committed>>,
+    ) -> Self {
+        locked(table).insert(id, reply);
+        Self { table, id }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        locked(self.table).remove(&self.id);
+    }
+}
+
 /// How long a sender trusts what it found out about another process owning a key (a look-up
 /// costs one query of `pg_locks`). An owner shutting down keeps answering for this long after
 /// the last request it received, so that no sender waits [`FORWARD_WAIT`] on it.
@@ -60,7 +111,9 @@ const RELEASE_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs a forwarded command in the owner; `None` unless it committed.
 type Serve<S> = Arc<
-    dyn Fn(Arc<Inner<S>>, String, Value) -> BoxFuture<'static, Option<Committed>> + Send + Sync,
+    dyn Fn(Arc<Inner<S>>, String, Value, Duration) -> BoxFuture<'static, Option<Committed>>
+        + Send
+        + Sync,
 >;
 
 /// How one registered decision crosses between processes.
@@ -73,11 +126,12 @@ impl<S: EventStore + 'static> Codec<S> {
     pub(crate) fn of<D: Decision + Serialize + DeserializeOwned>() -> Self {
         Self {
             encode: |decision| serde_json::to_value(decision.downcast_ref::<D>()?).ok(),
-            serve: Arc::new(|inner, key, command| {
+            serve: Arc::new(|inner, key, command, budget| {
                 Box::pin(async move {
                     let decision: D = serde_json::from_value(command).ok()?;
+                    let deadline = Instant::now() + budget;
                     Runtime { inner }
-                        .decide_keyed(decision, Some(key), Instant::now(), true)
+                        .decide_keyed(decision, Some(key), deadline, Admission::Served)
                         .await
                         .ok()
                 })
@@ -148,7 +202,9 @@ impl<S: EventStore + 'static> Forwarding<S> {
             link: Mutex::new(None),
             owners: tokio::sync::Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
+            // A random start: an answer meant for a runtime before this one on the same
+            // channel (a reused backend pid) matches no request of this one.
+            next_id: AtomicU64::new(fastrand::u64(..)),
             outbox,
             unsent: Mutex::new(Some(unsent)),
             tasks: Mutex::new(Vec::new()),
@@ -164,7 +220,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
         };
         let listener = tokio::spawn(transport::listen(self.clone(), runtime));
         let writer = tokio::spawn(transport::write(self.clone(), unsent));
-        locked(&self.tasks).extend([listener, writer]);
+        let release = tokio::spawn(transport::release(self.clone()));
+        locked(&self.tasks).extend([listener, writer, release]);
     }
 
     /// Gives back every key this process owns and claims none any more, as the runtime shuts
@@ -204,6 +261,14 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 return;
             }
             tokio::time::sleep_until(quiet.min(limit).into()).await;
+        }
+    }
+
+    /// Waits (at most a second) until the notifications queued so far were sent.
+    pub(crate) async fn flush(&self) {
+        let (sent, flushed) = oneshot::channel();
+        if self.outbox.send(Note::marker(sent)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
         }
     }
 
@@ -247,25 +312,30 @@ impl<S: EventStore + 'static> Forwarding<S> {
         if self.resigned.load(Ordering::SeqCst) {
             return None;
         }
-        let claimed = link
-            .client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2), \
-                        (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
-                           AND database = (SELECT oid FROM pg_database \
-                                           WHERE datname = current_database()) \
-                           AND classid::bigint = ($1::int::bigint & 4294967295) \
-                           AND objid::bigint = ($2::int::bigint & 4294967295) \
-                           AND granted AND pid <> pg_backend_pid() LIMIT 1)",
-                &[&OWNERS_SPACE, &lock_key(key)],
-            )
-            .await
-            .and_then(|row| {
-                Ok((
-                    row.try_get::<_, bool>(0)?,
-                    row.try_get::<_, Option<i32>>(1)?,
-                ))
-            });
+        let lock = lock_key(key);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&OWNERS_SPACE, &lock];
+        let look_up = link.client.query_one(
+            "SELECT pg_try_advisory_lock($1, $2), \
+                    (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
+                       AND database = (SELECT oid FROM pg_database \
+                                       WHERE datname = current_database()) \
+                       AND classid::bigint = ($1::int::bigint & 4294967295) \
+                       AND objid::bigint = ($2::int::bigint & 4294967295) \
+                       AND granted AND pid <> pg_backend_pid() LIMIT 1)",
+            &params,
+        );
+        let Ok(claimed) = tokio::time::timeout(LOOK_UP_WAIT, look_up).await else {
+            // The connection hangs: run it here (a lock taken meanwhile ends with the
+            // connection, which its keepalives end).
+            tracing::debug!("the look-up of a key's owner timed out");
+            return None;
+        };
+        let claimed = claimed.and_then(|row| {
+            Ok((
+                row.try_get::<_, bool>(0)?,
+                row.try_get::<_, Option<i32>>(1)?,
+            ))
+        });
         match claimed {
             Ok((true, _)) => {
                 metrics::counter!(names::OWNERSHIPS_TOTAL, "event" => "taken").increment(1);
@@ -298,9 +368,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
     }
 
-    /// Sends the command to the owner on `channel` and waits for its answer: `None` when it did
-    /// not commit there, or no answer came in time (the caller then runs it itself, under the
-    /// same `idempotency_key`).
+    /// Sends the command to the owner on `channel` and waits for its answer, at most
+    /// [`FORWARD_WAIT`]; the owner decides it within [`OWNER_BUDGET`] or not at all.
     pub(crate) async fn forward(
         &self,
         channel: String,
@@ -309,9 +378,13 @@ impl<S: EventStore + 'static> Forwarding<S> {
         idempotency_key: &str,
         command: Value,
         deadline: Instant,
-    ) -> Option<Committed> {
-        let link = self.link()?;
+    ) -> Forwarded {
+        let Some(link) = self.link() else {
+            return Forwarded::NotCommitted;
+        };
+        let now = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let budget = OWNER_BUDGET.min(deadline.saturating_duration_since(now));
         let request = Request {
             id,
             reply_to: link.channel.clone(),
@@ -319,21 +392,21 @@ impl<S: EventStore + 'static> Forwarding<S> {
             key,
             idempotency_key: idempotency_key.to_owned(),
             command,
+            budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
         };
-        let item = serde_json::to_string(&request).ok()?;
+        let Ok(item) = serde_json::to_string(&request) else {
+            return Forwarded::NotCommitted;
+        };
         if item.len() + 16 > MAX_PAYLOAD {
-            return None;
+            return Forwarded::NotCommitted;
         }
         let (reply, answer) = oneshot::channel();
-        locked(&self.pending).insert(id, reply);
+        // Removed however this ends, the caller's future dropped included.
+        let _pending = Pending::insert(&self.pending, id, reply);
         // The key stays leased here while its commands go to the owner.
         self.leases.forwarding(key);
-        let sent = self.outbox.send(Note {
-            channel,
-            answer: false,
-            item,
-        });
-        let wait = (Instant::now() + FORWARD_WAIT).min(deadline);
+        let sent = self.outbox.send(Note::new(channel.clone(), false, item));
+        let wait = (now + FORWARD_WAIT).min(deadline);
         let answered = match sent {
             Ok(()) => tokio::time::timeout_at(wait.into(), answer)
                 .await
@@ -341,24 +414,31 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 .and_then(Result::ok),
             Err(_) => None,
         };
-        locked(&self.pending).remove(&id);
         let outcome = match answered {
-            Some(Some(committed)) => Ok(committed),
-            Some(None) => {
-                // Maybe the owner is shutting down: look again next time.
-                self.owners.lock().await.remove(&key);
-                Err("run_here")
+            // Only an answer bearing the ids this key gives its events is believed: anything
+            // else on the channel is no answer.
+            Some(Some(committed)) if is_keyed(&committed, decision, idempotency_key) => {
+                Forwarded::Committed(committed)
             }
-            None => {
-                // The owner may be gone: look again next time.
-                self.owners.lock().await.remove(&key);
-                Err("no_answer")
-            }
+            Some(None) => Forwarded::NotCommitted,
+            _ => Forwarded::NoAnswer,
         };
-        let label = outcome.as_ref().map_or_else(|e| *e, |_| "committed");
+        if !matches!(outcome, Forwarded::Committed(_)) {
+            // The owner may be shutting down or gone: look again next time (unless this
+            // process took the key over meanwhile).
+            let mut owners = self.owners.lock().await;
+            if matches!(owners.get(&key), Some(Owner::Other { channel: c, .. }) if *c == channel) {
+                owners.remove(&key);
+            }
+        }
+        let label = match outcome {
+            Forwarded::Committed(_) => "committed",
+            Forwarded::NotCommitted => "run_here",
+            Forwarded::NoAnswer => "no_answer",
+        };
         metrics::counter!(names::FORWARDED_COMMANDS_TOTAL, "decision" => decision, "outcome" => label)
             .increment(1);
-        outcome.ok()
+        outcome
     }
 
     fn dispatch(self: &Arc<Self>, runtime: &Weak<Inner<S>>, payload: &str) {
@@ -389,7 +469,10 @@ impl<S: EventStore + 'static> Forwarding<S> {
         // The key stays leased, and owned, while others send its commands here.
         self.leases.forwarding(request.key);
         let committed = match self.codecs.get(request.decision.as_str()) {
-            Some(codec) => (codec.serve)(runtime, request.idempotency_key, request.command).await,
+            Some(codec) => {
+                let budget = Duration::from_millis(request.budget_ms).min(OWNER_BUDGET);
+                (codec.serve)(runtime, request.idempotency_key, request.command, budget).await
+            }
             None => None,
         };
         metrics::counter!(names::FORWARDED_COMMANDS_SERVED_TOTAL).increment(1);
@@ -405,11 +488,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             });
         }
         if let Ok(item) = item {
-            let _ = self.outbox.send(Note {
-                channel: request.reply_to,
-                answer: true,
-                item,
-            });
+            let _ = self.outbox.send(Note::new(request.reply_to, true, item));
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{Forwarding, RELEASE_EVERY, locked, wire};
@@ -19,11 +19,32 @@ pub(super) struct Link {
     pub(super) channel: String,
 }
 
-/// A notification to send.
+/// A notification to send, or a marker answered once everything queued before it was sent.
 pub(super) struct Note {
-    pub(super) channel: String,
-    pub(super) answer: bool,
-    pub(super) item: String,
+    channel: String,
+    answer: bool,
+    item: String,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl Note {
+    pub(super) fn new(channel: String, answer: bool, item: String) -> Self {
+        Self {
+            channel,
+            answer,
+            item,
+            sent: None,
+        }
+    }
+
+    pub(super) fn marker(sent: oneshot::Sender<()>) -> Self {
+        Self {
+            channel: String::new(),
+            answer: false,
+            item: String::new(),
+            sent: Some(sent),
+        }
+    }
 }
 
 pub(super) fn channel_of(pid: i32) -> String {
@@ -79,16 +100,10 @@ async fn listen_once<S: EventStore + 'static>(
         let channel = channel_of(pid);
         client.batch_execute(&format!("LISTEN {channel}")).await?;
         *locked(&forwarding.link) = Some(Arc::new(Link { client, channel }));
-        let mut release = tokio::time::interval(RELEASE_EVERY);
-        loop {
-            tokio::select! {
-                note = notes.recv() => match note {
-                    Some(payload) => forwarding.dispatch(runtime, &payload),
-                    None => return Ok(()),
-                },
-                _ = release.tick() => forwarding.release_lapsed().await,
-            }
+        while let Some(payload) = notes.recv().await {
+            forwarding.dispatch(runtime, &payload);
         }
+        Ok(())
     };
     let ended = driven.await;
     driver.abort();
@@ -107,7 +122,12 @@ pub(super) async fn write<S: EventStore + 'static>(
             notes.push(note);
         }
         let mut groups: Vec<((String, bool), Vec<String>)> = Vec::new();
+        let mut markers = Vec::new();
         for note in notes {
+            if let Some(sent) = note.sent {
+                markers.push(sent);
+                continue;
+            }
             let group = (note.channel, note.answer);
             match groups.iter_mut().find(|(g, _)| *g == group) {
                 Some((_, items)) => items.push(note.item),
@@ -121,17 +141,32 @@ pub(super) async fn write<S: EventStore + 'static>(
                 payloads.push(payload);
             }
         }
-        if session.as_ref().is_none_or(|(s, _)| !s.is_alive()) {
-            session = open_writer(&forwarding).await;
+        if !channels.is_empty() {
+            if session.as_ref().is_none_or(|(s, _)| !s.is_alive()) {
+                session = open_writer(&forwarding).await;
+            }
+            // Without a session they are lost: the senders hear nothing and run their commands
+            // themselves.
+            if let Some((open, notify)) = &session
+                && let Err(e) = open.client().execute(notify, &[&channels, &payloads]).await
+            {
+                tracing::debug!(error = %e, "could not send forwarding notifications");
+                session = None;
+            }
         }
-        let Some((open, notify)) = &session else {
-            // Lost: the senders hear nothing and run their commands themselves.
-            continue;
-        };
-        if let Err(e) = open.client().execute(notify, &[&channels, &payloads]).await {
-            tracing::debug!(error = %e, "could not send forwarding notifications");
-            session = None;
+        for sent in markers {
+            let _ = sent.send(());
         }
+    }
+}
+
+/// Gives back, every [`RELEASE_EVERY`], the keys whose lease lapsed (apart from the listener,
+/// so that its answers are never held up by it).
+pub(super) async fn release<S: EventStore + 'static>(forwarding: Arc<Forwarding<S>>) {
+    let mut ticks = tokio::time::interval(RELEASE_EVERY);
+    loop {
+        ticks.tick().await;
+        forwarding.release_lapsed().await;
     }
 }
 

@@ -26,6 +26,9 @@ pub(super) struct Request {
     pub(super) idempotency_key: String,
     /// The decision, serialised.
     pub(super) command: Value,
+    /// Milliseconds the owner has to decide it ([`super::OWNER_BUDGET`] at most); a job not
+    /// decided by then expires there undecided.
+    pub(super) budget_ms: u64,
 }
 
 /// How a forwarded command ended.
@@ -149,6 +152,7 @@ mod tests {
                     key: i,
                     idempotency_key: "k".to_owned(),
                     command: Value::Null,
+                    budget_ms: 400,
                 })
                 .unwrap()
             })
