@@ -220,9 +220,10 @@ impl RuntimeBuilder<PostgresStore> {
     /// process its callers are in (see "How it works" in the README). The decision crosses
     /// between processes as JSON, so every process must register `D` under the same
     /// [`Decision::NAME`]. Only commands holding one key are forwarded. A forwarded command runs
-    /// under an idempotency key (the caller's, or a fresh one): when the owner does not answer
-    /// within half a second, or did not commit it, this process runs it itself, and it is
-    /// committed once either way.
+    /// under an idempotency key (the caller's, or a fresh one), so its events get ids derived
+    /// from that key (replacing ids the decision set with [`Event::with_id`]); when the owner
+    /// does not answer within half a second, or did not commit it, this process runs it itself,
+    /// and it is committed once either way.
     pub fn forward<D>(mut self) -> Self
     where
         D: Decision + serde::Serialize + serde::de::DeserializeOwned,
