@@ -7,16 +7,16 @@
 //! They take tickets of one sold-out-able counter; the forwarding metrics tell that commands
 //! crossed over.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{
     Decision, Event, ExecuteError, P, Position, Projection, Query, QueryItem, Runtime,
-    SequencedEvent,
+    SequencedEvent, keyed_event_id,
 };
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
 const TICKETS: u64 = 1_000;
@@ -62,6 +62,16 @@ impl Decision for TakeTicket {
             Event::new("TicketTaken", json!({ "number": taken + 1 })).tagged("show", &*self.show),
         ])
     }
+}
+
+/// The test binary's recorder, installed once for its tests.
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the test binary's recorder")
+    })
 }
 
 /// The sum of a counter's series whose labels include `label`.
@@ -126,9 +136,7 @@ async fn sell_out(db: &TestDatabase) -> (Vec<Runtime>, Vec<(Position, u64)>, u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here() {
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .expect("the test binary's recorder");
+    let metrics = recorder();
     // Another database on the server, whose runtimes own the same key there and keep
     // forwarding to its owner (refusals, once sold out) while the run below goes on: ownership
     // (an advisory lock) is per database, and so must the look-up of the owner be.
@@ -196,16 +204,117 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
     // by their own runtime, whose caller got the typed rejection above; every one was answered
     // (none went to the owner of the key in the other database).
     assert!(
-        since("outcome=\"committed\"") > 0.0,
+        since("committed") > 0.0,
         "no command was committed by the key's owner:\n{exposition}"
     );
     assert!(
-        since("outcome=\"run_here\"") > 0.0,
+        since("run_here") > 0.0,
         "no refused command came back to run where it was sent:\n{exposition}"
     );
+    assert_eq!(since("no_answer"), 0.0, "{exposition}");
+}
+
+/// A seat at the one table everybody books (never full): a hot key for the shutdown test.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TakeSeat;
+
+impl Decision for TakeSeat {
+    const NAME: &'static str = "take_seat";
+    type Projection = Taken;
+    type Rejection = String;
+
+    fn projection(&self) -> Taken {
+        Taken("table".to_owned())
+    }
+
+    fn decide(&self, taken: &u64) -> Result<Vec<Event>, String> {
+        Ok(vec![
+            Event::new("TicketTaken", json!({ "number": taken + 1 })).tagged("show", "table"),
+        ])
+    }
+}
+
+/// Both runtimes shut down while their callers' commands are being forwarded: every command
+/// answered committed is stored, and every one answered `ShuttingDown` is not (a forward still
+/// out when the shutdown began is waited for, and so is its answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_waits_for_the_commands_it_forwarded() {
+    let metrics = recorder();
+    let db = TestDatabase::create().await.expect("test database");
+    let mut runtimes = Vec::new();
+    for _ in 0..2 {
+        let runtime = Runtime::builder(db.store().await.expect("store"))
+            .forward::<TakeSeat>()
+            .deadline(Duration::from_secs(30))
+            .start()
+            .await
+            .expect("runtime");
+        runtimes.push(runtime);
+    }
+    let mut callers = Vec::new();
+    for (r, runtime) in runtimes.iter().enumerate() {
+        for c in 0..CALLERS_PER_RUNTIME {
+            let runtime = runtime.clone();
+            callers.push(tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0.. {
+                    let key = format!("{r}-{c}-{i}");
+                    match runtime.execute_with_key(key.clone(), TakeSeat).await {
+                        Ok(committed) => answers.push((key, true, committed.replayed)),
+                        Err(ExecuteError::ShuttingDown) => {
+                            answers.push((key, false, false));
+                            break;
+                        }
+                        Err(e) => panic!("command {key} failed: {e:?}"),
+                    }
+                }
+                answers
+            }));
+        }
+    }
+    // Shut down once commands are being forwarded (bounded wait for that condition).
+    let label = "decision=\"take_seat\",outcome=\"committed\"";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&metrics.render(), "dcb_forwarded_commands_total", label) < 200.0 {
+        assert!(Instant::now() < deadline, "nothing was forwarded in 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (first, second) = (runtimes[0].clone(), runtimes[1].clone());
+    tokio::join!(first.shutdown(), second.shutdown());
+
+    let mut answers = Vec::new();
+    for caller in callers {
+        answers.extend(caller.await.expect("caller"));
+    }
+    let client = db.client().await.expect("client");
+    let stored: Vec<uuid::Uuid> = client
+        .query("SELECT id FROM events WHERE type = 'TicketTaken'", &[])
+        .await
+        .expect("ids")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let stored: std::collections::HashSet<uuid::Uuid> = stored.into_iter().collect();
+    let mut committed = 0;
+    for (key, ok, replayed) in &answers {
+        let id = keyed_event_id(TakeSeat::NAME, key, 0);
+        if *ok {
+            committed += 1;
+            assert!(!replayed, "{key} answered a replay");
+            assert!(
+                stored.contains(&id),
+                "{key} was answered committed but is not stored"
+            );
+        } else {
+            assert!(
+                !stored.contains(&id),
+                "{key} was answered ShuttingDown but is stored"
+            );
+        }
+    }
     assert_eq!(
-        counter(&exposition, forwarded, "outcome=\"no_answer\""),
-        0.0,
-        "{exposition}"
+        stored.len(),
+        committed,
+        "stored events no caller was told of"
     );
 }
