@@ -535,7 +535,7 @@ impl<S: EventStore + 'static> Runtime<S> {
     /// here when that one answers that it did not commit it, or does not answer in time.
     async fn forward_or_decide<D: Decision>(
         &self,
-        forwarding: &Forwarding<S>,
+        forwarding: &Arc<Forwarding<S>>,
         decision: D,
         key: Option<String>,
         deadline: Instant,

@@ -160,7 +160,10 @@ pub(crate) struct Forwarding<S> {
     pending: Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
     next_id: AtomicU64,
     outbox: mpsc::UnboundedSender<Note>,
+    /// The writer's queue, until the writer takes it (see `ensure_started`).
     unsent: Mutex<Option<mpsc::UnboundedReceiver<Note>>>,
+    /// The runtime serving forwarded commands, once started.
+    runtime: Mutex<Option<Weak<Inner<S>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// When the last forwarded request arrived.
     last_request: Mutex<Option<Instant>>,
@@ -207,14 +210,25 @@ impl<S: EventStore + 'static> Forwarding<S> {
             next_id: AtomicU64::new(fastrand::u64(..)),
             outbox,
             unsent: Mutex::new(Some(unsent)),
+            runtime: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             last_request: Mutex::new(None),
             resigned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Starts the listener and the writer; `runtime` serves the commands forwarded here.
-    pub(crate) fn start(self: &Arc<Self>, runtime: Weak<Inner<S>>) {
+    /// Names the runtime that serves the commands forwarded here. Nothing starts until a key
+    /// is first leased ([`Forwarding::destination`]): a process whose keys no other process
+    /// contends for opens no connection for forwarding and hears no notification.
+    pub(crate) fn start(&self, runtime: Weak<Inner<S>>) {
+        *locked(&self.runtime) = Some(runtime);
+    }
+
+    /// Starts the listener, the writer and the release of lapsed keys, once.
+    fn ensure_started(self: &Arc<Self>) {
+        let Some(runtime) = locked(&self.runtime).clone() else {
+            return;
+        };
         let Some(unsent) = locked(&self.unsent).take() else {
             return;
         };
@@ -266,6 +280,10 @@ impl<S: EventStore + 'static> Forwarding<S> {
 
     /// Waits (at most a second) until the notifications queued so far were sent.
     pub(crate) async fn flush(&self) {
+        if locked(&self.unsent).is_some() {
+            // Never started: nothing was queued.
+            return;
+        }
         let (sent, flushed) = oneshot::channel();
         if self.outbox.send(Note::marker(sent)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
@@ -285,7 +303,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
     /// The decision serialised, with the channel of the process owning its `key`, when the key
     /// is leased and another process owns it.
     pub(crate) async fn destination<D: Decision>(
-        &self,
+        self: &Arc<Self>,
         decision: &D,
         key: u64,
     ) -> Option<(String, Value)> {
@@ -293,6 +311,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
         if !self.leases.is_leased(key) {
             return None;
         }
+        // The first leased key starts forwarding; this command runs here while it connects.
+        self.ensure_started();
         let channel = self.owner_elsewhere(key).await?;
         Some((channel, (codec.encode)(decision)?))
     }
