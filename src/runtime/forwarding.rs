@@ -10,15 +10,18 @@
 //! - **Ownership** is a session advisory lock (key space 1145258575, 'DCBO') taken with
 //!   `pg_try_advisory_lock` on the connection that listens for this process's forwarded
 //!   commands, on channel `dcb_forward_<its backend pid>`. Whoever does not get the lock finds
-//!   the holder's pid in `pg_locks`: that names its channel. No table, no consensus of our own:
-//!   a process that dies loses its ownership with its session, and a lapsed lease gives it back.
-//! - **Transport** is `NOTIFY` (no WAL, no disk sync): requests and answers are packed many to a
-//!   notification by one writer per process, which sends whatever queued while it sent the last.
+//!   the holder's pid among this database's locks in `pg_locks`: that names its channel. No
+//!   table, no consensus of our own: a process that dies loses its ownership with its session,
+//!   and a lapsed lease gives it back. Nothing of this starts before a key is first leased.
+//! - **Transport** is `NOTIFY` from a session committing asynchronously (no disk sync):
+//!   requests and answers are packed many to a notification by one writer per process, which
+//!   sends whatever queued while it sent the last.
 //! - **Correctness never rests on it**: the owner runs the command like any other (the append
-//!   condition guards it), under an idempotency key the sender chose. A sender that hears no
-//!   answer within [`FORWARD_WAIT`] (the owner died, or a notification was lost), or hears that
-//!   it did not commit there, runs the command itself under the same key: it is committed once
-//!   whichever ran it (see `Runtime::execute_with_key`).
+//!   condition guards it), under an idempotency key the sender chose, and decides it within
+//!   [`OWNER_BUDGET`] or not at all. A sender that hears no answer within [`FORWARD_WAIT`] (the
+//!   owner died, or a notification was lost), or hears that it did not commit there, runs the
+//!   command itself under the same key: it is committed once whichever ran it (see
+//!   `Runtime::execute_with_key`).
 
 mod transport;
 mod wire;
