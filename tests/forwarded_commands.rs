@@ -83,19 +83,28 @@ fn counter(exposition: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Two runtimes on `db`, their callers taking tickets until sold out: the commits (position,
-/// number) and the count of rejections.
-async fn sell_out(db: &TestDatabase) -> (Vec<Runtime>, Vec<(Position, u64)>, u64) {
+/// Two runtimes on separate pools of `db` (as two processes would have), forwarding `D`.
+async fn two_runtimes_forwarding<D>(db: &TestDatabase) -> Vec<Runtime>
+where
+    D: Decision + serde::Serialize + serde::de::DeserializeOwned,
+{
     let mut runtimes = Vec::new();
     for _ in 0..2 {
         let runtime = Runtime::builder(db.store().await.expect("store"))
-            .forward::<TakeTicket>()
+            .forward::<D>()
             .deadline(Duration::from_secs(30))
             .start()
             .await
             .expect("runtime");
         runtimes.push(runtime);
     }
+    runtimes
+}
+
+/// Two runtimes on `db`, their callers taking tickets until sold out: the commits (position,
+/// number) and the count of rejections.
+async fn sell_out(db: &TestDatabase) -> (Vec<Runtime>, Vec<(Position, u64)>, u64) {
+    let runtimes = two_runtimes_forwarding::<TakeTicket>(db).await;
     let mut callers = Vec::new();
     for runtime in &runtimes {
         for _ in 0..CALLERS_PER_RUNTIME {
@@ -241,16 +250,7 @@ impl Decision for TakeSeat {
 async fn a_shutdown_waits_for_the_commands_it_forwarded() {
     let metrics = recorder();
     let db = TestDatabase::create().await.expect("test database");
-    let mut runtimes = Vec::new();
-    for _ in 0..2 {
-        let runtime = Runtime::builder(db.store().await.expect("store"))
-            .forward::<TakeSeat>()
-            .deadline(Duration::from_secs(30))
-            .start()
-            .await
-            .expect("runtime");
-        runtimes.push(runtime);
-    }
+    let runtimes = two_runtimes_forwarding::<TakeSeat>(&db).await;
     let mut callers = Vec::new();
     for (r, runtime) in runtimes.iter().enumerate() {
         for c in 0..CALLERS_PER_RUNTIME {

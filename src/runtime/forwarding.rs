@@ -39,7 +39,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::leases::{Leases, lock_key};
+use super::leases::{Leases, lock_key, locked};
 use super::{Admission, Committed, Inner, Runtime, keyed_event_id};
 use crate::decision::Decision;
 use crate::metrics as names;
@@ -172,11 +172,6 @@ pub(crate) struct Forwarding<S> {
     last_request: Mutex<Option<Instant>>,
     /// Set as the runtime shuts down: it claims no key any more.
     resigned: std::sync::atomic::AtomicBool,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while these are locked; a poisoned one is still consistent.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<S> std::fmt::Debug for Codec<S> {

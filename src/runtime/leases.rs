@@ -282,8 +282,9 @@ impl Leases {
     }
 }
 
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Nothing panics while these are locked; a poisoned one is still consistent.
+/// Locks `m`. Nothing panics while the runtime's tables are locked, so a poisoned one is still
+/// consistent.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
