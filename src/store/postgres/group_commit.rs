@@ -24,13 +24,21 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
 
+use super::durability::Durability;
+
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
-const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20) \
+/// The commit is asynchronous (see [`super::durability`]): the writers' lock is not held through
+/// the WAL flush; the answers wait for a durability barrier instead.
+const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20), \
+    set_config('synchronous_commit', 'off', true) \
     FROM dcb_append($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, \
     $15, $16, $17, $18, $19) AS a";
 
 /// A request's outcome, and which of its watched turn locks another session holds.
 type Answer = (Result<Appended, AppendError>, Vec<i32>);
+
+/// A committed batch: each request's outcome, and the watched turn locks another session held.
+type Committed = (Vec<Result<Appended, AppendError>>, Vec<i32>);
 
 struct Request {
     events: Vec<Event>,
@@ -53,13 +61,20 @@ pub(super) struct GroupCommitter {
 
 impl GroupCommitter {
     /// Starts the appender; it stops when this handle (the last clone of the store) is dropped.
-    pub(super) async fn start(pool: Pool, max_batch: usize) -> Result<Self, StoreError> {
-        let (appender, _) = Actor::spawn(None, Appender { pool, max_batch }, ())
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "could not start the appender");
-                StoreError::Closed
-            })?;
+    pub(super) async fn start(
+        pool: Pool,
+        durability: Durability,
+        max_batch: usize,
+    ) -> Result<Self, StoreError> {
+        let appender = Appender {
+            pool,
+            durability,
+            max_batch,
+        };
+        let (appender, _) = Actor::spawn(None, appender, ()).await.map_err(|e| {
+            tracing::error!(error = %e, "could not start the appender");
+            StoreError::Closed
+        })?;
         Ok(Self {
             appender,
             slots: Arc::new(Semaphore::new(max_batch * 4)),
@@ -112,6 +127,7 @@ impl Drop for GroupCommitter {
 
 struct Appender {
     pool: Pool,
+    durability: Durability,
     max_batch: usize,
 }
 
@@ -170,7 +186,7 @@ impl Actor for Appender {
             AppenderMsg::Flush => {
                 state.flush_scheduled = false;
                 let batch = take_independent(&mut state.pending, state.limit);
-                state.limit = if commit_and_answer(&self.pool, batch).await {
+                state.limit = if commit_and_answer(&self.pool, &self.durability, batch).await {
                     (state.limit + 1).min(self.max_batch)
                 } else {
                     (state.limit / 2).max(1)
@@ -181,14 +197,30 @@ impl Actor for Appender {
     }
 }
 
-/// Commits the batch and answers each request; whether the batch's transaction went through.
-async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
+/// Commits the batch; whether its transaction went through. Each request is answered once the
+/// commit is durable, by a task of its own, so the next batch does not wait for this one's flush.
+async fn commit_and_answer(pool: &Pool, durability: &Durability, batch: Vec<Request>) -> bool {
     #[allow(clippy::cast_precision_loss)] // batch sizes are small
     metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
     let committed = commit(pool, &batch).await;
     metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
-    match committed {
+    let went_through = committed.is_ok();
+    let durability = durability.clone();
+    tokio::spawn(async move {
+        // A batch whose commit is unknown need not wait: its callers hear so at once.
+        let durable = match committed {
+            Ok(answers) => durability.wait().await.map(|()| answers),
+            Err(e) => Err(e),
+        };
+        answer(batch, durable);
+    });
+    went_through
+}
+
+/// Answers each request of a batch: its outcome, or the batch's error.
+fn answer(batch: Vec<Request>, durable: Result<Committed, StoreError>) {
+    match durable {
         Ok((outcomes, held)) => {
             for (request, outcome) in batch.into_iter().zip(outcomes) {
                 let held_here = request
@@ -200,17 +232,15 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
                 // The caller may have gone away; its events are stored all the same.
                 let _ = request.reply.send((outcome, held_here));
             }
-            true
         }
         Err(e) => {
-            // The whole batch failed (or its commit is unknown): every caller learns it, and may
-            // re-send, which event ids make idempotent.
+            // The whole batch failed (or its commit or flush is unknown): every caller learns it,
+            // and may re-send, which event ids make idempotent.
             for request in batch {
                 let _ = request
                     .reply
                     .send((Err(AppendError::Store(e.clone())), Vec::new()));
             }
-            false
         }
     }
 }
@@ -369,10 +399,7 @@ impl<'a> Encoded<'a> {
 
 /// Writes the batch in one statement and maps each request's row to its outcome; also answers
 /// which of the requests' watched turn locks another session holds.
-async fn commit(
-    pool: &Pool,
-    batch: &[Request],
-) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
+async fn commit(pool: &Pool, batch: &[Request]) -> Result<Committed, StoreError> {
     let enc = Encoded::new(batch);
     let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
     watch.sort_unstable();
