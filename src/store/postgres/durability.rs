@@ -1,17 +1,19 @@
 //! Durability barriers: what this store tells anyone is on disk first.
 //!
-//! Appends commit asynchronously (`synchronous_commit = off` for the append's transaction only):
-//! the writers' advisory lock of `dcb_append` is released as soon as the commit record is in the
-//! WAL, not after the WAL flush, so the next writer (another process's appender above all) does not
-//! queue behind this one's fsync. Measured on the project's machine, `disjoint --processes 4`
-//! against one process: 0.54-0.59x with the lock held through the flush, 0.77-0.83x without.
+//! A transaction's locks are released only after its commit has flushed the WAL, so every writer
+//! of the store waits for the disk sync of the writer before it. A batch that had to wait for the
+//! writers' lock of `dcb_append` therefore commits asynchronously (`dcb_append_yielding`, V9:
+//! `synchronous_commit` off for that transaction only): the lock is released as soon as the commit
+//! record is in the WAL, and the next writer (another process's appender above all) does not queue
+//! behind this one's fsync. An uncontended batch (one process) commits synchronously, as before.
 //!
 //! Nothing is acknowledged before it is durable all the same: a barrier is a tiny transaction that
 //! commits with the session's own `synchronous_commit`; its commit flushes the WAL up to its
-//! commit record, which follows every commit visible when it started.
-//! Barriers are coalesced: one runs at a time, and a waiter is answered by the first barrier that
-//! started after it asked. Each barrier also reads the store's head: every position up to it is
-//! durable once the barrier commits ([`Durability::durable_through`]).
+//! commit record, which follows every commit visible when it started. Barriers are coalesced: one
+//! runs at a time, and a waiter is answered by the first barrier that started after it asked.
+//! Each barrier also reads the store's head: every position up to it is durable once the barrier
+//! commits ([`Durability::durable_through`]); so is every position up to a synchronous batch's
+//! last.
 //!
 //! Readers wait too. An asynchronously committed event is visible before it is flushed; a reader
 //! told of it (or of a head that counts it) could act on an event a crash then takes back, and
@@ -75,6 +77,13 @@ impl Durability {
     /// Every position up to this one is known to be durable.
     pub(super) fn durable_through(&self) -> i64 {
         self.shared.durable_through.load(Ordering::Acquire)
+    }
+
+    /// Every position up to `last` is durable: a synchronous commit stored it.
+    pub(super) fn flushed_through(&self, last: i64) {
+        self.shared
+            .durable_through
+            .fetch_max(last, Ordering::AcqRel);
     }
 
     /// Returns once everything committed before this call is durable (or the barrier failed: then
