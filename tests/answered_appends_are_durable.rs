@@ -7,10 +7,11 @@
 //! must be there after it. (Checked: with the batches' commits made asynchronous and answered at
 //! once, 11-12 of the 100 were lost in each of 3 runs.)
 //!
-//! The store does commit its batches asynchronously (so the writers' lock is not held through the
-//! flush) and answers after a durability barrier; readers could then see an event before it is
-//! durable. The second test: whatever a read returned (events, and the head a condition would be
-//! placed after) is still there after a crash.
+//! The store does commit a batch asynchronously when writers queue for its lock (two stores here,
+//! as two processes), so that the lock is not held through the flush, and answers after a
+//! durability barrier; readers could then see an event before it is durable. The second test:
+//! whatever a read returned (events, and the head a condition would be placed after) is still
+//! there after a crash.
 
 use std::collections::BTreeSet;
 
@@ -55,11 +56,16 @@ async fn every_answered_append_survives_a_crash_right_after() {
     let db = TestDatabase::create_on(server.url())
         .await
         .expect("database");
-    let store = db.store().await.expect("store");
+    // Two stores (two pools, two appenders: two processes as far as the server can tell), so that
+    // each often waits for the other's writers' lock and commits asynchronously.
+    let stores = [
+        db.store().await.expect("store"),
+        db.store().await.expect("second store"),
+    ];
 
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let store = store.clone();
+        let store = stores[task % stores.len()].clone();
         tasks.push(tokio::spawn(async move {
             let mut answered = Vec::new();
             for i in 0..APPENDS {
@@ -75,7 +81,7 @@ async fn every_answered_append_survives_a_crash_right_after() {
     for task in tasks {
         answered.extend(task.await.expect("task"));
     }
-    drop(store);
+    drop(stores);
 
     let server = crash(server).await;
 
