@@ -7,17 +7,16 @@
 //! must be there after it. (Checked: with the batches' commits made asynchronous and answered at
 //! once, 11-12 of the 100 were lost in each of 3 runs.)
 //!
-//! The store does commit a batch asynchronously when writers queue for its lock (two stores here,
-//! as two processes), so that the lock is not held through the flush, and answers after a
-//! durability barrier; readers could then see an event before it is durable. The second test:
-//! whatever a read returned (events, and the head a condition would be placed after) is still
-//! there after a crash.
+//! Two stores append (two pools, two appenders: two processes as far as the server can tell), so
+//! that batches queue for the writers' lock: a store that released the lock before the flush
+//! only when writers queue must answer those batches after the flush too. (Checked on 2026-12-07
+//! with such a store answering those batches at once: 13 of 100 lost in each of 3 runs.)
 
 use std::collections::BTreeSet;
 
 use dcb_runtime::local::LocalPostgres;
 use dcb_runtime::testing::TestDatabase;
-use dcb_runtime::{Event, EventStore, Query, QueryItem, ReadOptions, Tag};
+use dcb_runtime::{Event, EventStore};
 use serde_json::json;
 
 /// Starts a private server whose WAL writer waits 10 s between its rounds: an asynchronous commit
@@ -57,7 +56,7 @@ async fn every_answered_append_survives_a_crash_right_after() {
         .await
         .expect("database");
     // Two stores (two pools, two appenders: two processes as far as the server can tell), so that
-    // each often waits for the other's writers' lock and commits asynchronously.
+    // each often waits for the other's writers' lock.
     let stores = [
         db.store().await.expect("store"),
         db.store().await.expect("second store"),
@@ -101,88 +100,6 @@ async fn every_answered_append_survives_a_crash_right_after() {
         "{} answered appends lost in the crash: {lost:?}",
         lost.len()
     );
-    drop(client);
-    drop(db);
-    drop(server);
-}
-
-/// Stores an event the way another process's appender does between its asynchronous commit and
-/// its barrier: committed, visible, not flushed.
-async fn store_unflushed(client: &tokio_postgres::Client, position: i64, tag: &str) {
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = off; \
-             INSERT INTO events (position, id, type, tags, payload) \
-             VALUES ({position}, gen_random_uuid(), 'Unflushed', ARRAY['{tag}'], '{{}}'); \
-             INSERT INTO event_tags (tag, position, type) VALUES ('{tag}', {position}, 'Unflushed'); \
-             COMMIT"
-        ))
-        .await
-        .expect("an unflushed event");
-}
-
-fn tagged(tag: &str) -> Query {
-    Query::from_items([QueryItem::with_tags([tag.parse::<Tag>().expect("tag")])])
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whatever_a_read_returned_survives_a_crash_right_after() {
-    let server = server_with_a_lazy_wal_writer().await;
-    let db = TestDatabase::create_on(server.url())
-        .await
-        .expect("database");
-    let store = db.store().await.expect("store");
-    let writer = db.client().await.expect("writer");
-
-    // The events and heads the reads reported.
-    let mut returned = Vec::new();
-    let mut heads = Vec::new();
-    let mut read = async |query: Query| {
-        let result = store
-            .read(&query, ReadOptions::default())
-            .await
-            .expect("read");
-        returned.extend(
-            result
-                .events
-                .iter()
-                .map(|e| (e.position.get(), e.event.id())),
-        );
-        heads.extend(result.head.map(|h| h.get()));
-    };
-    // An empty read with an unflushed head; a read returning an unflushed event; an empty read
-    // once more, after another unflushed event.
-    store_unflushed(&writer, 1, "n:1").await;
-    read(tagged("n:0")).await;
-    store_unflushed(&writer, 2, "n:2").await;
-    read(tagged("n:2")).await;
-    store_unflushed(&writer, 3, "n:3").await;
-    read(tagged("n:0")).await;
-    assert_eq!(returned.len(), 1, "the read of n:2 returns its event");
-    drop(writer);
-    drop(store);
-
-    let server = crash(server).await;
-
-    let client = db.client().await.expect("client after the crash");
-    let rows = client
-        .query("SELECT position, id FROM events", &[])
-        .await
-        .expect("events after the crash");
-    let stored: BTreeSet<(i64, uuid::Uuid)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let max = stored.iter().map(|(p, _)| *p).max().unwrap_or(0);
-    for event in &returned {
-        assert!(
-            stored.contains(event),
-            "returned {event:?}, lost in the crash: {stored:?}"
-        );
-    }
-    for head in &heads {
-        assert!(
-            *head <= max,
-            "head {head} reported, only {max} survived the crash"
-        );
-    }
     drop(client);
     drop(db);
     drop(server);

@@ -275,7 +275,7 @@ async fn a_writer_that_started_first_and_commits_last_is_not_skipped() {
         .query_one(
             "SELECT statuses, firsts, dups FROM dcb_append(\
              $1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19, false)",
+             $17, $18, $19)",
             &[
                 &vec![1_i32],
                 &vec![0_i32],

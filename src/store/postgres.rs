@@ -1,6 +1,5 @@
 //! The PostgreSQL store: reads by index, appends through a group committer.
 
-mod durability;
 mod group_commit;
 mod read_sql;
 mod session;
@@ -21,7 +20,6 @@ use crate::limits::Limits;
 use crate::query::Query;
 use crate::query::{validate_query_with, validate_read};
 use crate::validate::validate_events;
-use durability::Durability;
 use group_commit::GroupCommitter;
 pub(crate) use session::Session;
 
@@ -41,7 +39,6 @@ struct Inner {
     config: tokio_postgres::Config,
     limits: Limits,
     committer: GroupCommitter,
-    durability: Durability,
     wakeups: std::sync::OnceLock<crate::subscription::Wakeups>,
 }
 
@@ -277,16 +274,13 @@ impl PostgresStoreBuilder {
         if self.migrate {
             crate::migrate::run(&pg).await?;
         }
-        let durability = Durability::start(pool.clone());
-        let committer =
-            GroupCommitter::start(pool.clone(), durability.clone(), self.max_batch).await?;
+        let committer = GroupCommitter::start(pool.clone(), self.max_batch).await?;
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 config: pg,
                 limits: self.limits,
                 committer,
-                durability,
                 wakeups: std::sync::OnceLock::new(),
             }),
         })
@@ -310,7 +304,6 @@ impl EventStore for PostgresStore {
         let client = self.inner.pool.get().await?;
         let statement = client.prepare_cached(&built.sql).await?;
         let rows = client.query(&statement, &built.params()).await?;
-        drop(client);
         let mut head = None;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -333,16 +326,6 @@ impl EventStore for PostgresStore {
                 row.try_get(6)?,
             ));
         }
-        // Tell no one of a head (or an event) a crash could take back: see `durability`.
-        if let Some(last) = head {
-            let newest = events.iter().map(|e| e.position.get()).max();
-            let durable = self
-                .inner
-                .durability
-                .durable_head(last.get(), newest)
-                .await?;
-            head = Some(Position::new(durable));
-        }
         metrics::histogram!(crate::metrics::READ_DURATION_SECONDS).record(started.elapsed());
         Ok(ReadResult { events, head })
     }
@@ -357,14 +340,6 @@ impl EventStore for PostgresStore {
         let client = self.inner.pool.get().await?;
         let statement = client.prepare_cached(SQL).await?;
         let rows = client.query(&statement, &[&ids]).await?;
-        drop(client);
-        // Found events are reported only once durable (see `durability`); ordered by position.
-        if let Some(last) = rows.last() {
-            self.inner
-                .durability
-                .wait_for_head(last.try_get(0)?)
-                .await?;
-        }
         rows.iter()
             .map(|row| {
                 let position = Position::new(row.try_get(0)?);

@@ -12,7 +12,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -24,26 +24,13 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
 
-use super::durability::Durability;
-
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
-/// `dcb_append` (V9) commits asynchronously when told to yield the writers' lock or when it had
-/// to wait for it (see [`super::durability`]), and says whether it waited.
-const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20), \
-    a.waited \
-    FROM dcb_append($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, \
-    $14, $15, $16, $17, $18, $19, $21) AS a";
-
-/// How long after a batch last waited for the writers' lock the appender's batches keep
-/// releasing it before the flush: other writers come and go, and a batch that finds the lock free
-/// between two of theirs would hold it through its flush while they queue.
-const YIELD_FOR: Duration = Duration::from_secs(2);
+const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20) \
+    FROM dcb_append($1, $2, $3, $4, $5, $6, $7, $8::text[]::jsonb[], $9, $10, $11, $12, $13, $14, \
+    $15, $16, $17, $18, $19) AS a";
 
 /// A request's outcome, and which of its watched turn locks another session holds.
 type Answer = (Result<Appended, AppendError>, Vec<i32>);
-
-/// A committed batch: each request's outcome, and the watched turn locks another session held.
-type Committed = (Vec<Result<Appended, AppendError>>, Vec<i32>);
 
 struct Request {
     events: Vec<Event>,
@@ -66,20 +53,13 @@ pub(super) struct GroupCommitter {
 
 impl GroupCommitter {
     /// Starts the appender; it stops when this handle (the last clone of the store) is dropped.
-    pub(super) async fn start(
-        pool: Pool,
-        durability: Durability,
-        max_batch: usize,
-    ) -> Result<Self, StoreError> {
-        let appender = Appender {
-            pool,
-            durability,
-            max_batch,
-        };
-        let (appender, _) = Actor::spawn(None, appender, ()).await.map_err(|e| {
-            tracing::error!(error = %e, "could not start the appender");
-            StoreError::Closed
-        })?;
+    pub(super) async fn start(pool: Pool, max_batch: usize) -> Result<Self, StoreError> {
+        let (appender, _) = Actor::spawn(None, Appender { pool, max_batch }, ())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not start the appender");
+                StoreError::Closed
+            })?;
         Ok(Self {
             appender,
             slots: Arc::new(Semaphore::new(max_batch * 4)),
@@ -132,7 +112,6 @@ impl Drop for GroupCommitter {
 
 struct Appender {
     pool: Pool,
-    durability: Durability,
     max_batch: usize,
 }
 
@@ -151,8 +130,6 @@ struct AppenderState {
     /// cannot meet would otherwise fail every retry, each batch bigger than the last), grown back
     /// by one per committed batch up to `max_batch`.
     limit: usize,
-    /// When a batch last had to wait for the writers' lock: another writer is about.
-    last_waited: Option<Instant>,
 }
 
 impl AppenderState {
@@ -179,7 +156,6 @@ impl Actor for Appender {
             pending: VecDeque::with_capacity(self.max_batch),
             flush_scheduled: false,
             limit: self.max_batch,
-            last_waited: None,
         })
     }
 
@@ -194,13 +170,7 @@ impl Actor for Appender {
             AppenderMsg::Flush => {
                 state.flush_scheduled = false;
                 let batch = take_independent(&mut state.pending, state.limit);
-                let yield_lock = state.last_waited.is_some_and(|at| at.elapsed() < YIELD_FOR);
-                let committed =
-                    commit_and_answer(&self.pool, &self.durability, batch, yield_lock).await;
-                if committed == Some(true) {
-                    state.last_waited = Some(Instant::now());
-                }
-                state.limit = if committed.is_some() {
+                state.limit = if commit_and_answer(&self.pool, batch).await {
                     (state.limit + 1).min(self.max_batch)
                 } else {
                     (state.limit / 2).max(1)
@@ -211,58 +181,14 @@ impl Actor for Appender {
     }
 }
 
-/// Commits the batch and answers each request once its outcome is durable; whether the batch's
-/// transaction went through, and if so whether it waited for the writers' lock. A batch committed
-/// synchronously is durable at once; one committed
-/// asynchronously (the lock was contended) or that stored nothing (its outcomes may rest on
-/// another writer's asynchronous commit) is answered by a task of its own after a durability
-/// barrier, so the next batch does not wait for this one's flush.
-async fn commit_and_answer(
-    pool: &Pool,
-    durability: &Durability,
-    batch: Vec<Request>,
-    yield_lock: bool,
-) -> Option<bool> {
+/// Commits the batch and answers each request; whether the batch's transaction went through.
+async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
     #[allow(clippy::cast_precision_loss)] // batch sizes are small
     metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
-    let committed = commit(pool, &batch, yield_lock).await;
+    let committed = commit(pool, &batch).await;
     metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
-    let (committed, waited) = match committed {
-        Ok((answers, waited)) => (answers, waited),
-        // Its callers hear at once that the commit is unknown.
-        Err(e) => {
-            answer(batch, Err(e));
-            return None;
-        }
-    };
-    let asynchronous = yield_lock || waited;
-    let stored_through = committed
-        .0
-        .iter()
-        .filter_map(|outcome| outcome.as_ref().ok())
-        .filter(|appended| appended.recorded_at.is_some())
-        .map(|appended| appended.last.get())
-        .max();
-    match stored_through {
-        Some(last) if !asynchronous => {
-            durability.flushed_through(last);
-            answer(batch, Ok(committed));
-        }
-        _ => {
-            let durability = durability.clone();
-            tokio::spawn(async move {
-                let durable = durability.wait().await.map(|()| committed);
-                answer(batch, durable);
-            });
-        }
-    }
-    Some(waited)
-}
-
-/// Answers each request of a batch: its outcome, or the batch's error.
-fn answer(batch: Vec<Request>, durable: Result<Committed, StoreError>) {
-    match durable {
+    match committed {
         Ok((outcomes, held)) => {
             for (request, outcome) in batch.into_iter().zip(outcomes) {
                 let held_here = request
@@ -274,15 +200,17 @@ fn answer(batch: Vec<Request>, durable: Result<Committed, StoreError>) {
                 // The caller may have gone away; its events are stored all the same.
                 let _ = request.reply.send((outcome, held_here));
             }
+            true
         }
         Err(e) => {
-            // The whole batch failed (or its commit or flush is unknown): every caller learns it,
-            // and may re-send, which event ids make idempotent.
+            // The whole batch failed (or its commit is unknown): every caller learns it, and may
+            // re-send, which event ids make idempotent.
             for request in batch {
                 let _ = request
                     .reply
                     .send((Err(AppendError::Store(e.clone())), Vec::new()));
             }
+            false
         }
     }
 }
@@ -440,13 +368,11 @@ impl<'a> Encoded<'a> {
 }
 
 /// Writes the batch in one statement and maps each request's row to its outcome; also answers
-/// which of the requests' watched turn locks another session holds, and whether the batch waited for
-/// the writers' lock. With `yield_lock` (or when it waited) the commit is asynchronous.
+/// which of the requests' watched turn locks another session holds.
 async fn commit(
     pool: &Pool,
     batch: &[Request],
-    yield_lock: bool,
-) -> Result<(Committed, bool), StoreError> {
+) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
     let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
     watch.sort_unstable();
@@ -477,7 +403,6 @@ async fn commit(
                 &enc.item_tag_counts,
                 &enc.req_append_ids,
                 &watch,
-                &yield_lock,
             ],
         )
         .await?;
@@ -489,7 +414,6 @@ async fn commit(
     let dups: Vec<Option<Uuid>> = row.try_get(2)?;
     let recorded_at: std::time::SystemTime = row.try_get(3)?;
     let held: Vec<i32> = row.try_get(4)?;
-    let waited: bool = row.try_get(5)?;
     if statuses.len() != batch.len() || firsts.len() != batch.len() || dups.len() != batch.len() {
         return Err(StoreError::Corrupt(format!(
             "dcb_append answered {} statuses for {} requests",
@@ -528,7 +452,7 @@ async fn commit(
             }
         });
     }
-    Ok(((outcomes, held), waited))
+    Ok((outcomes, held))
 }
 
 /// What `dcb_append` answers for one request (its `statuses` array).
