@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as KeyLock, OwnedMutexGuard};
 
+use super::leases::locked;
+
 /// Keys whose last holder is remembered (a key's slot is its hash modulo this; a key whose slot
 /// another key took since counts as held by someone else).
 const STAMPS: usize = 4_096;
@@ -69,10 +71,7 @@ impl Turnstile {
             turn.held.push((key, lock.lock_owned().await));
         }
         // Every key is held: no other holder can stamp them meanwhile.
-        let mut stamps = self
-            .stamps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stamps = locked(&self.stamps);
         let mut last = true;
         for &key in keys {
             let slot = &mut stamps[slot_of(key)];
@@ -91,9 +90,7 @@ impl Turnstile {
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<KeyLock<()>>>> {
         // Nothing panics while the table is locked; a poisoned table is still consistent.
-        self.keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.keys)
     }
 }
 
