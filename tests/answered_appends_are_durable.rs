@@ -19,9 +19,12 @@ use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{Event, EventStore};
 use serde_json::json;
 
-/// Starts a private server whose WAL writer waits 10 s between its rounds: an asynchronous commit
-/// nobody flushes stays in the WAL buffers, and an immediate restart erases it.
-async fn server_with_a_lazy_wal_writer() -> LocalPostgres {
+/// Tasks appending at once (their appends share batches), and appends each.
+const TASKS: usize = 4;
+const APPENDS: usize = 25;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_append_survives_a_crash_right_after() {
     let server = LocalPostgres::throwaway().await.expect("a private server");
     let (admin, connection) = tokio_postgres::connect(server.url(), tokio_postgres::NoTls)
         .await
@@ -36,22 +39,7 @@ async fn server_with_a_lazy_wal_writer() -> LocalPostgres {
             .await
             .expect("a lazy WAL writer");
     }
-    server
-}
-
-/// Restarts the server in immediate mode: a crash.
-async fn crash(server: LocalPostgres) -> LocalPostgres {
-    let crashed = tokio::task::spawn_blocking(move || server.restart().map(|()| server));
-    crashed.await.expect("restart task").expect("restart")
-}
-
-/// Tasks appending at once (their appends share batches), and appends each.
-const TASKS: usize = 4;
-const APPENDS: usize = 25;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_answered_append_survives_a_crash_right_after() {
-    let server = server_with_a_lazy_wal_writer().await;
+    drop(admin);
     let db = TestDatabase::create_on(server.url())
         .await
         .expect("database");
@@ -82,7 +70,8 @@ async fn every_answered_append_survives_a_crash_right_after() {
     }
     drop(stores);
 
-    let server = crash(server).await;
+    let crashed = tokio::task::spawn_blocking(move || server.restart().map(|()| server));
+    let server = crashed.await.expect("restart task").expect("restart");
 
     let client = db.client().await.expect("client after the crash");
     let rows = client

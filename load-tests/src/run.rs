@@ -64,8 +64,8 @@ pub(crate) async fn run_share(
     let client_cpu = cpu::process_s();
     // The process's latencies and latencies from due time, one pair of histograms for all its
     // callers (each records under the lock, as into `live.interval`). A pair per caller (about
-    // 280 kB each) cost 1,024 callers 573 MB and, in an open loop at 12,000/s, a third more client
-    // CPU per decision and a p99 from due time of 48-50 ms against 14-23 ms with smaller ones.
+    // 280 kB each) cost 1,024 callers 573 MB and, in an open loop at 12,000/s, 0.055-0.059 ms of
+    // client CPU per decision against 0.039 with this pair.
     let recorded = Arc::new(std::sync::Mutex::new((
         latency::histogram(),
         latency::histogram(),
