@@ -14,6 +14,7 @@ mod turnstile;
 mod warm_cache;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -196,6 +197,8 @@ pub struct RuntimeBuilder<S> {
     leases: Option<Leases>,
     /// Decisions that may be forwarded to the process owning their key, by name.
     forwarded: HashMap<&'static str, Codec<S>>,
+    /// Where this process takes commands forwarded to it.
+    forward_address: SocketAddr,
 }
 
 impl Runtime<PostgresStore> {
@@ -231,6 +234,17 @@ impl RuntimeBuilder<PostgresStore> {
         self.forwarded.insert(D::NAME, Codec::of::<D>());
         self
     }
+
+    /// Where this process takes the commands other processes forward to it, over TCP (default
+    /// `127.0.0.1:0`: a free port on the loopback interface, which serves processes on one
+    /// host). Processes on several hosts need an address the others reach; it is advertised
+    /// as given (with the port bound, for port 0) through this process's database session, so
+    /// it must be a specific IP address, not `0.0.0.0`. The listener opens only once a key is
+    /// contended. Only who can query the database finds out the token a sender must present.
+    pub fn forward_address(mut self, address: SocketAddr) -> Self {
+        self.forward_address = address;
+        self
+    }
 }
 
 impl<S: EventStore + 'static> RuntimeBuilder<S> {
@@ -244,6 +258,7 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
             max_chain: 64,
             leases: None,
             forwarded: HashMap::new(),
+            forward_address: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -324,7 +339,11 @@ impl<S: EventStore + 'static> RuntimeBuilder<S> {
                     }
                 }
                 metrics::gauge!(names::OWNED_KEYS).set(0.0);
-                Some(Arc::new(Forwarding::new(self.forwarded, leases.clone())))
+                Some(Arc::new(Forwarding::new(
+                    self.forwarded,
+                    leases.clone(),
+                    self.forward_address,
+                )))
             }
             _ => None,
         };
@@ -369,6 +388,13 @@ impl<S> RuntimeBuilder<S> {
         StoreError::at_least_one("queue_capacity", self.queue_capacity)?;
         StoreError::at_least_one("max_chain", self.max_chain)?;
         StoreError::at_least_one("max_attempts", self.policy.max_attempts)?;
+        if self.forward_address.ip().is_unspecified() {
+            return Err(StoreError::Setting {
+                name: "forward_address",
+                value: self.forward_address.to_string(),
+                requirement: "an address other processes can connect to (not 0.0.0.0 or ::)",
+            });
+        }
         if self.policy.max_delay < self.policy.base_delay {
             return Err(StoreError::Setting {
                 name: "backoff",
@@ -545,7 +571,7 @@ impl<S: EventStore + 'static> Runtime<S> {
             [one] => forwarding.destination(&decision, one).await,
             _ => None,
         };
-        let Some((channel, command)) = destination else {
+        let Some((owner, command)) = destination else {
             return self
                 .decide_keyed(decision, key, deadline, Admission::Caller)
                 .await;
@@ -559,14 +585,7 @@ impl<S: EventStore + 'static> Runtime<S> {
         // Wherever it runs, it runs under this key: committed once.
         let idempotency_key = key.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
         let forwarded = forwarding
-            .forward(
-                channel,
-                D::NAME,
-                keys[0],
-                &idempotency_key,
-                command,
-                deadline,
-            )
+            .forward(owner, D::NAME, keys[0], &idempotency_key, command, deadline)
             .await;
         let here = |decision| {
             self.decide_keyed(

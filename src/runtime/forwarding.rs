@@ -8,14 +8,14 @@
 //! process that *owns* the key, and joins that process's chains there.
 //!
 //! - **Ownership** is a session advisory lock (key space 1145258575, 'DCBO') taken with
-//!   `pg_try_advisory_lock` on the connection that listens for this process's forwarded
-//!   commands, on channel `dcb_forward_<its backend pid>`. Whoever does not get the lock finds
-//!   the holder's pid among this database's locks in `pg_locks`: that names its channel. No
-//!   table, no consensus of our own: a process that dies loses its ownership with its session,
-//!   and a lapsed lease gives it back. Nothing of this starts before a key is first leased.
-//! - **Transport** is `NOTIFY` from a session committing asynchronously (no disk sync):
-//!   requests and answers are packed many to a notification by one writer per process, which
-//!   sends whatever queued while it sent the last.
+//!   `pg_try_advisory_lock` on a session of this process that advertises, as its
+//!   `application_name`, where the process takes forwarded commands. Whoever does not get the
+//!   lock finds the holder among this database's locks in `pg_locks`, and its address in
+//!   `pg_stat_activity`. No table, no consensus of our own: a process that dies loses its
+//!   ownership with its session, and a lapsed lease gives it back. Nothing of this starts
+//!   before a key is first leased.
+//! - **Transport** is TCP straight to the owner (`transport.rs`): requests and answers packed
+//!   many to a line, one connection per sender and owner.
 //! - **Correctness never rests on it**: the owner runs the command like any other (the append
 //!   condition guards it), under an idempotency key the sender chose, and decides it within
 //!   [`OWNER_BUDGET`] or not at all. A sender that hears no answer within [`FORWARD_WAIT`] (the
@@ -28,7 +28,8 @@ mod wire;
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,7 @@ use super::{Admission, Committed, Inner, Runtime, keyed_event_id};
 use crate::decision::Decision;
 use crate::metrics as names;
 use crate::store::EventStore;
-use transport::{Link, Note, channel_of};
+use transport::{Address, Link, Out};
 use wire::{Answer, Envelope, MAX_PAYLOAD, Request, WireCommitted};
 
 /// The advisory-lock key space of ownership ('DCBO', beside the turns' 'DCBT').
@@ -145,12 +146,12 @@ impl<S: EventStore + 'static> Codec<S> {
 
 /// Who owns a key, as this process last found out.
 enum Owner {
-    /// This process, through the listening connection on `channel`.
+    /// This process, through its session of this generation ([`Link::generation`]).
     Me {
-        channel: String,
+        generation: u64,
     },
     Other {
-        channel: String,
+        address: Address,
         seen: Instant,
     },
 }
@@ -158,13 +159,17 @@ enum Owner {
 pub(crate) struct Forwarding<S> {
     codecs: HashMap<&'static str, Codec<S>>,
     leases: Arc<Leases>,
+    /// Where this process takes forwarded commands (see [`crate::RuntimeBuilder::forward_address`]).
+    bind: SocketAddr,
     link: Mutex<Option<Arc<Link>>>,
     owners: tokio::sync::Mutex<HashMap<u64, Owner>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
     next_id: AtomicU64,
-    outbox: mpsc::UnboundedSender<Note>,
-    /// The writer's queue, until the writer takes it (see `ensure_started`).
-    unsent: Mutex<Option<mpsc::UnboundedReceiver<Note>>>,
+    /// The request queue of each owner this process sends to (each with its connection).
+    peers: Mutex<HashMap<Address, mpsc::UnboundedSender<Out>>>,
+    /// Every connection's queue, requests and answers, for [`Forwarding::flush`].
+    queues: Mutex<Vec<mpsc::UnboundedSender<Out>>>,
+    started: AtomicBool,
     /// The runtime serving forwarded commands, once started.
     runtime: Mutex<Option<Weak<Inner<S>>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -195,19 +200,22 @@ impl<S> Forwarding<S> {
 }
 
 impl<S: EventStore + 'static> Forwarding<S> {
-    pub(crate) fn new(codecs: HashMap<&'static str, Codec<S>>, leases: Arc<Leases>) -> Self {
-        let (outbox, unsent) = mpsc::unbounded_channel();
+    pub(crate) fn new(
+        codecs: HashMap<&'static str, Codec<S>>,
+        leases: Arc<Leases>,
+        bind: SocketAddr,
+    ) -> Self {
         Self {
             codecs,
             leases,
+            bind,
             link: Mutex::new(None),
             owners: tokio::sync::Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
-            // A random start: an answer meant for a runtime before this one on the same
-            // channel (a reused backend pid) matches no request of this one.
-            next_id: AtomicU64::new(fastrand::u64(..)),
-            outbox,
-            unsent: Mutex::new(Some(unsent)),
+            next_id: AtomicU64::new(0),
+            peers: Mutex::new(HashMap::new()),
+            queues: Mutex::new(Vec::new()),
+            started: AtomicBool::new(false),
             runtime: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             last_request: Mutex::new(None),
@@ -217,23 +225,56 @@ impl<S: EventStore + 'static> Forwarding<S> {
 
     /// Names the runtime that serves the commands forwarded here. Nothing starts until a key
     /// is first leased ([`Forwarding::destination`]): a process whose keys no other process
-    /// contends for opens no connection for forwarding and hears no notification.
+    /// contends for opens no connection and no port for forwarding.
     pub(crate) fn start(&self, runtime: Weak<Inner<S>>) {
         *locked(&self.runtime) = Some(runtime);
     }
 
-    /// Starts the listener, the writer and the release of lapsed keys, once.
+    /// Starts the listener with its session, and the release of lapsed keys, once.
     fn ensure_started(self: &Arc<Self>) {
         let Some(runtime) = locked(&self.runtime).clone() else {
             return;
         };
-        let Some(unsent) = locked(&self.unsent).take() else {
+        if self.started.swap(true, Ordering::SeqCst) {
             return;
-        };
-        let listener = tokio::spawn(transport::listen(self.clone(), runtime));
-        let writer = tokio::spawn(transport::write(self.clone(), unsent));
+        }
+        let serve = tokio::spawn(transport::serve(self.clone(), runtime, self.bind));
         let release = tokio::spawn(transport::release(self.clone()));
-        locked(&self.tasks).extend([listener, writer, release]);
+        locked(&self.tasks).extend([serve, release]);
+    }
+
+    /// Keeps `task` to abort it at [`Forwarding::stop`] (dropping those that ended).
+    fn track(&self, task: JoinHandle<()>) {
+        let mut tasks = locked(&self.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// A queue whose items a task writes to `write`, packed as `kind`.
+    fn queue(
+        &self,
+        write: tokio::net::tcp::OwnedWriteHalf,
+        kind: &'static str,
+    ) -> mpsc::UnboundedSender<Out> {
+        let (queue, queued) = mpsc::unbounded_channel();
+        self.track(tokio::spawn(transport::write_packets(write, kind, queued)));
+        self.keep_queue(&queue);
+        queue
+    }
+
+    /// Keeps `queue` for [`Forwarding::flush`] (dropping those that closed).
+    fn keep_queue(&self, queue: &mpsc::UnboundedSender<Out>) {
+        let mut queues = locked(&self.queues);
+        queues.retain(|q| !q.is_closed());
+        queues.push(queue.clone());
+    }
+
+    /// The session holding this process's ownerships ended: they are gone.
+    async fn link_lost(&self) {
+        *locked(&self.link) = None;
+        self.owners.lock().await.clear();
+        self.leases.clear_owned();
+        metrics::gauge!(names::OWNED_KEYS).set(0.0);
     }
 
     /// Gives back every key this process owns and claims none any more, as the runtime shuts
@@ -276,16 +317,17 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
     }
 
-    /// Waits (at most a second) until the notifications queued so far were sent.
+    /// Waits (at most a second) until the requests and answers queued so far were written.
     pub(crate) async fn flush(&self) {
-        if locked(&self.unsent).is_some() {
-            // Never started: nothing was queued.
-            return;
-        }
-        let (sent, flushed) = oneshot::channel();
-        if self.outbox.send(Note::marker(sent)).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
-        }
+        let flushed: Vec<_> = locked(&self.queues)
+            .iter()
+            .filter_map(|queue| {
+                let (sent, flushed) = oneshot::channel();
+                queue.send(Out::Marker(sent)).ok().map(|()| flushed)
+            })
+            .collect();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(flushed)).await;
     }
 
     /// Whether [`Forwarding::resign`] was called.
@@ -298,32 +340,32 @@ impl<S: EventStore + 'static> Forwarding<S> {
         self.codecs.contains_key(decision)
     }
 
-    /// The decision serialised, with the channel of the process owning its `key`, when the key
+    /// The decision serialised, with the address of the process owning its `key`, when the key
     /// is leased and another process owns it.
     pub(crate) async fn destination<D: Decision>(
         self: &Arc<Self>,
         decision: &D,
         key: u64,
-    ) -> Option<(String, Value)> {
+    ) -> Option<(Address, Value)> {
         let codec = self.codecs.get(D::NAME)?;
         if !self.leases.is_leased(key) {
             return None;
         }
         // The first leased key starts forwarding; this command runs here while it connects.
         self.ensure_started();
-        let channel = self.owner_elsewhere(key).await?;
-        Some((channel, (codec.encode)(decision)?))
+        let address = self.owner_elsewhere(key).await?;
+        Some((address, (codec.encode)(decision)?))
     }
 
-    /// The channel of the process owning `key`, unless it is this one (or nobody: then this
+    /// The address of the process owning `key`, unless it is this one (or nobody: then this
     /// one claims it).
-    async fn owner_elsewhere(&self, key: u64) -> Option<String> {
+    async fn owner_elsewhere(&self, key: u64) -> Option<Address> {
         let link = self.link()?;
         let mut owners = self.owners.lock().await;
         match owners.get(&key) {
-            Some(Owner::Me { channel }) if *channel == link.channel => return None,
-            Some(Owner::Other { channel, seen }) if seen.elapsed() < OWNER_FRESH => {
-                return Some(channel.clone());
+            Some(Owner::Me { generation }) if *generation == link.generation => return None,
+            Some(Owner::Other { address, seen }) if seen.elapsed() < OWNER_FRESH => {
+                return Some(address.clone());
             }
             _ => {}
         }
@@ -332,14 +374,17 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
         let lock = lock_key(key);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&OWNERS_SPACE, &lock];
+        // The holder's address is its session's `application_name` (see `transport.rs`).
         let look_up = link.client.query_one(
             "SELECT pg_try_advisory_lock($1, $2), \
-                    (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
-                       AND database = (SELECT oid FROM pg_database \
-                                       WHERE datname = current_database()) \
-                       AND classid::bigint = ($1::int::bigint & 4294967295) \
-                       AND objid::bigint = ($2::int::bigint & 4294967295) \
-                       AND granted AND pid <> pg_backend_pid() LIMIT 1)",
+                    (SELECT a.application_name FROM pg_locks l \
+                       JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.objsubid = 2 \
+                       AND l.database = (SELECT oid FROM pg_database \
+                                         WHERE datname = current_database()) \
+                       AND l.classid::bigint = ($1::int::bigint & 4294967295) \
+                       AND l.objid::bigint = ($2::int::bigint & 4294967295) \
+                       AND l.granted AND l.pid <> pg_backend_pid() LIMIT 1)",
             &params,
         );
         let Ok(claimed) = tokio::time::timeout(LOOK_UP_WAIT, look_up).await else {
@@ -351,7 +396,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
         let claimed = claimed.and_then(|row| {
             Ok((
                 row.try_get::<_, bool>(0)?,
-                row.try_get::<_, Option<i32>>(1)?,
+                row.try_get::<_, Option<String>>(1)?,
             ))
         });
         match claimed {
@@ -361,21 +406,22 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 owners.insert(
                     key,
                     Owner::Me {
-                        channel: link.channel.clone(),
+                        generation: link.generation,
                     },
                 );
                 None
             }
-            Ok((false, Some(pid))) => {
-                let channel = channel_of(pid);
+            Ok((false, Some(name))) => {
+                // A holder that advertises no address (not a runtime of ours): run it here.
+                let address = Address::parse(&name)?;
                 owners.insert(
                     key,
                     Owner::Other {
-                        channel: channel.clone(),
+                        address: address.clone(),
                         seen: Instant::now(),
                     },
                 );
-                Some(channel)
+                Some(address)
             }
             // Given back between the two looks, or the connection failed: run it here.
             Ok((false, None)) => None,
@@ -386,26 +432,22 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
     }
 
-    /// Sends the command to the owner on `channel` and waits for its answer, at most
+    /// Sends the command to the owner at `to` and waits for its answer, at most
     /// [`FORWARD_WAIT`]; the owner decides it within [`OWNER_BUDGET`] or not at all.
     pub(crate) async fn forward(
-        &self,
-        channel: String,
+        self: &Arc<Self>,
+        to: Address,
         decision: &'static str,
         key: u64,
         idempotency_key: &str,
         command: Value,
         deadline: Instant,
     ) -> Forwarded {
-        let Some(link) = self.link() else {
-            return Forwarded::NotCommitted;
-        };
         let now = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let budget = OWNER_BUDGET.min(deadline.saturating_duration_since(now));
         let request = Request {
             id,
-            reply_to: link.channel.clone(),
             decision: decision.to_owned(),
             key,
             idempotency_key: idempotency_key.to_owned(),
@@ -423,15 +465,12 @@ impl<S: EventStore + 'static> Forwarding<S> {
         let _pending = Pending::insert(&self.pending, id, reply);
         // The key stays leased here while its commands go to the owner.
         self.leases.forwarding(key);
-        let sent = self.outbox.send(Note::new(channel.clone(), false, item));
+        self.send(&to, item);
         let wait = (now + FORWARD_WAIT).min(deadline);
-        let answered = match sent {
-            Ok(()) => tokio::time::timeout_at(wait.into(), answer)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            Err(_) => None,
-        };
+        let answered = tokio::time::timeout_at(wait.into(), answer)
+            .await
+            .ok()
+            .and_then(Result::ok);
         let outcome = match answered {
             // Only an answer bearing the ids this key gives its events is believed: anything
             // else on the channel is no answer.
@@ -445,7 +484,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             // The owner may be shutting down or gone: look again next time (unless this
             // process took the key over meanwhile).
             let mut owners = self.owners.lock().await;
-            if matches!(owners.get(&key), Some(Owner::Other { channel: c, .. }) if *c == channel) {
+            if matches!(owners.get(&key), Some(Owner::Other { address, .. }) if *address == to) {
                 owners.remove(&key);
             }
         }
@@ -459,8 +498,30 @@ impl<S: EventStore + 'static> Forwarding<S> {
         outcome
     }
 
-    fn dispatch(self: &Arc<Self>, runtime: &Weak<Inner<S>>, payload: &str) {
-        match serde_json::from_str::<Envelope>(payload) {
+    /// Queues `item` on the connection to `to`, connecting first if there is none. What is lost
+    /// with a connection that fails goes unanswered: its senders run their commands themselves.
+    fn send(self: &Arc<Self>, to: &Address, item: String) {
+        let mut peers = locked(&self.peers);
+        let item = match peers.get(to) {
+            Some(queue) => match queue.send(Out::Item(item)) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(item)) => item,
+            },
+            None => Out::Item(item),
+        };
+        // No connection yet, or it closed: a new one, which sends this item first.
+        let (queue, queued) = mpsc::unbounded_channel();
+        let _ = queue.send(item);
+        peers.insert(to.clone(), queue.clone());
+        drop(peers);
+        self.keep_queue(&queue);
+        let connection = transport::send_requests(self.clone(), to.clone(), queued);
+        self.track(tokio::spawn(connection));
+    }
+
+    /// Answers from an owner this process sent requests to.
+    fn answered(&self, packet: &str) {
+        match serde_json::from_str::<Envelope>(packet) {
             Ok(Envelope::Answers(answers)) => {
                 let mut pending = locked(&self.pending);
                 for answer in answers {
@@ -469,21 +530,41 @@ impl<S: EventStore + 'static> Forwarding<S> {
                     }
                 }
             }
+            Ok(Envelope::Requests(_)) => tracing::debug!("requests where answers were due"),
+            Err(e) => tracing::debug!(error = %e, "a forwarding packet did not parse"),
+        }
+    }
+
+    /// Requests from a process that found this one owning their keys; each answered on
+    /// `answers`.
+    fn requested(
+        self: &Arc<Self>,
+        runtime: &Weak<Inner<S>>,
+        packet: &str,
+        answers: &mpsc::UnboundedSender<Out>,
+    ) {
+        match serde_json::from_str::<Envelope>(packet) {
             Ok(Envelope::Requests(requests)) => {
                 *locked(&self.last_request) = Some(Instant::now());
                 for request in requests {
                     let Some(inner) = runtime.upgrade() else {
                         return;
                     };
-                    tokio::spawn(self.clone().serve(inner, request));
+                    tokio::spawn(self.clone().serve(inner, request, answers.clone()));
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "a forwarding notification did not parse"),
+            Ok(Envelope::Answers(_)) => tracing::debug!("answers where requests were due"),
+            Err(e) => tracing::debug!(error = %e, "a forwarding packet did not parse"),
         }
     }
 
-    /// Runs a command another process forwarded, and answers it.
-    async fn serve(self: Arc<Self>, runtime: Arc<Inner<S>>, request: Request) {
+    /// Runs a command another process forwarded, and answers it on `answers`.
+    async fn serve(
+        self: Arc<Self>,
+        runtime: Arc<Inner<S>>,
+        request: Request,
+        answers: mpsc::UnboundedSender<Out>,
+    ) {
         // The key stays leased, and owned, while others send its commands here.
         self.leases.forwarding(request.key);
         let committed = match self.codecs.get(request.decision.as_str()) {
@@ -506,7 +587,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             });
         }
         if let Ok(item) = item {
-            let _ = self.outbox.send(Note::new(request.reply_to, true, item));
+            let _ = answers.send(Out::Item(item));
         }
     }
 

@@ -1,158 +1,262 @@
-//! The two tasks of forwarding: the connection that `LISTEN`s for this process's forwarded
-//! commands and answers (and holds its ownerships), and the writer that `NOTIFY`s them.
+//! How forwarded commands travel: straight between the processes, over TCP, one connection from
+//! each sender to each owner; and the database session that holds this process's ownerships and
+//! tells the others where to send.
+//!
+//! They travelled as `NOTIFY` before. PostgreSQL 15 wakes *every* listening backend of a
+//! database for each notifying commit, whatever its channel, so with four processes each append
+//! and each packet of requests or answers woke four backends, and a fifth of the server's CPU went
+//! to signals (`kill`) and to backends reading notifications that were not theirs (profiled on
+//! `invoice --processes 4`). Now the server only holds the ownership locks.
+//!
+//! - **Where**: this process's session sets its `application_name` to
+//!   `dcb-forward <address> <token>`. A process that finds another one holding a key's ownership
+//!   lock reads it from `pg_stat_activity` by the holder's pid: the address to connect to, and
+//!   the token to present. Only who can query the database learns the token, so only a database
+//!   user can make this process run a command, as with `NOTIFY` before.
+//! - **Framing**: a connection opens with the token on a line of its own; then each line is one
+//!   packet (`wire::pack`): requests from the sender, answers back on the same connection.
+//! - **Batching**: each connection has one writer that sends, in one write, whatever queued while
+//!   it wrote the last.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::NoTls;
 
 use super::{Forwarding, RELEASE_EVERY, locked, wire};
-use crate::metrics as names;
 use crate::runtime::Inner;
 use crate::store::{EventStore, Session};
 
-/// The connection that listens for this process's forwarded commands and holds its ownerships.
+/// What a process's session's `application_name` starts with when it takes forwarded commands.
+const NAME_PREFIX: &str = "dcb-forward ";
+
+/// PostgreSQL keeps the first 63 bytes of an `application_name`.
+const NAME_LIMIT: usize = 63;
+
+/// How long a new connection has to present its token, and a sender to connect.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest line a peer may send: one packet and its newline.
+const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
+
+/// Where a process takes forwarded commands, and the token it asks of who connects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Address {
+    socket: String,
+    token: String,
+}
+
+impl Address {
+    /// This process's address: `socket`, with a fresh token. `None` if the two do not fit in an
+    /// `application_name`.
+    fn new(socket: SocketAddr) -> Option<Self> {
+        let address = Self {
+            socket: socket.to_string(),
+            token: format!("{:012x}", fastrand::u64(..) >> 16),
+        };
+        (address.application_name().len() <= NAME_LIMIT).then_some(address)
+    }
+
+    fn application_name(&self) -> String {
+        format!("{NAME_PREFIX}{} {}", self.socket, self.token)
+    }
+
+    /// The address a session's `application_name` advertises, if it is one.
+    pub(super) fn parse(application_name: &str) -> Option<Self> {
+        let (socket, token) = application_name
+            .strip_prefix(NAME_PREFIX)?
+            .split_once(' ')?;
+        Some(Self {
+            socket: socket.to_owned(),
+            token: token.to_owned(),
+        })
+    }
+}
+
+/// The session that holds this process's ownerships (they end with it).
 pub(super) struct Link {
     pub(super) client: tokio_postgres::Client,
-    pub(super) channel: String,
+    /// Which session this is: an ownership taken on an earlier one is gone.
+    pub(super) generation: u64,
 }
 
-/// A notification to send, or a marker answered once everything queued before it was sent.
-pub(super) struct Note {
-    channel: String,
-    answer: bool,
-    item: String,
-    sent: Option<oneshot::Sender<()>>,
+/// What a connection's writer sends: a packet's item, or a marker answered once everything
+/// queued before it was written.
+pub(super) enum Out {
+    Item(String),
+    Marker(oneshot::Sender<()>),
 }
 
-impl Note {
-    pub(super) fn new(channel: String, answer: bool, item: String) -> Self {
-        Self {
-            channel,
-            answer,
-            item,
-            sent: None,
-        }
-    }
-
-    pub(super) fn marker(sent: oneshot::Sender<()>) -> Self {
-        Self {
-            channel: String::new(),
-            answer: false,
-            item: String::new(),
-            sent: Some(sent),
-        }
-    }
-}
-
-pub(super) fn channel_of(pid: i32) -> String {
-    format!("dcb_forward_{pid}")
-}
-
-/// Listens for forwarded commands and answers, reconnecting after a failure. Ownerships end
-/// with each connection.
-pub(super) async fn listen<S: EventStore + 'static>(
+/// Binds this process's listener and starts taking forwarded commands on it; then holds the
+/// session that advertises it, reconnecting after a failure. Ownerships end with each session.
+pub(super) async fn serve<S: EventStore + 'static>(
     forwarding: Arc<Forwarding<S>>,
     runtime: Weak<Inner<S>>,
+    bind: SocketAddr,
 ) {
+    let listener = match TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, %bind, "cannot take forwarded commands: no listener");
+            return;
+        }
+    };
+    let Some(address) = listener.local_addr().ok().and_then(Address::new) else {
+        tracing::warn!(%bind, "cannot take forwarded commands: the address is too long to advertise");
+        return;
+    };
+    let accepting = tokio::spawn(accept(
+        forwarding.clone(),
+        runtime,
+        listener,
+        address.token.clone(),
+    ));
+    forwarding.track(accepting);
     let mut failures = 0u32;
+    let mut generation = 0u64;
     loop {
-        match listen_once(&forwarding, &runtime).await {
+        generation += 1;
+        match hold(&forwarding, &address, generation).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
-                tracing::debug!(error = %e, "the forwarding listener lost its connection");
+                tracing::debug!(error = %e, "the forwarding session failed");
             }
         }
-        *locked(&forwarding.link) = None;
-        forwarding.owners.lock().await.clear();
-        forwarding.leases.clear_owned();
-        metrics::gauge!(names::OWNED_KEYS).set(0.0);
+        forwarding.link_lost().await;
         tokio::time::sleep(Duration::from_millis(50u64 << failures.min(5))).await;
     }
 }
 
-async fn listen_once<S: EventStore + 'static>(
-    forwarding: &Arc<Forwarding<S>>,
-    runtime: &Weak<Inner<S>>,
+/// Opens the session that advertises `address` and holds ownerships, until it ends.
+async fn hold<S: EventStore + 'static>(
+    forwarding: &Forwarding<S>,
+    address: &Address,
+    generation: u64,
 ) -> Result<(), tokio_postgres::Error> {
-    let config = Session::config(forwarding.leases.config());
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let (heard, mut notes) = mpsc::unbounded_channel::<String>();
-    // The connection delivers notifications (and answers queries) only while polled.
-    let driver = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message
-                && heard.send(n.payload().to_owned()).is_err()
-            {
-                return;
-            }
-        }
-    });
-    let driven = async {
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await?
-            .get(0);
-        let channel = channel_of(pid);
-        client.batch_execute(&format!("LISTEN {channel}")).await?;
-        *locked(&forwarding.link) = Some(Arc::new(Link { client, channel }));
-        while let Some(payload) = notes.recv().await {
-            forwarding.dispatch(runtime, &payload);
-        }
-        Ok(())
-    };
-    let ended = driven.await;
-    driver.abort();
-    ended
+    let mut config = Session::config(forwarding.leases.config());
+    config.application_name(address.application_name());
+    let (client, connection) = config.connect(NoTls).await?;
+    *locked(&forwarding.link) = Some(Arc::new(Link { client, generation }));
+    connection.await
 }
 
-/// Sends notifications: all that queued while the last statement ran go in the next, packed.
-pub(super) async fn write<S: EventStore + 'static>(
+/// Takes connections from senders.
+async fn accept<S: EventStore + 'static>(
     forwarding: Arc<Forwarding<S>>,
-    mut unsent: mpsc::UnboundedReceiver<Note>,
+    runtime: Weak<Inner<S>>,
+    listener: TcpListener,
+    token: String,
 ) {
-    let mut session: Option<(Session, tokio_postgres::Statement)> = None;
-    while let Some(first) = unsent.recv().await {
-        let mut notes = vec![first];
-        while let Ok(note) = unsent.try_recv() {
-            notes.push(note);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let task = tokio::spawn(take_requests(
+                    forwarding.clone(),
+                    runtime.clone(),
+                    stream,
+                    token.clone(),
+                ));
+                forwarding.track(task);
+            }
+            Err(e) => {
+                // Out of descriptors, say: try again shortly rather than spin.
+                tracing::debug!(error = %e, "could not accept a forwarding connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        let mut groups: Vec<((String, bool), Vec<String>)> = Vec::new();
+    }
+}
+
+/// A sender's connection: its token first, then requests, each answered on it.
+async fn take_requests<S: EventStore + 'static>(
+    forwarding: Arc<Forwarding<S>>,
+    runtime: Weak<Inner<S>>,
+    stream: TcpStream,
+    token: String,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let presented = tokio::time::timeout(HANDSHAKE_WAIT, read_line(&mut reader)).await;
+    if !matches!(presented, Ok(Ok(Some(ref t))) if *t == token) {
+        tracing::debug!("a forwarding connection without this process's token: closed");
+        return;
+    }
+    let answers = forwarding.queue(write, "Answers");
+    while let Ok(Some(line)) = read_line(&mut reader).await {
+        forwarding.requested(&runtime, &line, &answers);
+    }
+}
+
+/// Connects to the owner at `to` and sends it what `requests` queues; hands its answers over.
+pub(super) async fn send_requests<S: EventStore + 'static>(
+    forwarding: Arc<Forwarding<S>>,
+    to: Address,
+    requests: mpsc::UnboundedReceiver<Out>,
+) {
+    let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
+        let mut stream = TcpStream::connect(&to.socket).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(format!("{}\n", to.token).as_bytes())
+            .await?;
+        Ok::<_, std::io::Error>(stream)
+    })
+    .await;
+    let stream = match connected {
+        Ok(Ok(stream)) => stream,
+        // What was queued is lost: its senders hear nothing and run their commands themselves.
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, to = %to.socket, "could not connect to a key's owner");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(to = %to.socket, "connecting to a key's owner timed out");
+            return;
+        }
+    };
+    let (read, write) = stream.into_split();
+    let writer = tokio::spawn(write_packets(write, "Requests", requests));
+    let mut reader = BufReader::new(read);
+    while let Ok(Some(line)) = read_line(&mut reader).await {
+        forwarding.answered(&line);
+    }
+    writer.abort();
+}
+
+/// Writes what `queue` holds, packed, until the queue or the connection closes.
+pub(super) async fn write_packets(
+    mut write: OwnedWriteHalf,
+    kind: &'static str,
+    mut queue: mpsc::UnboundedReceiver<Out>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut items = Vec::new();
         let mut markers = Vec::new();
-        for note in notes {
-            if let Some(sent) = note.sent {
-                markers.push(sent);
-                continue;
-            }
-            let group = (note.channel, note.answer);
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, items)) => items.push(note.item),
-                None => groups.push((group, vec![note.item])),
-            }
+        let mut take = |out| match out {
+            Out::Item(item) => items.push(item),
+            Out::Marker(sent) => markers.push(sent),
+        };
+        take(first);
+        while let Ok(out) = queue.try_recv() {
+            take(out);
         }
-        let (mut channels, mut payloads) = (Vec::new(), Vec::new());
-        for ((channel, answer), items) in groups {
-            for payload in wire::pack(if answer { "Answers" } else { "Requests" }, &items) {
-                channels.push(channel.clone());
-                payloads.push(payload);
-            }
+        let mut bytes = String::new();
+        for packet in wire::pack(kind, &items) {
+            bytes.push_str(&packet);
+            bytes.push('\n');
         }
-        if !channels.is_empty() {
-            if session.as_ref().is_none_or(|(s, _)| !s.is_alive()) {
-                session = open_writer(&forwarding).await;
-            }
-            // Without a session they are lost: the senders hear nothing and run their commands
-            // themselves.
-            if let Some((open, notify)) = &session
-                && let Err(e) = open.client().execute(notify, &[&channels, &payloads]).await
-            {
-                tracing::debug!(error = %e, "could not send forwarding notifications");
-                session = None;
-            }
+        if !bytes.is_empty()
+            && let Err(e) = write.write_all(bytes.as_bytes()).await
+        {
+            tracing::debug!(error = %e, "a forwarding connection closed");
+            return;
         }
         for sent in markers {
             let _ = sent.send(());
@@ -160,8 +264,31 @@ pub(super) async fn write<S: EventStore + 'static>(
     }
 }
 
-/// Gives back, every [`RELEASE_EVERY`], the keys whose lease lapsed (apart from the listener,
-/// so that its answers are never held up by it).
+/// The next line, without its newline; `None` at the end of the stream. A line longer than a
+/// packet, or not UTF-8, is an error (the peer is not one of ours).
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(MAX_LINE)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.pop() != Some(b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a forwarding line too long, or cut off",
+        ));
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Gives back, every [`RELEASE_EVERY`], the keys whose lease lapsed.
 pub(super) async fn release<S: EventStore + 'static>(forwarding: Arc<Forwarding<S>>) {
     let mut ticks = tokio::time::interval(RELEASE_EVERY);
     loop {
@@ -170,20 +297,33 @@ pub(super) async fn release<S: EventStore + 'static>(forwarding: Arc<Forwarding<
     }
 }
 
-async fn open_writer<S: EventStore + 'static>(
-    forwarding: &Forwarding<S>,
-) -> Option<(Session, tokio_postgres::Statement)> {
-    let session = Session::open(forwarding.leases.config()).await.ok()?;
-    // A notification needs no disk sync: losing one costs a sender a wait, nothing else.
-    session
-        .client()
-        .batch_execute("SET synchronous_commit = off")
-        .await
-        .ok()?;
-    let notify = session
-        .client()
-        .prepare("SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)")
-        .await
-        .ok()?;
-    Some((session, notify))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_round_trips_through_an_application_name_and_others_do_not_parse() {
+        let address = Address::new("127.0.0.1:45678".parse().unwrap()).unwrap();
+        let name = address.application_name();
+        assert!(name.len() <= NAME_LIMIT, "{name}");
+        assert_eq!(Address::parse(&name), Some(address));
+        assert_eq!(Address::parse("psql"), None);
+        assert_eq!(Address::parse("dcb-forward 127.0.0.1:1"), None);
+        let long = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
+            .parse()
+            .unwrap();
+        assert_eq!(Address::new(long), None, "too long to advertise");
+    }
+
+    #[tokio::test]
+    async fn lines_longer_than_a_packet_are_refused() {
+        let mut long = vec![b'x'; wire::MAX_PAYLOAD + 1];
+        long.push(b'\n');
+        let mut reader = BufReader::new(&long[..]);
+        assert!(read_line(&mut reader).await.is_err());
+        let mut ok = BufReader::new(&b"one\ntwo\n"[..]);
+        assert_eq!(read_line(&mut ok).await.unwrap().as_deref(), Some("one"));
+        assert_eq!(read_line(&mut ok).await.unwrap().as_deref(), Some("two"));
+        assert_eq!(read_line(&mut ok).await.unwrap(), None);
+    }
 }

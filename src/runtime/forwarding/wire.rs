@@ -1,5 +1,5 @@
-//! What forwarding sends through `NOTIFY`: requests (a command to run) and answers (how it
-//! ended), as JSON, packed many to a notification.
+//! What forwarding sends between processes: requests (a command to run) and answers (how it
+//! ended), as JSON, packed many to a line.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,16 +8,15 @@ use uuid::Uuid;
 use crate::event::{Event, Position, Tag};
 use crate::runtime::Committed;
 
-/// PostgreSQL refuses a `NOTIFY` payload of 8,000 bytes or more; what goes out stays below this.
-pub(super) const MAX_PAYLOAD: usize = 7_900;
+/// The longest packet (a line): a bound on what a peer may make this process read at once. A
+/// command or an answer larger than this is not forwarded (its sender runs it itself).
+pub(super) const MAX_PAYLOAD: usize = 256 * 1024;
 
 /// A command for the owner of its key to run.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Request {
     /// The sender's number for it, repeated in the answer.
     pub(super) id: u64,
-    /// The channel the answer goes to (the sender's).
-    pub(super) reply_to: String,
     /// [`crate::Decision::NAME`].
     pub(super) decision: String,
     /// Its consistency key (the owner keeps the key's lease fresh while it serves it).
@@ -40,7 +39,7 @@ pub(super) struct Answer {
     pub(super) committed: Option<WireCommitted>,
 }
 
-/// A notification's payload: requests or answers (written by [`pack`], item by item).
+/// A packet: requests or answers (written by [`pack`], item by item).
 #[derive(Debug, Deserialize)]
 pub(super) enum Envelope {
     Requests(Vec<Request>),
@@ -147,11 +146,10 @@ mod tests {
             .map(|i| {
                 serde_json::to_string(&Request {
                     id: i,
-                    reply_to: "dcb_forward_1".to_owned(),
                     decision: "d".repeat(usize::try_from(i % 97).unwrap()),
                     key: i,
                     idempotency_key: "k".to_owned(),
-                    command: Value::Null,
+                    command: Value::String("c".repeat(1_000)),
                     budget_ms: 400,
                 })
                 .unwrap()
@@ -160,7 +158,7 @@ mod tests {
         let payloads = pack("Requests", &items);
         assert!(
             payloads.len() > 1,
-            "500 requests of 130-230 bytes need several payloads"
+            "500 requests of about a kilobyte each need several payloads"
         );
         let mut back = Vec::new();
         for p in &payloads {
