@@ -82,21 +82,17 @@ fn is_keyed(committed: &Committed, decision: &'static str, key: &str) -> bool {
             .all(|(i, e)| e.id() == keyed_event_id(decision, key, i))
 }
 
-/// A sender's wait for an answer, in the pending table until dropped.
-struct Pending<'a> {
-    table: &'a Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
-    id: u64,
+/// Who waits for the answer to a request: its sender, and the number of the connection it went
+/// out on (all of whose requests go unanswered when it closes).
+struct Waiting {
+    connection: u64,
+    reply: oneshot::Sender<Option<Committed>>,
 }
 
-impl<'a> Pending<'a> {
-    fn insert(
-        table: &'a Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
-        id: u64,
-        reply: oneshot::Sender<Option<Committed>>,
-    ) -> Self {
-        locked(table).insert(id, reply);
-        Self { table, id }
-    }
+/// A sender's wait for an answer, in the pending table until dropped.
+struct Pending<'a> {
+    table: &'a Mutex<HashMap<u64, Waiting>>,
+    id: u64,
 }
 
 impl Drop for Pending<'_> {
@@ -163,10 +159,11 @@ pub(crate) struct Forwarding<S> {
     bind: SocketAddr,
     link: Mutex<Option<Arc<Link>>>,
     owners: tokio::sync::Mutex<HashMap<u64, Owner>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Option<Committed>>>>,
+    pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
-    /// The request queue of each owner this process sends to (each with its connection).
-    peers: Mutex<HashMap<Address, mpsc::UnboundedSender<Out>>>,
+    /// The connection to each owner this process sends to: its number and request queue.
+    peers: Mutex<HashMap<Address, (u64, mpsc::UnboundedSender<Out>)>>,
+    next_connection: AtomicU64,
     /// Every connection's queue, requests and answers, for [`Forwarding::flush`].
     queues: Mutex<Vec<mpsc::UnboundedSender<Out>>>,
     started: AtomicBool,
@@ -214,6 +211,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             peers: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
             queues: Mutex::new(Vec::new()),
             started: AtomicBool::new(false),
             runtime: Mutex::new(None),
@@ -461,11 +459,10 @@ impl<S: EventStore + 'static> Forwarding<S> {
             return Forwarded::NotCommitted;
         }
         let (reply, answer) = oneshot::channel();
-        // Removed however this ends, the caller's future dropped included.
-        let _pending = Pending::insert(&self.pending, id, reply);
         // The key stays leased here while its commands go to the owner.
         self.leases.forwarding(key);
-        self.send(&to, item);
+        // Removed however this ends, the caller's future dropped included.
+        let _pending = self.send(&to, id, reply, item);
         let wait = (now + FORWARD_WAIT).min(deadline);
         let answered = tokio::time::timeout_at(wait.into(), answer)
             .await
@@ -498,25 +495,52 @@ impl<S: EventStore + 'static> Forwarding<S> {
         outcome
     }
 
-    /// Queues `item` on the connection to `to`, connecting first if there is none. What is lost
-    /// with a connection that fails goes unanswered: its senders run their commands themselves.
-    fn send(self: &Arc<Self>, to: &Address, item: String) {
-        let mut peers = locked(&self.peers);
-        let item = match peers.get(to) {
-            Some(queue) => match queue.send(Out::Item(item)) {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(item)) => item,
-            },
-            None => Out::Item(item),
+    /// Queues request `id` (`item`) on the connection to `to`, opening one if there is none,
+    /// and waits for its answer on `reply` until the returned guard drops. Requests on a
+    /// connection that fails go unanswered at once (see [`Forwarding::connection_lost`]).
+    fn send(
+        self: &Arc<Self>,
+        to: &Address,
+        id: u64,
+        reply: oneshot::Sender<Option<Committed>>,
+        item: String,
+    ) -> Pending<'_> {
+        let (connection, queue) = {
+            let mut peers = locked(&self.peers);
+            match peers.get(to).filter(|(_, queue)| !queue.is_closed()) {
+                Some((connection, queue)) => (*connection, queue.clone()),
+                None => {
+                    let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+                    let (queue, queued) = mpsc::unbounded_channel();
+                    peers.insert(to.clone(), (connection, queue.clone()));
+                    self.keep_queue(&queue);
+                    let connected =
+                        transport::send_requests(self.clone(), to.clone(), connection, queued);
+                    self.track(tokio::spawn(connected));
+                    (connection, queue)
+                }
+            }
         };
-        // No connection yet, or it closed: a new one, which sends this item first.
-        let (queue, queued) = mpsc::unbounded_channel();
-        let _ = queue.send(item);
-        peers.insert(to.clone(), queue.clone());
+        locked(&self.pending).insert(id, Waiting { connection, reply });
+        let pending = Pending {
+            table: &self.pending,
+            id,
+        };
+        // A queue closed meanwhile: `connection_lost` answers it, or its wait ends.
+        let _ = queue.send(Out::Item(item));
+        pending
+    }
+
+    /// Connection `connection` to an owner closed (or never opened): what was sent on it goes
+    /// unanswered, so its senders run their commands here without waiting out
+    /// [`FORWARD_WAIT`].
+    fn connection_lost(&self, to: &Address, connection: u64) {
+        let mut peers = locked(&self.peers);
+        if peers.get(to).is_some_and(|(c, _)| *c == connection) {
+            peers.remove(to);
+        }
         drop(peers);
-        self.keep_queue(&queue);
-        let connection = transport::send_requests(self.clone(), to.clone(), queued);
-        self.track(tokio::spawn(connection));
+        locked(&self.pending).retain(|_, waiting| waiting.connection != connection);
     }
 
     /// Answers from an owner this process sent requests to.
@@ -526,7 +550,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 let mut pending = locked(&self.pending);
                 for answer in answers {
                     if let Some(waiting) = pending.remove(&answer.id) {
-                        let _ = waiting.send(answer.committed.map(Committed::from));
+                        let _ = waiting.reply.send(answer.committed.map(Committed::from));
                     }
                 }
             }

@@ -195,9 +195,20 @@ async fn take_requests<S: EventStore + 'static>(
 }
 
 /// Connects to the owner at `to` and sends it what `requests` queues; hands its answers over.
+/// When the connection ends (or cannot be opened), its requests go unanswered at once.
 pub(super) async fn send_requests<S: EventStore + 'static>(
     forwarding: Arc<Forwarding<S>>,
     to: Address,
+    connection: u64,
+    requests: mpsc::UnboundedReceiver<Out>,
+) {
+    exchange(&forwarding, &to, requests).await;
+    forwarding.connection_lost(&to, connection);
+}
+
+async fn exchange<S: EventStore + 'static>(
+    forwarding: &Forwarding<S>,
+    to: &Address,
     requests: mpsc::UnboundedReceiver<Out>,
 ) {
     let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
@@ -211,7 +222,6 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
     .await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,
-        // What was queued is lost: its senders hear nothing and run their commands themselves.
         Ok(Err(e)) => {
             tracing::debug!(error = %e, to = %to.socket, "could not connect to a key's owner");
             return;
@@ -227,7 +237,9 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
     while let Ok(Some(line)) = read_line(&mut reader).await {
         forwarding.answered(&line);
     }
+    // Nothing more goes out on it: the queue closes with the writer.
     writer.abort();
+    let _ = writer.await;
 }
 
 /// Writes what `queue` holds, packed, until the queue or the connection closes.
