@@ -55,3 +55,23 @@ async fn the_store_builder_refuses_zero_counts_before_connecting() {
         "and with valid settings the unreachable server is the error"
     );
 }
+
+#[tokio::test]
+async fn the_runtime_builder_refuses_a_forward_address_others_cannot_connect_to() {
+    let db = dcb_runtime::testing::TestDatabase::create()
+        .await
+        .expect("test database");
+    for unspecified in ["0.0.0.0:0", "[::]:7000"] {
+        let refused = dcb_runtime::Runtime::builder(db.store().await.expect("store"))
+            .forward_address(unspecified.parse().expect("an address"))
+            .start()
+            .await;
+        assert_refused(refused, "forward_address");
+    }
+    let runtime = dcb_runtime::Runtime::builder(db.store().await.expect("store"))
+        .forward_address("127.0.0.1:0".parse().expect("an address"))
+        .start()
+        .await
+        .expect("a loopback address");
+    runtime.shutdown().await;
+}

@@ -19,9 +19,9 @@
 //! - **Correctness never rests on it**: the owner runs the command like any other (the append
 //!   condition guards it), under an idempotency key the sender chose, and decides it within
 //!   [`OWNER_BUDGET`] or not at all. A sender that hears no answer within [`FORWARD_WAIT`] (the
-//!   owner died, or a notification was lost), or hears that it did not commit there, runs the
-//!   command itself under the same key: it is committed once whichever ran it (see
-//!   `Runtime::execute_with_key`).
+//!   owner hangs) or whose connection to the owner closes first (it died), or hears that it did
+//!   not commit there, runs the command itself under the same key: it is committed once
+//!   whichever ran it (see `Runtime::execute_with_key`).
 
 mod transport;
 mod wire;
@@ -470,7 +470,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             .and_then(Result::ok);
         let outcome = match answered {
             // Only an answer bearing the ids this key gives its events is believed: anything
-            // else on the channel is no answer.
+            // else is no answer.
             Some(Some(committed)) if is_keyed(&committed, decision, idempotency_key) => {
                 Forwarded::Committed(committed)
             }
