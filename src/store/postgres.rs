@@ -3,6 +3,7 @@
 mod group_commit;
 mod read_sql;
 mod session;
+mod writers_lock;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! Group commit: the appender actor. Appends from every task queue in its mailbox; each `Flush`
 //! sends whatever queued while the previous batch was committing as one call of `dcb_append`: one
-//! statement, one transaction, one WAL flush for the whole batch.
+//! statement, one transaction, one WAL flush for the whole batch. While other processes write to
+//! the store too, it takes the writers' lock before it picks the batch (`writers_lock.rs`).
 //!
 //! Writers are serialised by `dcb_append`'s advisory lock anyway (positions must follow commit
 //! order), so batching is what lets concurrent appenders share a commit instead of queueing for it,
@@ -23,6 +24,8 @@ use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
+
+use super::writers_lock::{LockMode, Locked};
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
 const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20) \
@@ -120,6 +123,9 @@ enum AppenderMsg {
     /// Commit what is pending. Sent when the first request arrives into an empty queue, so it
     /// lands behind every append already in the mailbox: those join the batch.
     Flush,
+    /// The writers' lock, taken before picking the batch (see `writers_lock.rs`): what is pending
+    /// now is written in its transaction.
+    Locked(Result<Locked, StoreError>),
 }
 
 struct AppenderState {
@@ -130,11 +136,14 @@ struct AppenderState {
     /// cannot meet would otherwise fail every retry, each batch bigger than the last), grown back
     /// by one per committed batch up to `max_batch`.
     limit: usize,
+    mode: LockMode,
+    /// Waiting for the writers' lock: the `Locked` message writes what is pending.
+    locking: bool,
 }
 
 impl AppenderState {
     fn schedule_flush(&mut self, myself: &ActorRef<AppenderMsg>) -> Result<(), ActorProcessingErr> {
-        if !self.flush_scheduled && !self.pending.is_empty() {
+        if !self.flush_scheduled && !self.locking && !self.pending.is_empty() {
             self.flush_scheduled = true;
             myself.send_message(AppenderMsg::Flush)?;
         }
@@ -156,6 +165,8 @@ impl Actor for Appender {
             pending: VecDeque::with_capacity(self.max_batch),
             flush_scheduled: false,
             limit: self.max_batch,
+            mode: LockMode::default(),
+            locking: false,
         })
     }
 
@@ -169,27 +180,81 @@ impl Actor for Appender {
             AppenderMsg::Append(request) => state.pending.push_back(request),
             AppenderMsg::Flush => {
                 state.flush_scheduled = false;
-                let batch = take_independent(&mut state.pending, state.limit);
-                state.limit = if commit_and_answer(&self.pool, batch).await {
-                    (state.limit + 1).min(self.max_batch)
+                if state.mode.lock_first() {
+                    state.locking = true;
+                    let (pool, myself) = (self.pool.clone(), myself.clone());
+                    tokio::spawn(async move {
+                        let locked = Locked::take(&pool).await;
+                        // Stopped meanwhile: the lock's connection closes as the message drops.
+                        let _ = myself.send_message(AppenderMsg::Locked(locked));
+                    });
                 } else {
-                    (state.limit / 2).max(1)
-                };
+                    self.write(state, None).await;
+                }
+            }
+            AppenderMsg::Locked(locked) => {
+                state.locking = false;
+                match locked {
+                    Ok(locked) => self.write(state, Some(locked)).await,
+                    Err(e) => {
+                        // What is pending goes in one statement, at the next flush.
+                        tracing::debug!(error = %e, "could not take the writers' lock first");
+                        state.mode.fall_back();
+                    }
+                }
             }
         }
         state.schedule_flush(&myself)
     }
 }
 
-/// Commits the batch and answers each request; whether the batch's transaction went through.
-async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
+impl Appender {
+    /// Writes a batch of what is pending, in `locked`'s transaction if given.
+    async fn write(&self, state: &mut AppenderState, locked: Option<Locked>) {
+        let lock_was_free = locked.as_ref().map(|l| l.was_free);
+        let batch = take_independent(&mut state.pending, state.limit);
+        match commit_and_answer(&self.pool, locked, batch).await {
+            Some(stored) => {
+                state.limit = (state.limit + 1).min(self.max_batch);
+                state.mode.committed(&stored, lock_was_free);
+            }
+            None => state.limit = (state.limit / 2).max(1),
+        }
+    }
+}
+
+/// Commits the batch (in `locked`'s transaction if given) and answers each request; the first
+/// and last positions of the appends it stored, or `None` if the transaction failed.
+async fn commit_and_answer(
+    pool: &Pool,
+    locked: Option<Locked>,
+    batch: Vec<Request>,
+) -> Option<Vec<(i64, i64)>> {
     #[allow(clippy::cast_precision_loss)] // batch sizes are small
     metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
-    let committed = commit(pool, &batch).await;
+    let committed = match locked {
+        Some(locked) => {
+            let committed = commit(locked.client(), &batch, true).await;
+            if committed.is_ok() {
+                locked.release();
+            }
+            committed
+        }
+        None => match pool.get().await {
+            Ok(client) => commit(&client, &batch, false).await,
+            Err(e) => Err(e.into()),
+        },
+    };
     metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
     match committed {
         Ok((outcomes, held)) => {
+            let stored = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok())
+                .filter(|a| a.recorded_at.is_some())
+                .map(|a| (a.first.get(), a.last.get()))
+                .collect();
             for (request, outcome) in batch.into_iter().zip(outcomes) {
                 let held_here = request
                     .watch
@@ -200,7 +265,7 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
                 // The caller may have gone away; its events are stored all the same.
                 let _ = request.reply.send((outcome, held_here));
             }
-            true
+            Some(stored)
         }
         Err(e) => {
             // The whole batch failed (or its commit is unknown): every caller learns it, and may
@@ -210,7 +275,7 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> bool {
                     .reply
                     .send((Err(AppendError::Store(e.clone())), Vec::new()));
             }
-            false
+            None
         }
     }
 }
@@ -368,44 +433,52 @@ impl<'a> Encoded<'a> {
 }
 
 /// Writes the batch in one statement and maps each request's row to its outcome; also answers
-/// which of the requests' watched turn locks another session holds.
+/// which of the requests' watched turn locks another session holds. `then_commit`: the statement
+/// runs in a transaction the appender opened, committed right behind it (pipelined).
 async fn commit(
-    pool: &Pool,
+    client: &deadpool_postgres::Client,
     batch: &[Request],
+    then_commit: bool,
 ) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
     let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
     watch.sort_unstable();
     watch.dedup();
-    let client = pool.get().await?;
     let statement = client.prepare_cached(APPEND_SQL).await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &enc.ev_req,
-                &enc.ev_offset,
-                &enc.ev_ids,
-                &enc.ev_types,
-                &enc.ev_tags,
-                &enc.ev_tag_starts,
-                &enc.ev_tag_counts,
-                &enc.ev_payloads,
-                &enc.req_event_counts,
-                &enc.req_conditional,
-                &enc.req_after,
-                &enc.item_req,
-                &enc.item_types,
-                &enc.item_type_starts,
-                &enc.item_type_counts,
-                &enc.item_tags,
-                &enc.item_tag_starts,
-                &enc.item_tag_counts,
-                &enc.req_append_ids,
-                &watch,
-            ],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 20] = [
+        &enc.ev_req,
+        &enc.ev_offset,
+        &enc.ev_ids,
+        &enc.ev_types,
+        &enc.ev_tags,
+        &enc.ev_tag_starts,
+        &enc.ev_tag_counts,
+        &enc.ev_payloads,
+        &enc.req_event_counts,
+        &enc.req_conditional,
+        &enc.req_after,
+        &enc.item_req,
+        &enc.item_types,
+        &enc.item_type_starts,
+        &enc.item_type_counts,
+        &enc.item_tags,
+        &enc.item_tag_starts,
+        &enc.item_tag_counts,
+        &enc.req_append_ids,
+        &watch,
+    ];
+    let rows = if then_commit {
+        let (rows, committed) = tokio::join!(
+            client.query(&statement, &params),
+            client.batch_execute("COMMIT")
+        );
+        // A failed statement aborts the transaction, which COMMIT then rolls back.
+        let rows = rows?;
+        committed?;
+        rows
+    } else {
+        client.query(&statement, &params).await?
+    };
     let row = rows
         .first()
         .ok_or_else(|| StoreError::Corrupt("dcb_append answered no row".to_owned()))?;
