@@ -656,16 +656,21 @@ impl<S: EventStore + 'static> CommandActor<S> {
         }
     }
 
-    /// Appends a decided chain and settles its answer.
+    /// Appends a decided chain and settles its answer (the actor waits for it: see `awaited`).
     async fn append(&self, state: &mut CommandState, chain: Resend, held: &Held) {
-        let answer = self
-            .store
-            .append_as(
-                chain.append_id,
-                chain.events.clone(),
-                Some(chain.condition.clone()),
-            )
-            .await;
+        let (events, condition) = (chain.events.clone(), chain.condition.clone());
+        let answer = match &self.leases {
+            Some(leases) => {
+                leases
+                    .append_awaited(chain.append_id, events, condition)
+                    .await
+            }
+            None => {
+                self.store
+                    .append_as(chain.append_id, events, Some(condition))
+                    .await
+            }
+        };
         self.settle(state, chain, held, answer).await;
     }
 

@@ -256,6 +256,20 @@ impl Leases {
         ConflictSource::OtherRuntime
     }
 
+    /// Appends a chain other processes (or this actor's next chains) wait for: one holding turns,
+    /// or a resend. It never waits in the appender for company (see `store/postgres/linger.rs`).
+    pub(crate) async fn append_awaited(
+        &self,
+        append_id: Uuid,
+        events: Vec<Event>,
+        condition: AppendCondition,
+    ) -> Result<Appended, AppendError> {
+        self.store
+            .write_watching(events, Some(condition), Some(append_id), Vec::new(), true)
+            .await
+            .0
+    }
+
     /// Appends a chain running without turns, watching the turns on its `keys`: when another
     /// session holds one (a process taking turns there, which this one never met: it never
     /// conflicted with it), the keys become leased, and this process's next chains on them take
@@ -272,7 +286,7 @@ impl Leases {
         locks.dedup();
         let (answer, held) = self
             .store
-            .write_watching(events, Some(condition), Some(append_id), locks)
+            .write_watching(events, Some(condition), Some(append_id), locks, false)
             .await;
         if !held.is_empty() {
             metrics::counter!(names::LEASES_TOTAL, "event" => "seen").increment(held.len() as u64);

@@ -1,9 +1,9 @@
 //! The PostgreSQL store: reads by index, appends through a group committer.
 
 mod group_commit;
+mod linger;
 mod read_sql;
 mod session;
-mod writers_lock;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -162,7 +162,7 @@ impl PostgresStore {
         condition: Option<AppendCondition>,
         append_id: Option<Uuid>,
     ) -> Result<Appended, AppendError> {
-        self.write_watching(events, condition, append_id, Vec::new())
+        self.write_watching(events, condition, append_id, Vec::new(), false)
             .await
             .0
     }
@@ -170,13 +170,15 @@ impl PostgresStore {
     /// [`EventStore::append_as`] (or `append_if` without `append_id`), answering also which of
     /// the turn locks in `watch` (V6) another session held when the events were written (V7):
     /// how a command actor running without turns learns that another process takes turns on
-    /// its keys.
+    /// its keys. `urgent`: others wait for this append (it holds turns they wait for), so it
+    /// never waits for company in the appender (`postgres/linger.rs`).
     pub(crate) async fn write_watching(
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
         append_id: Option<Uuid>,
         watch: Vec<i32>,
+        urgent: bool,
     ) -> (Result<Appended, AppendError>, Vec<i32>) {
         let limits = &self.inner.limits;
         let payloads = match validate_events(&events, limits) {
@@ -190,7 +192,7 @@ impl PostgresStore {
         }
         self.inner
             .committer
-            .submit(events, payloads, condition, append_id, watch)
+            .submit(events, payloads, condition, append_id, watch, urgent)
             .await
     }
 }

@@ -1,7 +1,7 @@
 //! Group commit: the appender actor. Appends from every task queue in its mailbox; each `Flush`
 //! sends whatever queued while the previous batch was committing as one call of `dcb_append`: one
 //! statement, one transaction, one WAL flush for the whole batch. While other processes write to
-//! the store too, it takes the writers' lock before it picks the batch (`writers_lock.rs`).
+//! the store too, a lone request waits a little for company (`linger.rs`).
 //!
 //! Writers are serialised by `dcb_append`'s advisory lock anyway (positions must follow commit
 //! order), so batching is what lets concurrent appenders share a commit instead of queueing for it,
@@ -25,7 +25,7 @@ use crate::error::{AppendError, StoreError};
 use crate::event::{Event, Position};
 use crate::metrics as names;
 
-use super::writers_lock::{LockMode, Locked};
+use super::linger::{LINGER, Linger};
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
 const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_held($20) \
@@ -43,6 +43,8 @@ struct Request {
     append_id: Option<Uuid>,
     /// Turn locks (V6) to look at: the answer says which another session holds (V7).
     watch: Vec<i32>,
+    /// Others wait for its answer: it never waits for company (see `linger.rs`).
+    urgent: bool,
     reply: oneshot::Sender<Answer>,
     /// Held until the request is answered or dropped.
     _slot: OwnedSemaphorePermit,
@@ -71,7 +73,7 @@ impl GroupCommitter {
 
     /// Queues one validated append and waits for its own outcome, and for which of the turn
     /// locks in `watch` another session held when it was written. Waits first for room when
-    /// `max_batch * 4` appends are already queued (backpressure).
+    /// `max_batch * 4` appends are already queued (backpressure). `urgent`: others wait for it.
     pub(super) async fn submit(
         &self,
         events: Vec<Event>,
@@ -79,6 +81,7 @@ impl GroupCommitter {
         condition: Option<AppendCondition>,
         append_id: Option<Uuid>,
         watch: Vec<i32>,
+        urgent: bool,
     ) -> Answer {
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return (Err(StoreError::Closed.into()), Vec::new());
@@ -90,6 +93,7 @@ impl GroupCommitter {
             condition,
             append_id,
             watch,
+            urgent,
             reply,
             _slot: slot,
         };
@@ -123,9 +127,8 @@ enum AppenderMsg {
     /// Commit what is pending. Sent when the first request arrives into an empty queue, so it
     /// lands behind every append already in the mailbox: those join the batch.
     Flush,
-    /// The writers' lock, taken before picking the batch (see `writers_lock.rs`): what is pending
-    /// now is written in its transaction.
-    Locked(Result<Locked, StoreError>),
+    /// The wait of a lone request for company is over (the number tells which wait).
+    LingerOver(u64),
 }
 
 struct AppenderState {
@@ -136,14 +139,15 @@ struct AppenderState {
     /// cannot meet would otherwise fail every retry, each batch bigger than the last), grown back
     /// by one per committed batch up to `max_batch`.
     limit: usize,
-    mode: LockMode,
-    /// Waiting for the writers' lock: the `Locked` message writes what is pending.
-    locking: bool,
+    linger: Linger,
+    /// The wait of a lone request for company, under way (see `linger.rs`).
+    lingering: Option<u64>,
+    lingered: u64,
 }
 
 impl AppenderState {
     fn schedule_flush(&mut self, myself: &ActorRef<AppenderMsg>) -> Result<(), ActorProcessingErr> {
-        if !self.flush_scheduled && !self.locking && !self.pending.is_empty() {
+        if !self.flush_scheduled && self.lingering.is_none() && !self.pending.is_empty() {
             self.flush_scheduled = true;
             myself.send_message(AppenderMsg::Flush)?;
         }
@@ -165,8 +169,9 @@ impl Actor for Appender {
             pending: VecDeque::with_capacity(self.max_batch),
             flush_scheduled: false,
             limit: self.max_batch,
-            mode: LockMode::default(),
-            locking: false,
+            linger: Linger::default(),
+            lingering: None,
+            lingered: 0,
         })
     }
 
@@ -177,30 +182,30 @@ impl Actor for Appender {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AppenderMsg::Append(request) => state.pending.push_back(request),
-            AppenderMsg::Flush => {
-                state.flush_scheduled = false;
-                if state.mode.lock_first() {
-                    state.locking = true;
-                    let (pool, myself) = (self.pool.clone(), myself.clone());
-                    tokio::spawn(async move {
-                        let locked = Locked::take(&pool).await;
-                        // Stopped meanwhile: the lock's connection closes as the message drops.
-                        let _ = myself.send_message(AppenderMsg::Locked(locked));
-                    });
-                } else {
-                    self.write(state, None).await;
+            AppenderMsg::Append(request) => {
+                state.pending.push_back(request);
+                if state.lingering.is_some() && state.pending.len() > 1 {
+                    state.lingering = None;
+                    self.write(state).await;
                 }
             }
-            AppenderMsg::Locked(locked) => {
-                state.locking = false;
-                match locked {
-                    Ok(locked) => self.write(state, Some(locked)).await,
-                    Err(e) => {
-                        // What is pending goes in one statement, at the next flush.
-                        tracing::debug!(error = %e, "could not take the writers' lock first");
-                        state.mode.fall_back();
-                    }
+            AppenderMsg::Flush => {
+                state.flush_scheduled = false;
+                let lone_patient = state.pending.len() == 1
+                    && state.pending.front().is_some_and(|request| !request.urgent);
+                if lone_patient && state.linger.now() {
+                    state.lingered += 1;
+                    state.lingering = Some(state.lingered);
+                    let wait = state.lingered;
+                    myself.send_after(LINGER, move || AppenderMsg::LingerOver(wait));
+                } else {
+                    self.write(state).await;
+                }
+            }
+            AppenderMsg::LingerOver(wait) => {
+                if state.lingering == Some(wait) {
+                    state.lingering = None;
+                    self.write(state).await;
                 }
             }
         }
@@ -209,43 +214,26 @@ impl Actor for Appender {
 }
 
 impl Appender {
-    /// Writes a batch of what is pending, in `locked`'s transaction if given.
-    async fn write(&self, state: &mut AppenderState, locked: Option<Locked>) {
-        let lock_was_free = locked.as_ref().map(|l| l.was_free);
+    /// Commits a batch of what is pending.
+    async fn write(&self, state: &mut AppenderState) {
         let batch = take_independent(&mut state.pending, state.limit);
-        match commit_and_answer(&self.pool, locked, batch).await {
+        match commit_and_answer(&self.pool, batch).await {
             Some(stored) => {
                 state.limit = (state.limit + 1).min(self.max_batch);
-                state.mode.committed(&stored, lock_was_free);
+                state.linger.committed(&stored);
             }
             None => state.limit = (state.limit / 2).max(1),
         }
     }
 }
 
-/// Commits the batch (in `locked`'s transaction if given) and answers each request; the first
-/// and last positions of the appends it stored, or `None` if the transaction failed.
-async fn commit_and_answer(
-    pool: &Pool,
-    locked: Option<Locked>,
-    batch: Vec<Request>,
-) -> Option<Vec<(i64, i64)>> {
+/// Commits the batch and answers each request; the first and last positions of the appends it
+/// stored, or `None` if the transaction failed.
+async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> Option<Vec<(i64, i64)>> {
     #[allow(clippy::cast_precision_loss)] // batch sizes are small
     metrics::histogram!(names::APPEND_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
-    let committed = match locked {
-        Some(locked) => {
-            let committed = commit(locked.client(), &batch, true).await;
-            if committed.is_ok() {
-                locked.release();
-            }
-            committed
-        }
-        None => match pool.get().await {
-            Ok(client) => commit(&client, &batch, false).await,
-            Err(e) => Err(e.into()),
-        },
-    };
+    let committed = commit(pool, &batch).await;
     metrics::histogram!(names::APPEND_DURATION_SECONDS).record(started.elapsed());
     match committed {
         Ok((outcomes, held)) => {
@@ -433,52 +421,44 @@ impl<'a> Encoded<'a> {
 }
 
 /// Writes the batch in one statement and maps each request's row to its outcome; also answers
-/// which of the requests' watched turn locks another session holds. `then_commit`: the statement
-/// runs in a transaction the appender opened, committed right behind it (pipelined).
+/// which of the requests' watched turn locks another session holds.
 async fn commit(
-    client: &deadpool_postgres::Client,
+    pool: &Pool,
     batch: &[Request],
-    then_commit: bool,
 ) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
     let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
     watch.sort_unstable();
     watch.dedup();
+    let client = pool.get().await?;
     let statement = client.prepare_cached(APPEND_SQL).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 20] = [
-        &enc.ev_req,
-        &enc.ev_offset,
-        &enc.ev_ids,
-        &enc.ev_types,
-        &enc.ev_tags,
-        &enc.ev_tag_starts,
-        &enc.ev_tag_counts,
-        &enc.ev_payloads,
-        &enc.req_event_counts,
-        &enc.req_conditional,
-        &enc.req_after,
-        &enc.item_req,
-        &enc.item_types,
-        &enc.item_type_starts,
-        &enc.item_type_counts,
-        &enc.item_tags,
-        &enc.item_tag_starts,
-        &enc.item_tag_counts,
-        &enc.req_append_ids,
-        &watch,
-    ];
-    let rows = if then_commit {
-        let (rows, committed) = tokio::join!(
-            client.query(&statement, &params),
-            client.batch_execute("COMMIT")
-        );
-        // A failed statement aborts the transaction, which COMMIT then rolls back.
-        let rows = rows?;
-        committed?;
-        rows
-    } else {
-        client.query(&statement, &params).await?
-    };
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &enc.ev_req,
+                &enc.ev_offset,
+                &enc.ev_ids,
+                &enc.ev_types,
+                &enc.ev_tags,
+                &enc.ev_tag_starts,
+                &enc.ev_tag_counts,
+                &enc.ev_payloads,
+                &enc.req_event_counts,
+                &enc.req_conditional,
+                &enc.req_after,
+                &enc.item_req,
+                &enc.item_types,
+                &enc.item_type_starts,
+                &enc.item_type_counts,
+                &enc.item_tags,
+                &enc.item_tag_starts,
+                &enc.item_tag_counts,
+                &enc.req_append_ids,
+                &watch,
+            ],
+        )
+        .await?;
     let row = rows
         .first()
         .ok_or_else(|| StoreError::Corrupt("dcb_append answered no row".to_owned()))?;
@@ -584,6 +564,7 @@ mod tests {
             condition: condition.map(|q| AppendCondition::new(q, None)),
             append_id: None,
             watch: Vec::new(),
+            urgent: false,
             reply,
             _slot: slots.try_acquire_owned().expect("a free slot"),
         }
