@@ -76,6 +76,9 @@ pub const FORWARDED_COMMANDS_SERVED_TOTAL: &str = "dcb_forwarded_commands_served
 pub const OWNERSHIPS_TOTAL: &str = "dcb_ownerships_total";
 /// Gauge: contended keys this process owns (their forwarded commands run here).
 pub const OWNED_KEYS: &str = "dcb_owned_keys";
+/// Counter: waits of a lone append for company in the appender while other processes write to
+/// the store, by `outcome`: `company` (another append came within 1 ms), `alone`.
+pub const APPEND_LINGERS_TOTAL: &str = "dcb_append_lingers_total";
 /// Every metric name, for checks that an exposition is complete.
 pub const ALL: &[&str] = &[
     COMMANDS_TOTAL,
@@ -105,6 +108,7 @@ pub const ALL: &[&str] = &[
     FORWARDED_COMMANDS_SERVED_TOTAL,
     OWNERSHIPS_TOTAL,
     OWNED_KEYS,
+    APPEND_LINGERS_TOTAL,
 ];
 
 /// Where [`install_prometheus`] listens unless told otherwise: loopback only.
@@ -264,6 +268,11 @@ pub fn describe() {
         FORWARDED_COMMANDS_SERVED_TOTAL,
         Unit::Count,
         "Commands run for other processes, as the owner of their key."
+    );
+    describe_counter!(
+        APPEND_LINGERS_TOTAL,
+        Unit::Count,
+        "Waits of a lone append for company while other processes write, by outcome."
     );
     describe_counter!(
         OWNERSHIPS_TOTAL,

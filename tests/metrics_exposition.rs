@@ -54,6 +54,7 @@ const COUNTERS: &[&str] = &[
     names::FORWARDED_COMMANDS_TOTAL,
     names::FORWARDED_COMMANDS_SERVED_TOTAL,
     names::OWNERSHIPS_TOTAL,
+    names::APPEND_LINGERS_TOTAL,
 ];
 /// Every `outcome` of `dcb_commands_total`.
 const OUTCOMES: &[&str] = &[

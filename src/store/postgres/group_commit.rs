@@ -59,6 +59,10 @@ pub(super) struct GroupCommitter {
 impl GroupCommitter {
     /// Starts the appender; it stops when this handle (the last clone of the store) is dropped.
     pub(super) async fn start(pool: Pool, max_batch: usize) -> Result<Self, StoreError> {
+        // Series from the start: "no wait yet", not "no data".
+        for outcome in ["company", "alone"] {
+            metrics::counter!(names::APPEND_LINGERS_TOTAL, "outcome" => outcome).increment(0);
+        }
         let (appender, _) = Actor::spawn(None, Appender { pool, max_batch }, ())
             .await
             .map_err(|e| {
@@ -186,6 +190,8 @@ impl Actor for Appender {
                 state.pending.push_back(request);
                 if state.lingering.is_some() && state.pending.len() > 1 {
                     state.lingering = None;
+                    metrics::counter!(names::APPEND_LINGERS_TOTAL, "outcome" => "company")
+                        .increment(1);
                     self.write(state).await;
                 }
             }
@@ -205,6 +211,8 @@ impl Actor for Appender {
             AppenderMsg::LingerOver(wait) => {
                 if state.lingering == Some(wait) {
                     state.lingering = None;
+                    metrics::counter!(names::APPEND_LINGERS_TOTAL, "outcome" => "alone")
+                        .increment(1);
                     self.write(state).await;
                 }
             }
