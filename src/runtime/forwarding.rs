@@ -248,18 +248,6 @@ impl<S: EventStore + 'static> Forwarding<S> {
         tasks.push(task);
     }
 
-    /// A queue whose items a task writes to `write`, packed as `kind`.
-    fn queue(
-        &self,
-        write: tokio::net::tcp::OwnedWriteHalf,
-        kind: &'static str,
-    ) -> mpsc::UnboundedSender<Out> {
-        let (queue, queued) = mpsc::unbounded_channel();
-        self.track(tokio::spawn(transport::write_packets(write, kind, queued)));
-        self.keep_queue(&queue);
-        queue
-    }
-
     /// Keeps `queue` for [`Forwarding::flush`] (dropping those that closed).
     fn keep_queue(&self, queue: &mpsc::UnboundedSender<Out>) {
         let mut queues = locked(&self.queues);
@@ -559,36 +547,39 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
     }
 
-    /// Requests from a process that found this one owning their keys; each answered on
-    /// `answers`.
+    /// Requests from a process that found this one owning their keys: each as the future that
+    /// runs it and gives its answer (`None` once the runtime is gone).
     fn requested(
         self: &Arc<Self>,
         runtime: &Weak<Inner<S>>,
         packet: &str,
-        answers: &mpsc::UnboundedSender<Out>,
-    ) {
+    ) -> Vec<BoxFuture<'static, Option<String>>> {
         match serde_json::from_str::<Envelope>(packet) {
             Ok(Envelope::Requests(requests)) => {
                 *locked(&self.last_request) = Some(Instant::now());
-                for request in requests {
-                    let Some(inner) = runtime.upgrade() else {
-                        return;
-                    };
-                    tokio::spawn(self.clone().serve(inner, request, answers.clone()));
-                }
+                requests
+                    .into_iter()
+                    .map(|request| {
+                        let (forwarding, runtime) = (self.clone(), runtime.upgrade());
+                        let served: BoxFuture<'static, Option<String>> =
+                            Box::pin(async move { forwarding.serve(runtime?, request).await });
+                        served
+                    })
+                    .collect()
             }
-            Ok(Envelope::Answers(_)) => tracing::debug!("answers where requests were due"),
-            Err(e) => tracing::debug!(error = %e, "a forwarding packet did not parse"),
+            Ok(Envelope::Answers(_)) => {
+                tracing::debug!("answers where requests were due");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a forwarding packet did not parse");
+                Vec::new()
+            }
         }
     }
 
-    /// Runs a command another process forwarded, and answers it on `answers`.
-    async fn serve(
-        self: Arc<Self>,
-        runtime: Arc<Inner<S>>,
-        request: Request,
-        answers: mpsc::UnboundedSender<Out>,
-    ) {
+    /// Runs a command another process forwarded; its answer.
+    async fn serve(self: Arc<Self>, runtime: Arc<Inner<S>>, request: Request) -> Option<String> {
         // The key stays leased, and owned, while others send its commands here.
         self.leases.forwarding(request.key);
         let committed = match self.codecs.get(request.decision.as_str()) {
@@ -610,9 +601,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 committed: None,
             });
         }
-        if let Ok(item) = item {
-            let _ = answers.send(Out::Item(item));
-        }
+        item.ok()
     }
 
     /// Gives back the keys this process owns whose lease lapsed (nobody else is on them).

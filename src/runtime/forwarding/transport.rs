@@ -15,13 +15,18 @@
 //!   user can make this process run a command, as with `NOTIFY` before.
 //! - **Framing**: a connection opens with the token on a line of its own; then each line is one
 //!   packet (`wire::pack`): requests from the sender, answers back on the same connection.
-//! - **Batching**: each connection has one writer that sends, in one write, whatever queued while
-//!   it wrote the last.
+//! - **One task per connection**, on each side: the sender's writes, in one write, whatever
+//!   queued while it wrote the last, and reads the answers; the owner's reads the requests, runs
+//!   them, and writes each answer as it is ready (with every other one ready then). No task per
+//!   request, no writer task: each would be a wake-up per command.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -181,16 +186,48 @@ async fn take_requests<S: EventStore + 'static>(
     token: String,
 ) {
     let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+    let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let presented = tokio::time::timeout(HANDSHAKE_WAIT, read_line(&mut reader)).await;
-    if !matches!(presented, Ok(Ok(Some(ref t))) if *t == token) {
+    let mut presented = Vec::new();
+    let read = tokio::time::timeout(HANDSHAKE_WAIT, read_line_into(&mut reader, &mut presented));
+    if !matches!(read.await, Ok(Ok(true))) || presented != token.as_bytes() {
         tracing::debug!("a forwarding connection without this process's token: closed");
         return;
     }
-    let answers = forwarding.queue(write, "Answers");
-    while let Ok(Some(line)) = read_line(&mut reader).await {
-        forwarding.requested(&runtime, &line, &answers);
+    // One task reads the requests, runs them and writes their answers: no task per request,
+    // no writer task (each a wake-up per command). `Forwarding::flush` asks through `flushes`.
+    let (flushes, mut flush_asked) = mpsc::unbounded_channel();
+    forwarding.keep_queue(&flushes);
+    let mut running = FuturesUnordered::new();
+    let mut line = Vec::new();
+    loop {
+        tokio::select! {
+            read = read_line_into(&mut reader, &mut line) => match read {
+                Ok(true) => {
+                    let packet = String::from_utf8(std::mem::take(&mut line));
+                    let Ok(packet) = packet else { return };
+                    running.extend(forwarding.requested(&runtime, &packet));
+                }
+                // The sender is gone, or not one of ours: its requests' runs end here.
+                _ => return,
+            },
+            Some(first) = running.next(), if !running.is_empty() => {
+                let mut answers: Vec<String> = first.into_iter().collect();
+                // Every other answer ready now goes in the same write.
+                while let Some(Some(answer)) = running.next().now_or_never() {
+                    answers.extend(answer);
+                }
+                if write_packet_lines(&mut write, "Answers", &answers).await.is_err() {
+                    return;
+                }
+            }
+            Some(asked) = flush_asked.recv() => {
+                // Answers are written as soon as they are ready: none waits in a queue.
+                if let Out::Marker(flushed) = asked {
+                    let _ = flushed.send(());
+                }
+            }
+        }
     }
 }
 
@@ -209,7 +246,7 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
 async fn exchange<S: EventStore + 'static>(
     forwarding: &Forwarding<S>,
     to: &Address,
-    requests: mpsc::UnboundedReceiver<Out>,
+    mut requests: mpsc::UnboundedReceiver<Out>,
 ) {
     let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
         let mut stream = TcpStream::connect(&to.socket).await?;
@@ -231,73 +268,86 @@ async fn exchange<S: EventStore + 'static>(
             return;
         }
     };
-    let (read, write) = stream.into_split();
-    let writer = tokio::spawn(write_packets(write, "Requests", requests));
+    // One task writes the requests, packed, and reads the answers.
+    let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    while let Ok(Some(line)) = read_line(&mut reader).await {
-        forwarding.answered(&line);
-    }
-    // Nothing more goes out on it: the queue closes with the writer.
-    writer.abort();
-    let _ = writer.await;
-}
-
-/// Writes what `queue` holds, packed, until the queue or the connection closes.
-pub(super) async fn write_packets(
-    mut write: OwnedWriteHalf,
-    kind: &'static str,
-    mut queue: mpsc::UnboundedReceiver<Out>,
-) {
-    while let Some(first) = queue.recv().await {
-        let mut items = Vec::new();
-        let mut markers = Vec::new();
-        let mut take = |out| match out {
-            Out::Item(item) => items.push(item),
-            Out::Marker(sent) => markers.push(sent),
-        };
-        take(first);
-        while let Ok(out) = queue.try_recv() {
-            take(out);
-        }
-        let mut bytes = String::new();
-        for packet in wire::pack(kind, &items) {
-            bytes.push_str(&packet);
-            bytes.push('\n');
-        }
-        if !bytes.is_empty()
-            && let Err(e) = write.write_all(bytes.as_bytes()).await
-        {
-            tracing::debug!(error = %e, "a forwarding connection closed");
-            return;
-        }
-        for sent in markers {
-            let _ = sent.send(());
-        }
-    }
-}
-
-/// The next line, without its newline; `None` at the end of the stream. A line longer than a
-/// packet, or not UTF-8, is an error (the peer is not one of ours).
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-) -> std::io::Result<Option<String>> {
     let mut line = Vec::new();
-    let read = (&mut *reader)
-        .take(MAX_LINE)
-        .read_until(b'\n', &mut line)
-        .await?;
-    if read == 0 {
-        return Ok(None);
+    loop {
+        tokio::select! {
+            read = read_line_into(&mut reader, &mut line) => match read {
+                Ok(true) => {
+                    let packet = String::from_utf8(std::mem::take(&mut line));
+                    let Ok(packet) = packet else { return };
+                    forwarding.answered(&packet);
+                }
+                // The owner is gone (its requests go unanswered at once: `connection_lost`).
+                _ => return,
+            },
+            queued = requests.recv() => {
+                let Some(first) = queued else { return };
+                let (mut items, mut markers) = (Vec::new(), Vec::new());
+                let mut take = |out| match out {
+                    Out::Item(item) => items.push(item),
+                    Out::Marker(sent) => markers.push(sent),
+                };
+                take(first);
+                // Whatever queued while the last write went out goes in this one.
+                while let Ok(out) = requests.try_recv() {
+                    take(out);
+                }
+                if let Err(e) = write_packet_lines(&mut write, "Requests", &items).await {
+                    tracing::debug!(error = %e, "a forwarding connection closed");
+                    return;
+                }
+                for sent in markers {
+                    let _ = sent.send(());
+                }
+            }
+        }
     }
-    if line.pop() != Some(b'\n') {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "a forwarding line too long, or cut off",
-        ));
+}
+
+/// Writes `items` packed as `kind`, a packet per line, in one write.
+async fn write_packet_lines(
+    write: &mut OwnedWriteHalf,
+    kind: &str,
+    items: &[String],
+) -> std::io::Result<()> {
+    let mut bytes = String::new();
+    for packet in wire::pack(kind, items) {
+        bytes.push_str(&packet);
+        bytes.push('\n');
     }
-    String::from_utf8(line)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    write.write_all(bytes.as_bytes()).await
+}
+
+/// Reads into `line` until a newline, which it drops: `true` when a whole line is there, `false`
+/// at the end of the stream. Cancel-safe: what a cancelled call read stays in `line` for the next
+/// one. A line longer than a packet is an error (the peer is not one of ours).
+async fn read_line_into<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    loop {
+        let room = MAX_LINE.saturating_sub(line.len() as u64);
+        if room == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a forwarding line too long",
+            ));
+        }
+        let read = (&mut *reader).take(room).read_until(b'\n', line).await?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            return Ok(true);
+        }
+        if read == 0 {
+            return Ok(false);
+        }
+    }
 }
 
 /// Gives back, every [`RELEASE_EVERY`], the keys whose lease lapsed.
@@ -328,14 +378,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lines_longer_than_a_packet_are_refused() {
+    async fn a_line_read_in_parts_is_whole_and_a_longer_one_than_a_packet_refused() {
+        let mut line = Vec::new();
+        let mut two = BufReader::new(&b"one\ntwo\npart"[..]);
+        assert!(read_line_into(&mut two, &mut line).await.unwrap());
+        assert_eq!(std::mem::take(&mut line), b"one");
+        assert!(read_line_into(&mut two, &mut line).await.unwrap());
+        assert_eq!(std::mem::take(&mut line), b"two");
+        assert!(
+            !read_line_into(&mut two, &mut line).await.unwrap(),
+            "cut off: the end"
+        );
+        // What an earlier (cancelled) call read stays and is completed.
+        let mut line = b"half ".to_vec();
+        let mut rest = BufReader::new(&b"a line\n"[..]);
+        assert!(read_line_into(&mut rest, &mut line).await.unwrap());
+        assert_eq!(line, b"half a line");
         let mut long = vec![b'x'; wire::MAX_PAYLOAD + 1];
         long.push(b'\n');
-        let mut reader = BufReader::new(&long[..]);
-        assert!(read_line(&mut reader).await.is_err());
-        let mut ok = BufReader::new(&b"one\ntwo\n"[..]);
-        assert_eq!(read_line(&mut ok).await.unwrap().as_deref(), Some("one"));
-        assert_eq!(read_line(&mut ok).await.unwrap().as_deref(), Some("two"));
-        assert_eq!(read_line(&mut ok).await.unwrap(), None);
+        let mut line = Vec::new();
+        assert!(
+            read_line_into(&mut BufReader::new(&long[..]), &mut line)
+                .await
+                .is_err()
+        );
     }
 }
