@@ -155,7 +155,8 @@ enum Owner {
 pub(crate) struct Forwarding<S> {
     codecs: HashMap<&'static str, Codec<S>>,
     leases: Arc<Leases>,
-    /// Where this process takes forwarded commands (see [`crate::RuntimeBuilder::forward_address`]).
+    /// Where this process takes forwarded commands (see
+    /// [`crate::RuntimeBuilder::forward_address`]).
     bind: SocketAddr,
     link: Mutex<Option<Arc<Link>>>,
     owners: tokio::sync::Mutex<HashMap<u64, Owner>>,
@@ -164,7 +165,8 @@ pub(crate) struct Forwarding<S> {
     /// The connection to each owner this process sends to: its number and request queue.
     peers: Mutex<HashMap<Address, (u64, mpsc::UnboundedSender<Out>)>>,
     next_connection: AtomicU64,
-    /// Every connection's queue, requests and answers, for [`Forwarding::flush`].
+    /// For [`Forwarding::flush`]: each sender connection's request queue, and each owner
+    /// connection's channel for flushes.
     queues: Mutex<Vec<mpsc::UnboundedSender<Out>>>,
     started: AtomicBool,
     /// The runtime serving forwarded commands, once started.

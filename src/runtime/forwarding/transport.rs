@@ -4,9 +4,9 @@
 //!
 //! They travelled as `NOTIFY` before. PostgreSQL 15 wakes *every* listening backend of a
 //! database for each notifying commit, whatever its channel, so with four processes each append
-//! and each packet of requests or answers woke four backends, and a fifth of the server's CPU went
-//! to signals (`kill`) and to backends reading notifications that were not theirs (profiled on
-//! `invoice --processes 4`). Now the server only holds the ownership locks.
+//! and each packet of requests or answers woke four backends, and a quarter of the server's CPU
+//! went to signals (`kill`) and to backends reading notifications that were not theirs (profiled
+//! on `invoice --processes 4`). Now the server only holds the ownership locks.
 //!
 //! - **Where**: this process's session sets its `application_name` to
 //!   `dcb-forward <address> <token>`. A process that finds another one holding a key's ownership
@@ -24,9 +24,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -112,7 +112,10 @@ pub(super) async fn serve<S: EventStore + 'static>(
         }
     };
     let Some(address) = listener.local_addr().ok().and_then(Address::new) else {
-        tracing::warn!(%bind, "cannot take forwarded commands: the address is too long to advertise");
+        tracing::warn!(
+            %bind,
+            "cannot take forwarded commands: the address is too long to advertise"
+        );
         return;
     };
     let accepting = tokio::spawn(accept(
@@ -202,27 +205,23 @@ async fn take_requests<S: EventStore + 'static>(
     let mut line = Vec::new();
     loop {
         tokio::select! {
-            read = read_line_into(&mut reader, &mut line) => match read {
-                Ok(true) => {
-                    let packet = String::from_utf8(std::mem::take(&mut line));
-                    let Ok(packet) = packet else { return };
-                    running.extend(forwarding.requested(&runtime, &packet));
-                }
+            packet = next_packet(&mut reader, &mut line) => match packet {
+                Some(packet) => running.extend(forwarding.requested(&runtime, &packet)),
                 // The sender is gone, or not one of ours: its requests' runs end here.
-                _ => return,
+                None => return,
             },
             Some(first) = running.next(), if !running.is_empty() => {
-                let mut answers: Vec<String> = first.into_iter().collect();
-                // Every other answer ready now goes in the same write.
-                while let Some(Some(answer)) = running.next().now_or_never() {
-                    answers.extend(answer);
-                }
+                let answers: Vec<String> = first.into_iter().chain(ready(&mut running)).collect();
                 if write_packet_lines(&mut write, "Answers", &answers).await.is_err() {
                     return;
                 }
             }
             Some(asked) = flush_asked.recv() => {
-                // Answers are written as soon as they are ready: none waits in a queue.
+                // Every answer ready by now is written before the flush is answered.
+                let answers: Vec<String> = ready(&mut running).collect();
+                if write_packet_lines(&mut write, "Answers", &answers).await.is_err() {
+                    return;
+                }
                 if let Out::Marker(flushed) = asked {
                     let _ = flushed.send(());
                 }
@@ -274,14 +273,10 @@ async fn exchange<S: EventStore + 'static>(
     let mut line = Vec::new();
     loop {
         tokio::select! {
-            read = read_line_into(&mut reader, &mut line) => match read {
-                Ok(true) => {
-                    let packet = String::from_utf8(std::mem::take(&mut line));
-                    let Ok(packet) = packet else { return };
-                    forwarding.answered(&packet);
-                }
+            packet = next_packet(&mut reader, &mut line) => match packet {
+                Some(packet) => forwarding.answered(&packet),
                 // The owner is gone (its requests go unanswered at once: `connection_lost`).
-                _ => return,
+                None => return,
             },
             queued = requests.recv() => {
                 let Some(first) = queued else { return };
@@ -322,6 +317,25 @@ async fn write_packet_lines(
         return Ok(());
     }
     write.write_all(bytes.as_bytes()).await
+}
+
+/// The next packet; `None` at the end of the stream or on a line that is not one (too long, not
+/// UTF-8). Cancel-safe as [`read_line_into`] is.
+async fn next_packet<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    line: &mut Vec<u8>,
+) -> Option<String> {
+    match read_line_into(reader, line).await {
+        Ok(true) => String::from_utf8(std::mem::take(line)).ok(),
+        _ => None,
+    }
+}
+
+/// The answers of the runs in `running` that are ready now, without waiting for the others.
+fn ready<'a>(
+    running: &'a mut FuturesUnordered<BoxFuture<'static, Option<String>>>,
+) -> impl Iterator<Item = String> + 'a {
+    std::iter::from_fn(move || running.next().now_or_never().flatten()).flatten()
 }
 
 /// Reads into `line` until a newline, which it drops: `true` when a whole line is there, `false`
