@@ -5,22 +5,13 @@
 //! as the server can tell (the harness's multi-process runs drive the same path from OS
 //! processes). The waits are counted by `dcb_append_lingers_total`.
 
-use std::sync::OnceLock;
+#[path = "support/recorder.rs"]
+mod recorder;
 
 use dcb_runtime::testing::TestDatabase;
 use dcb_runtime::{Event, EventStore, PostgresStore};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use recorder::recorder;
 use serde_json::json;
-
-/// The test binary's recorder, installed once.
-fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
-            .install_recorder()
-            .expect("the test binary's recorder")
-    })
-}
 
 /// Waits that ended alone so far.
 fn waits_alone() -> f64 {
