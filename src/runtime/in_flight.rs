@@ -25,7 +25,7 @@
 
 use std::collections::HashSet;
 
-use crate::event::Event;
+use crate::event::{Event, Tag};
 use crate::query::Query;
 
 use super::job::Job;
@@ -49,8 +49,9 @@ struct Sent {
     keys: Vec<u64>,
     commands: usize,
     events: Vec<Event>,
-    /// Every tag of `events`, to rule most queries out without matching each event.
-    tags: HashSet<String>,
+    /// Every tag of `events` (fingerprints), to rule most queries out without matching each
+    /// event.
+    tags: HashSet<u64>,
     types: HashSet<String>,
 }
 
@@ -61,7 +62,7 @@ impl Sent {
             return true;
         }
         let maybe = query.items().iter().any(|item| match item.tags().first() {
-            Some(tag) => self.tags.contains(&tag.to_string()),
+            Some(tag) => self.tags.contains(&tag.fingerprint()),
             None => item.types().iter().any(|t| self.types.contains(t)),
         });
         maybe && self.events.iter().any(|e| query.matches(e))
@@ -109,7 +110,7 @@ impl InFlight {
             events: events.to_vec(),
             tags: events
                 .iter()
-                .flat_map(|e| e.tags().iter().map(ToString::to_string))
+                .flat_map(|e| e.tags().iter().map(Tag::fingerprint))
                 .collect(),
             types: events.iter().map(|e| e.event_type().to_owned()).collect(),
         });

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
-use crate::event::{Event, Position};
+use crate::event::{Event, Position, Tag};
 use crate::metrics as names;
 
 use super::linger::{LINGER, Linger};
@@ -306,7 +306,8 @@ fn take_independent(pending: &mut VecDeque<Request>, max: usize) -> Vec<Request>
 #[derive(Default)]
 struct BatchIndex {
     ids: HashSet<Uuid>,
-    tags: HashSet<String>,
+    /// Fingerprints of the taken events' tags.
+    tags: HashSet<u64>,
     types: HashSet<String>,
 }
 
@@ -315,7 +316,7 @@ impl BatchIndex {
         for e in &request.events {
             self.ids.insert(e.id());
             self.types.insert(e.event_type().to_owned());
-            self.tags.extend(e.tags().iter().map(ToString::to_string));
+            self.tags.extend(e.tags().iter().map(Tag::fingerprint));
         }
     }
 
@@ -334,7 +335,7 @@ impl BatchIndex {
             return true;
         }
         let may_match = query.items().iter().any(|item| match item.tags().first() {
-            Some(tag) => self.tags.contains(&tag.to_string()),
+            Some(tag) => self.tags.contains(&tag.fingerprint()),
             None => item.types().iter().any(|t| self.types.contains(t)),
         });
         may_match
