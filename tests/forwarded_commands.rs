@@ -180,6 +180,23 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
     let db = TestDatabase::create().await.expect("test database");
     let (runtimes, mut committed, rejected) = sell_out(&db).await;
     let exposition = metrics.render();
+    // The owners' tokens are in this database's table (V9), not in the `application_name`
+    // every role of the server can read in `pg_stat_activity`.
+    let advertised = db
+        .client()
+        .await
+        .expect("client")
+        .query_one(
+            "SELECT count(*) FILTER (WHERE a.application_name LIKE 'dcb-forward %'), \
+                    count(*) FILTER (WHERE position(t.token IN a.application_name) > 0) \
+             FROM dcb_forward_tokens t JOIN pg_stat_activity a ON a.pid = t.pid",
+            &[],
+        )
+        .await
+        .expect("tokens");
+    let (sessions, leaked): (i64, i64) = (advertised.get(0), advertised.get(1));
+    assert!(sessions >= 1, "no advertising session recorded its token");
+    assert_eq!(leaked, 0, "a token is readable in pg_stat_activity");
     done.store(true, Ordering::Relaxed);
     for task in busy {
         task.await.expect("the other database's callers");

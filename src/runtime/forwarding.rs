@@ -10,9 +10,10 @@
 //! - **Ownership** is a session advisory lock (key space 1145258575, 'DCBO') taken with
 //!   `pg_try_advisory_lock` on a session of this process that advertises, as its
 //!   `application_name`, where the process takes forwarded commands. Whoever does not get the
-//!   lock finds the holder among this database's locks in `pg_locks`, and its address in
-//!   `pg_stat_activity`. No table, no consensus of our own: a process that dies loses its
-//!   ownership with its session, and a lapsed lease gives it back. Nothing of this starts
+//!   lock finds the holder among this database's locks in `pg_locks`, its address in
+//!   `pg_stat_activity` and the token it asks for in `dcb_forward_tokens`. No consensus of our
+//!   own: a process that dies loses its ownership with its session, and a lapsed lease gives it
+//!   back. Nothing of this starts
 //!   before a key is first leased.
 //! - **Transport** is TCP straight to the owner (`transport.rs`): requests and answers packed
 //!   many to a line, one connection per sender and owner.
@@ -362,11 +363,13 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
         let lock = lock_key(key);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&OWNERS_SPACE, &lock];
-        // The holder's address is its session's `application_name` (see `transport.rs`).
+        // The holder's address is its session's `application_name`, its token the one its
+        // session recorded (see `transport.rs`).
         let look_up = link.client.query_one(
             "SELECT pg_try_advisory_lock($1, $2), \
-                    (SELECT a.application_name FROM pg_locks l \
+                    (SELECT ARRAY[a.application_name, t.token] FROM pg_locks l \
                        JOIN pg_stat_activity a ON a.pid = l.pid \
+                       JOIN dcb_forward_tokens t ON t.pid = l.pid \
                      WHERE l.locktype = 'advisory' AND l.objsubid = 2 \
                        AND l.database = (SELECT oid FROM pg_database \
                                          WHERE datname = current_database()) \
@@ -384,7 +387,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
         let claimed = claimed.and_then(|row| {
             Ok((
                 row.try_get::<_, bool>(0)?,
-                row.try_get::<_, Option<String>>(1)?,
+                row.try_get::<_, Option<Vec<String>>>(1)?,
             ))
         });
         match claimed {
@@ -399,9 +402,12 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 );
                 None
             }
-            Ok((false, Some(name))) => {
+            Ok((false, Some(advertised))) => {
                 // A holder that advertises no address (not a runtime of ours): run it here.
-                let address = Address::parse(&name)?;
+                let [name, token] = advertised.as_slice() else {
+                    return None;
+                };
+                let address = Address::parse(name, token)?;
                 owners.insert(
                     key,
                     Owner::Other {
@@ -495,9 +501,9 @@ impl<S: EventStore + 'static> Forwarding<S> {
         reply: oneshot::Sender<Option<Committed>>,
         item: String,
     ) -> Pending<'_> {
-        let (connection, queue) = {
+        let queue = {
             let mut peers = locked(&self.peers);
-            match peers.get(to).filter(|(_, queue)| !queue.is_closed()) {
+            let (connection, queue) = match peers.get(to).filter(|(_, queue)| !queue.is_closed()) {
                 Some((connection, queue)) => (*connection, queue.clone()),
                 None => {
                     let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -509,9 +515,12 @@ impl<S: EventStore + 'static> Forwarding<S> {
                     self.track(tokio::spawn(connected));
                     (connection, queue)
                 }
-            }
+            };
+            // Under the peers' lock: a `connection_lost` of this connection (which takes the
+            // peers' lock first) either ran before, and the queue is closed, or sweeps it.
+            locked(&self.pending).insert(id, Waiting { connection, reply });
+            queue
         };
-        locked(&self.pending).insert(id, Waiting { connection, reply });
         let pending = Pending {
             table: &self.pending,
             id,

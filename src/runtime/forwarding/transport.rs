@@ -8,11 +8,13 @@
 //! went to signals (`kill`) and to backends reading notifications that were not theirs (profiled
 //! on `invoice --processes 4`). Now the server only holds the ownership locks.
 //!
-//! - **Where**: this process's session sets its `application_name` to
-//!   `dcb-forward <address> <token>`. A process that finds another one holding a key's ownership
-//!   lock reads it from `pg_stat_activity` by the holder's pid: the address to connect to, and
-//!   the token to present. Only who can query the database learns the token, so only a database
-//!   user can make this process run a command, as with `NOTIFY` before.
+//! - **Where**: this process's session sets its `application_name` to `dcb-forward <address>`
+//!   and writes its token, by its backend pid, to `dcb_forward_tokens` (V9). A process that finds
+//!   another one holding a key's ownership lock reads, by the holder's pid, the address from
+//!   `pg_stat_activity` and the token from that table. `pg_stat_activity` shows
+//!   `application_name` to every role of the server, so only the address is there: only a role
+//!   that may read this database's table learns the token, and so only such a role can make this
+//!   process run a command.
 //! - **Framing**: a connection opens with the token on a line of its own; then each line is one
 //!   packet (`wire::pack`): requests from the sender, answers back on the same connection.
 //! - **One task per connection**, on each side: the sender's writes, in one write, whatever
@@ -49,6 +51,13 @@ const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 /// The longest line a peer may send: one packet and its newline.
 const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
 
+/// How long a write may wait for the peer to read. A peer that reads nothing for this long is
+/// stalled or gone (its requests' senders have given up waiting by then): the connection closes,
+/// and what was sent on it goes unanswered at once instead of queueing behind a write that never
+/// ends. Both sides write without reading meanwhile, so without it two large writes crossing
+/// would wait for each other for ever.
+const WRITE_WAIT: Duration = super::FORWARD_WAIT;
+
 /// Where a process takes forwarded commands, and the token it asks of who connects.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Address {
@@ -57,26 +66,25 @@ pub(crate) struct Address {
 }
 
 impl Address {
-    /// This process's address: `socket`, with a fresh token. `None` if the two do not fit in an
-    /// `application_name`.
+    /// This process's address: `socket`, with a fresh random token (122 bits from the operating
+    /// system's generator). `None` if the socket does not fit in an `application_name`.
     fn new(socket: SocketAddr) -> Option<Self> {
         let address = Self {
             socket: socket.to_string(),
-            token: format!("{:012x}", fastrand::u64(..) >> 16),
+            token: uuid::Uuid::new_v4().simple().to_string(),
         };
         (address.application_name().len() <= NAME_LIMIT).then_some(address)
     }
 
     fn application_name(&self) -> String {
-        format!("{NAME_PREFIX}{} {}", self.socket, self.token)
+        format!("{NAME_PREFIX}{}", self.socket)
     }
 
-    /// The address a session's `application_name` advertises, if it is one.
-    pub(super) fn parse(application_name: &str) -> Option<Self> {
-        let (socket, token) = application_name
-            .strip_prefix(NAME_PREFIX)?
-            .split_once(' ')?;
-        Some(Self {
+    /// The address a session's `application_name` advertises, with the token its session
+    /// recorded, if it is one of ours.
+    pub(super) fn parse(application_name: &str, token: &str) -> Option<Self> {
+        let socket = application_name.strip_prefix(NAME_PREFIX)?;
+        (!socket.is_empty() && !socket.contains(' ') && !token.is_empty()).then(|| Self {
             socket: socket.to_owned(),
             token: token.to_owned(),
         })
@@ -150,6 +158,23 @@ async fn hold<S: EventStore + 'static>(
     let mut config = Session::config(forwarding.leases.config());
     config.application_name(address.application_name());
     let (client, connection) = config.connect(NoTls).await?;
+    let mut connection = std::pin::pin!(connection);
+    // Before any ownership is taken on this session: a sender finding it holding one finds
+    // its token. Rows of sessions that ended go at the same time.
+    let token: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&address.token];
+    let record = client.execute(
+        "WITH gone AS (DELETE FROM dcb_forward_tokens \
+                       WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)) \
+         INSERT INTO dcb_forward_tokens (pid, token) VALUES (pg_backend_pid(), $1) \
+         ON CONFLICT (pid) DO UPDATE SET token = EXCLUDED.token, recorded_at = now()",
+        &token,
+    );
+    tokio::select! {
+        recorded = record => {
+            recorded?;
+        }
+        ended = &mut connection => return ended,
+    }
     *locked(&forwarding.link) = Some(Arc::new(Link { client, generation }));
     connection.await
 }
@@ -192,7 +217,12 @@ async fn take_requests<S: EventStore + 'static>(
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut presented = Vec::new();
-    let read = tokio::time::timeout(HANDSHAKE_WAIT, read_line_into(&mut reader, &mut presented));
+    // No longer than the token: an unauthenticated peer gets no packet-sized buffer.
+    let longest = token.len() as u64 + 1;
+    let read = tokio::time::timeout(
+        HANDSHAKE_WAIT,
+        read_line_into(&mut reader, &mut presented, longest),
+    );
     if !matches!(read.await, Ok(Ok(true))) || presented != token.as_bytes() {
         tracing::debug!("a forwarding connection without this process's token: closed");
         return;
@@ -316,7 +346,14 @@ async fn write_packet_lines(
     if bytes.is_empty() {
         return Ok(());
     }
-    write.write_all(bytes.as_bytes()).await
+    tokio::time::timeout(WRITE_WAIT, write.write_all(bytes.as_bytes()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer of a forwarding connection read nothing for too long",
+            ))
+        })
 }
 
 /// The next packet; `None` at the end of the stream or on a line that is not one (too long, not
@@ -325,7 +362,7 @@ async fn next_packet<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     line: &mut Vec<u8>,
 ) -> Option<String> {
-    match read_line_into(reader, line).await {
+    match read_line_into(reader, line, MAX_LINE).await {
         Ok(true) => String::from_utf8(std::mem::take(line)).ok(),
         _ => None,
     }
@@ -340,13 +377,15 @@ fn ready<'a>(
 
 /// Reads into `line` until a newline, which it drops: `true` when a whole line is there, `false`
 /// at the end of the stream. Cancel-safe: what a cancelled call read stays in `line` for the next
-/// one. A line longer than a packet is an error (the peer is not one of ours).
+/// one. A line of more than `longest` bytes with its newline is an error (the peer is not one of
+/// ours).
 async fn read_line_into<R: AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     line: &mut Vec<u8>,
+    longest: u64,
 ) -> std::io::Result<bool> {
     loop {
-        let room = MAX_LINE.saturating_sub(line.len() as u64);
+        let room = longest.saturating_sub(line.len() as u64);
         if room == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -382,37 +421,76 @@ mod tests {
         let address = Address::new("127.0.0.1:45678".parse().unwrap()).unwrap();
         let name = address.application_name();
         assert!(name.len() <= NAME_LIMIT, "{name}");
-        assert_eq!(Address::parse(&name), Some(address));
-        assert_eq!(Address::parse("psql"), None);
-        assert_eq!(Address::parse("dcb-forward 127.0.0.1:1"), None);
+        assert!(
+            !name.contains(&address.token),
+            "the token is not advertised: {name}"
+        );
+        assert_eq!(Address::parse(&name, &address.token), Some(address.clone()));
+        assert_eq!(Address::parse("psql", &address.token), None);
+        assert_eq!(
+            Address::parse(&name, ""),
+            None,
+            "a session with no token is not ours"
+        );
         let long = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
             .parse()
             .unwrap();
-        assert_eq!(Address::new(long), None, "too long to advertise");
+        assert!(Address::new(long).is_some(), "without the token it fits");
+        let other = Address::new("127.0.0.1:45678".parse().unwrap()).unwrap();
+        assert_ne!(other.token, address.token, "a fresh token each time");
+    }
+
+    #[tokio::test]
+    async fn a_write_the_peer_does_not_read_ends_instead_of_waiting_for_ever() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stream, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        // The peer holds its end open and reads nothing.
+        let (_peer, _) = accepted.unwrap();
+        let (_read, mut write) = stream.unwrap().into_split();
+        let packet = vec!["x".repeat(wire::MAX_PAYLOAD / 2); 64];
+        // Far more than the sockets' buffers hold; each write waits at most WRITE_WAIT.
+        let writes = async {
+            for _ in 0..1_000 {
+                write_packet_lines(&mut write, "Answers", &packet).await?;
+            }
+            std::io::Result::Ok(())
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(30), writes)
+            .await
+            .expect("the writes waited for ever on a peer that reads nothing");
+        let error = outcome.expect_err("a write to a peer that never reads must end");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]
     async fn a_line_read_in_parts_is_whole_and_a_longer_one_than_a_packet_refused() {
         let mut line = Vec::new();
         let mut two = BufReader::new(&b"one\ntwo\npart"[..]);
-        assert!(read_line_into(&mut two, &mut line).await.unwrap());
+        assert!(read_line_into(&mut two, &mut line, MAX_LINE).await.unwrap());
         assert_eq!(std::mem::take(&mut line), b"one");
-        assert!(read_line_into(&mut two, &mut line).await.unwrap());
+        assert!(read_line_into(&mut two, &mut line, MAX_LINE).await.unwrap());
         assert_eq!(std::mem::take(&mut line), b"two");
         assert!(
-            !read_line_into(&mut two, &mut line).await.unwrap(),
+            !read_line_into(&mut two, &mut line, MAX_LINE).await.unwrap(),
             "cut off: the end"
         );
         // What an earlier (cancelled) call read stays and is completed.
         let mut line = b"half ".to_vec();
         let mut rest = BufReader::new(&b"a line\n"[..]);
-        assert!(read_line_into(&mut rest, &mut line).await.unwrap());
+        assert!(
+            read_line_into(&mut rest, &mut line, MAX_LINE)
+                .await
+                .unwrap()
+        );
         assert_eq!(line, b"half a line");
         let mut long = vec![b'x'; wire::MAX_PAYLOAD + 1];
         long.push(b'\n');
         let mut line = Vec::new();
         assert!(
-            read_line_into(&mut BufReader::new(&long[..]), &mut line)
+            read_line_into(&mut BufReader::new(&long[..]), &mut line, MAX_LINE)
                 .await
                 .is_err()
         );
