@@ -63,7 +63,8 @@ impl Sent {
         }
         let maybe = query.items().iter().any(|item| match item.tags().first() {
             Some(tag) => self.tags.contains(&tag.fingerprint()),
-            None => item.types().iter().any(|t| self.types.contains(t)),
+            // An item naming nothing matches every event.
+            None => item.types().is_empty() || item.types().iter().any(|t| self.types.contains(t)),
         });
         maybe && self.events.iter().any(|e| query.matches(e))
     }

@@ -4,6 +4,7 @@ mod group_commit;
 mod linger;
 mod read_sql;
 mod session;
+mod warm_up;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub struct PostgresStoreBuilder {
     limits: Limits,
     max_batch: usize,
     migrate: bool,
+    warm_connections: usize,
 }
 
 /// Shows the URL without its password.
@@ -76,6 +78,7 @@ impl std::fmt::Debug for PostgresStoreBuilder {
             .field("limits", &self.limits)
             .field("max_batch", &self.max_batch)
             .field("migrate", &self.migrate)
+            .field("warm_connections", &self.warm_connections)
             .finish()
     }
 }
@@ -91,6 +94,7 @@ impl PostgresStore {
             limits: Limits::default(),
             max_batch: 256,
             migrate: true,
+            warm_connections: 4,
         }
     }
 
@@ -235,6 +239,17 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Connections `connect` opens and readies (a read and an empty append planned on each)
+    /// before it returns, at most `pool_size` (default 4: what one process's runtime keeps busy
+    /// under load, its actor's reads and the appender). The pool opens the others when first
+    /// needed. 0 opens only the one that checks the server is there. Best effort: a connection
+    /// that cannot be readied (a statement timeout shorter than its first planning) does not
+    /// fail `connect`.
+    pub fn warm_connections(mut self, connections: usize) -> Self {
+        self.warm_connections = connections;
+        self
+    }
+
     /// Opens the pool, applies the migrations unless disabled, and starts the group committer.
     ///
     /// # Errors
@@ -276,6 +291,15 @@ impl PostgresStoreBuilder {
         drop(pool.get().await?);
         if self.migrate {
             crate::migrate::run(&pg).await?;
+        }
+        if self.warm_connections > 0 {
+            // Best effort: a store whose connections could not all be readied (a database whose
+            // statement timeout is shorter than a first planning, say) works all the same, its
+            // first commands readying them.
+            let warm = self.warm_connections.min(self.pool_size);
+            if let Err(e) = warm_up::warm_up(&pool, warm).await {
+                tracing::debug!(error = %e, "could not ready the store's connections");
+            }
         }
         let committer = GroupCommitter::start(pool.clone(), self.max_batch).await?;
         Ok(PostgresStore {

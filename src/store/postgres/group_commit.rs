@@ -189,10 +189,11 @@ impl Actor for Appender {
             AppenderMsg::Append(request) => {
                 state.pending.push_back(request);
                 if state.lingering.is_some() && state.pending.len() > 1 {
+                    // Company came: the flush scheduled below lands behind the appends already
+                    // in the mailbox, which join the batch too.
                     state.lingering = None;
                     metrics::counter!(names::APPEND_LINGERS_TOTAL, "outcome" => "company")
                         .increment(1);
-                    self.write(state).await;
                 }
             }
             AppenderMsg::Flush => {
@@ -336,7 +337,8 @@ impl BatchIndex {
         }
         let may_match = query.items().iter().any(|item| match item.tags().first() {
             Some(tag) => self.tags.contains(&tag.fingerprint()),
-            None => item.types().iter().any(|t| self.types.contains(t)),
+            // An item naming nothing matches every event.
+            None => item.types().is_empty() || item.types().iter().any(|t| self.types.contains(t)),
         });
         may_match
             && taken
@@ -435,11 +437,24 @@ async fn commit(
     pool: &Pool,
     batch: &[Request],
 ) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
+    commit_on(&pool.get().await?, batch).await
+}
+
+/// Makes `client` ready to append: its statement prepared and every statement of `dcb_append`
+/// planned in its backend, by a batch of no request (it stores nothing).
+pub(super) async fn warm(client: &deadpool_postgres::Client) -> Result<(), StoreError> {
+    commit_on(client, &[]).await.map(drop)
+}
+
+/// [`commit`] on `client`.
+async fn commit_on(
+    client: &deadpool_postgres::Client,
+    batch: &[Request],
+) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
     let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
     watch.sort_unstable();
     watch.dedup();
-    let client = pool.get().await?;
     let statement = client.prepare_cached(APPEND_SQL).await?;
     let rows = client
         .query(
