@@ -316,6 +316,9 @@ async fn exchange<S: EventStore + 'static>(
                     Out::Marker(sent) => markers.push(sent),
                 };
                 take(first);
+                // The tasks ready to run go first (the callers an answer packet just woke send
+                // their next commands), so that one write carries them all.
+                tokio::task::yield_now().await;
                 // Whatever queued while the last write went out goes in this one.
                 while let Ok(out) = requests.try_recv() {
                     take(out);
