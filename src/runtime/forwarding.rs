@@ -542,13 +542,18 @@ impl<S: EventStore + 'static> Forwarding<S> {
         locked(&self.pending).retain(|_, waiting| waiting.connection != connection);
     }
 
-    /// Answers from an owner this process sent requests to.
-    fn answered(&self, packet: &str) {
+    /// Answers from an owner this process sent requests to, on connection `connection`: each
+    /// goes to its request if it was sent on that connection.
+    fn answered(&self, packet: &str, connection: u64) {
         match serde_json::from_str::<Envelope>(packet) {
             Ok(Envelope::Answers(answers)) => {
                 let mut pending = locked(&self.pending);
                 for answer in answers {
-                    if let Some(waiting) = pending.remove(&answer.id) {
+                    if pending
+                        .get(&answer.id)
+                        .is_some_and(|waiting| waiting.connection == connection)
+                        && let Some(waiting) = pending.remove(&answer.id)
+                    {
                         let _ = waiting.reply.send(answer.committed.map(Committed::from));
                     }
                 }
@@ -559,7 +564,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
     }
 
     /// Requests from a process that found this one owning their keys: each as the future that
-    /// runs it and gives its answer (`None` once the runtime is gone).
+    /// runs it and gives its answer ("not committed here" once the runtime is gone).
     fn requested(
         self: &Arc<Self>,
         runtime: &Weak<Inner<S>>,
@@ -572,8 +577,18 @@ impl<S: EventStore + 'static> Forwarding<S> {
                     .into_iter()
                     .map(|request| {
                         let (forwarding, runtime) = (self.clone(), runtime.upgrade());
-                        let served: BoxFuture<'static, Option<String>> =
-                            Box::pin(async move { forwarding.serve(runtime?, request).await });
+                        let served: BoxFuture<'static, Option<String>> = Box::pin(async move {
+                            match runtime {
+                                Some(runtime) => forwarding.serve(runtime, request).await,
+                                // Shutting down: "not committed here", so that its sender
+                                // runs it at once instead of waiting out FORWARD_WAIT.
+                                None => serde_json::to_string(&Answer {
+                                    id: request.id,
+                                    committed: None,
+                                })
+                                .ok(),
+                            }
+                        });
                         served
                     })
                     .collect()

@@ -268,13 +268,14 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
     connection: u64,
     requests: mpsc::UnboundedReceiver<Out>,
 ) {
-    exchange(&forwarding, &to, requests).await;
+    exchange(&forwarding, &to, connection, requests).await;
     forwarding.connection_lost(&to, connection);
 }
 
 async fn exchange<S: EventStore + 'static>(
     forwarding: &Forwarding<S>,
     to: &Address,
+    connection: u64,
     mut requests: mpsc::UnboundedReceiver<Out>,
 ) {
     let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
@@ -304,7 +305,7 @@ async fn exchange<S: EventStore + 'static>(
     loop {
         tokio::select! {
             packet = next_packet(&mut reader, &mut line) => match packet {
-                Some(packet) => forwarding.answered(&packet),
+                Some(packet) => forwarding.answered(&packet, connection),
                 // The owner is gone (its requests go unanswered at once: `connection_lost`).
                 None => return,
             },
