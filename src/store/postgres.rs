@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -281,6 +281,11 @@ impl PostgresStoreBuilder {
         );
         let pool = Pool::builder(manager)
             .max_size(self.pool_size)
+            // The connection used last goes out first: the few the load needs stay busy and
+            // their backends warm, the rest idle. First in, first out rotated every checkout
+            // through all the open connections, waking a backend that had slept longest each
+            // time: with 4 connections open per process, `disjoint --processes 2` ran 0.65x.
+            .queue_mode(QueueMode::Lifo)
             .wait_timeout(Some(self.wait_timeout))
             .create_timeout(Some(self.connect_timeout))
             .recycle_timeout(Some(self.connect_timeout))
