@@ -1,8 +1,9 @@
 //! `connect` opens the connections a process keeps busy and readies each before the store is
-//! handed out (`PostgresStoreBuilder::warm_connections`), storing nothing.
+//! handed out (`PostgresStoreBuilder::warm_connections`), storing nothing; and the pool hands out
+//! the connection used last, so that the load stays on the few backends it needs.
 
 use dcb_runtime::testing::TestDatabase;
-use dcb_runtime::{EventStore, PostgresStore};
+use dcb_runtime::{EventStore, PostgresStore, Query, QueryItem, Tag};
 
 /// The backends connected to the test's database, other than the one asking.
 async fn backends(db: &TestDatabase) -> i64 {
@@ -49,4 +50,34 @@ async fn connect_opens_the_warm_connections_and_stores_nothing() {
         .expect("count")
         .get(0);
     assert_eq!(stored, 0, "the empty appends stored nothing");
+}
+
+#[tokio::test]
+async fn reads_one_after_another_reuse_the_connection_used_last() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = PostgresStore::builder(db.url())
+        .warm_connections(4)
+        .connect()
+        .await
+        .expect("store");
+    // Each readied connection ran an empty append last.
+    let query: Query = QueryItem::with_tags([Tag::new("lifo", "probe")]).into();
+    for _ in 0..12 {
+        store.read(&query, Default::default()).await.expect("read");
+    }
+    let reading: i64 = db
+        .client()
+        .await
+        .expect("client")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND query LIKE 'SELECT h.head%'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    // First in, first out would have rotated the reads through all four.
+    assert_eq!(reading, 1, "the reads went to {reading} connections");
 }
