@@ -1,7 +1,6 @@
 //! Events as they are appended ([`Event`]) and as they are stored ([`SequencedEvent`]).
 
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::str::FromStr;
 use std::time::SystemTime;
 
@@ -62,15 +61,6 @@ impl Tag {
     /// The part after the first `:`.
     pub fn value(&self) -> &str {
         &self.value
-    }
-
-    /// A hash of the tag, the same for equal tags within a process: for sets that only rule
-    /// events out before an exact match (a collision costs a comparison, never a wrong answer),
-    /// without formatting or cloning the tag.
-    pub(crate) fn fingerprint(&self) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        self.hash(&mut hasher);
-        hasher.finish()
     }
 }
 

@@ -23,6 +23,7 @@ mod append;
 mod decision;
 pub mod error;
 mod event;
+mod event_index;
 mod limits;
 pub mod local;
 pub mod metrics;

@@ -13,8 +13,7 @@
 //!   lock finds the holder among this database's locks in `pg_locks`, its address in
 //!   `pg_stat_activity` and the token it asks for in `dcb_forward_tokens`. No consensus of our
 //!   own: a process that dies loses its ownership with its session, and a lapsed lease gives it
-//!   back. Nothing of this starts
-//!   before a key is first leased.
+//!   back. Nothing of this starts before a key is first leased.
 //! - **Transport** is TCP straight to the owner (`transport.rs`): requests and answers packed
 //!   many to a line, one connection per sender and owner.
 //! - **Correctness never rests on it**: the owner runs the command like any other (the append
@@ -29,6 +28,7 @@ mod wire;
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -549,12 +549,11 @@ impl<S: EventStore + 'static> Forwarding<S> {
             Ok(Envelope::Answers(answers)) => {
                 let mut pending = locked(&self.pending);
                 for answer in answers {
-                    if pending
-                        .get(&answer.id)
-                        .is_some_and(|waiting| waiting.connection == connection)
-                        && let Some(waiting) = pending.remove(&answer.id)
+                    if let Entry::Occupied(waiting) = pending.entry(answer.id)
+                        && waiting.get().connection == connection
                     {
-                        let _ = waiting.reply.send(answer.committed.map(Committed::from));
+                        let reply = waiting.remove().reply;
+                        let _ = reply.send(answer.committed.map(Committed::from));
                     }
                 }
             }

@@ -23,9 +23,8 @@
 //!   two, each paying a transaction and its turn at the store's commit order: 0.6-0.9x the
 //!   decisions, 1.5x the server CPU per decision.
 
-use std::collections::HashSet;
-
-use crate::event::{Event, Tag};
+use crate::event::Event;
+use crate::event_index::EventIndex;
 use crate::query::Query;
 
 use super::job::Job;
@@ -49,10 +48,8 @@ struct Sent {
     keys: Vec<u64>,
     commands: usize,
     events: Vec<Event>,
-    /// Every tag of `events` (fingerprints), to rule most queries out without matching each
-    /// event.
-    tags: HashSet<u64>,
-    types: HashSet<String>,
+    /// To rule most queries out without matching each event.
+    index: EventIndex,
 }
 
 impl Sent {
@@ -61,12 +58,7 @@ impl Sent {
         if query.is_all() {
             return true;
         }
-        let maybe = query.items().iter().any(|item| match item.tags().first() {
-            Some(tag) => self.tags.contains(&tag.fingerprint()),
-            // An item naming nothing matches every event.
-            None => item.types().is_empty() || item.types().iter().any(|t| self.types.contains(t)),
-        });
-        maybe && self.events.iter().any(|e| query.matches(e))
+        self.index.may_match(query) && self.events.iter().any(|e| query.matches(e))
     }
 }
 
@@ -109,11 +101,10 @@ impl InFlight {
             keys,
             commands,
             events: events.to_vec(),
-            tags: events
-                .iter()
-                .flat_map(|e| e.tags().iter().map(Tag::fingerprint))
-                .collect(),
-            types: events.iter().map(|e| e.event_type().to_owned()).collect(),
+            index: events.iter().fold(EventIndex::default(), |mut index, e| {
+                index.add(e);
+                index
+            }),
         });
     }
 

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use crate::append::{AppendCondition, Appended};
 use crate::error::{AppendError, StoreError};
-use crate::event::{Event, Position, Tag};
+use crate::event::{Event, Position};
+use crate::event_index::EventIndex;
 use crate::metrics as names;
 
 use super::linger::{LINGER, Linger};
@@ -307,17 +308,14 @@ fn take_independent(pending: &mut VecDeque<Request>, max: usize) -> Vec<Request>
 #[derive(Default)]
 struct BatchIndex {
     ids: HashSet<Uuid>,
-    /// Fingerprints of the taken events' tags.
-    tags: HashSet<u64>,
-    types: HashSet<String>,
+    events: EventIndex,
 }
 
 impl BatchIndex {
     fn add(&mut self, request: &Request) {
         for e in &request.events {
             self.ids.insert(e.id());
-            self.types.insert(e.event_type().to_owned());
-            self.tags.extend(e.tags().iter().map(Tag::fingerprint));
+            self.events.add(e);
         }
     }
 
@@ -332,15 +330,7 @@ impl BatchIndex {
         if taken.is_empty() {
             return false;
         }
-        if query.is_all() {
-            return true;
-        }
-        let may_match = query.items().iter().any(|item| match item.tags().first() {
-            Some(tag) => self.tags.contains(&tag.fingerprint()),
-            // An item naming nothing matches every event.
-            None => item.types().is_empty() || item.types().iter().any(|t| self.types.contains(t)),
-        });
-        may_match
+        self.events.may_match(query)
             && taken
                 .iter()
                 .flat_map(|t| &t.events)
