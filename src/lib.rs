@@ -25,6 +25,7 @@ pub mod error;
 mod event;
 mod event_index;
 mod limits;
+mod lines;
 pub mod local;
 pub mod metrics;
 mod migrate;

@@ -79,6 +79,12 @@ pub const OWNED_KEYS: &str = "dcb_owned_keys";
 /// Counter: waits of a lone append for company in the appender while other processes write to
 /// the store, by `outcome`: `company` (another append came within 1 ms), `alone`.
 pub const APPEND_LINGERS_TOTAL: &str = "dcb_append_lingers_total";
+/// Counter: appends this process sent to the appender its store's processes elected, by
+/// `outcome`: `written` (it answered), `failed` (no answer: this process wrote them itself, under
+/// the same append ids). Only with `PostgresStoreBuilder::shared_appender`.
+pub const APPENDS_SENT_TOTAL: &str = "dcb_appends_sent_total";
+/// Counter: times this process became the appender its store's processes write through.
+pub const APPEND_LEADERSHIPS_TOTAL: &str = "dcb_append_leaderships_total";
 /// Every metric name, for checks that an exposition is complete.
 pub const ALL: &[&str] = &[
     COMMANDS_TOTAL,
@@ -109,6 +115,8 @@ pub const ALL: &[&str] = &[
     OWNERSHIPS_TOTAL,
     OWNED_KEYS,
     APPEND_LINGERS_TOTAL,
+    APPENDS_SENT_TOTAL,
+    APPEND_LEADERSHIPS_TOTAL,
 ];
 
 /// Where [`install_prometheus`] listens unless told otherwise: loopback only.

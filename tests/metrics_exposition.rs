@@ -55,6 +55,8 @@ const COUNTERS: &[&str] = &[
     names::FORWARDED_COMMANDS_SERVED_TOTAL,
     names::OWNERSHIPS_TOTAL,
     names::APPEND_LINGERS_TOTAL,
+    names::APPENDS_SENT_TOTAL,
+    names::APPEND_LEADERSHIPS_TOTAL,
 ];
 /// Every `outcome` of `dcb_commands_total`.
 const OUTCOMES: &[&str] = &[

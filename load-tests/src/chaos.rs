@@ -35,6 +35,9 @@ pub(crate) enum Chaos {
     /// With --processes 2 or more: SIGKILLs, once, a third into the run, the process then
     /// holding a turn on a key contended by several processes (as `pg_locks` shows it).
     KillOwner,
+    /// With --processes 2 or more: SIGKILLs, once, a third into the run, the process then
+    /// writing every process's appends (the elected appender, as `pg_locks` shows it).
+    KillAppender,
 }
 
 /// Session settings `--chaos timeouts` puts on the run's database.
@@ -69,7 +72,10 @@ impl Injector {
                 Chaos::KillConnections => Duration::from_secs(1),
                 Chaos::Restart => (run_for / 3).max(Duration::from_secs(2)),
                 // The parent of the processes kills one (see `processes.rs`).
-                Chaos::PoolStarvation | Chaos::Timeouts | Chaos::KillOwner => return Ok(()),
+                Chaos::PoolStarvation
+                | Chaos::Timeouts
+                | Chaos::KillOwner
+                | Chaos::KillAppender => return Ok(()),
             };
             let started = tokio::time::Instant::now();
             let mut ticks = tokio::time::interval_at(started + period, period);
@@ -102,7 +108,10 @@ impl Injector {
                         tokio::task::spawn_blocking(move || server.restart()).await??;
                         count.fetch_add(1, Ordering::Relaxed);
                     }
-                    Chaos::PoolStarvation | Chaos::Timeouts | Chaos::KillOwner => {}
+                    Chaos::PoolStarvation
+                    | Chaos::Timeouts
+                    | Chaos::KillOwner
+                    | Chaos::KillAppender => {}
                 }
             }
         });
@@ -150,7 +159,7 @@ pub(crate) struct Accounting {
     /// Commands that answered an error but whose event is stored (their outcome was unknown
     /// to them; a re-execution with the same key would answer the commit).
     pub(crate) unacknowledged_stored: i64,
-    /// Under `--chaos kill-owner`: events stored by the killed process's commands (their ids
+    /// Under `--chaos kill-owner` or `kill-appender`: events stored by the killed process's commands (their ids
     /// are those its callers' keys give; it could not report what it sent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) killed_process_stored: Option<i64>,
@@ -246,6 +255,42 @@ pub(crate) async fn turn_holder(
                    AND l.objsubid = 2 AND l.granted AND a.datname = current_database() \
                    AND a.application_name LIKE 'dcb-load-p%' \
                  ORDER BY l.classid = 1145258575 DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        if let Some(name) = row.map(|r| r.get::<_, String>(0)) {
+            break name.strip_prefix("dcb-load-p").and_then(|i| i.parse().ok());
+        }
+    };
+    drop(client);
+    let _ = connection.await;
+    Ok(found)
+}
+
+/// Waits, from `from` until `until`, for a process of the run to be the elected appender (the
+/// holder of the leader's lock, `store/postgres/leader.rs`); which one, if any was.
+pub(crate) async fn appender(
+    url: &str,
+    from: Duration,
+    until: Duration,
+) -> anyhow::Result<Option<usize>> {
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep_until(started + from).await;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let mut polls = tokio::time::interval(Duration::from_millis(5));
+    let found = loop {
+        polls.tick().await;
+        if started.elapsed() >= until {
+            break None;
+        }
+        // 'DCBL', 0: the leader's lock.
+        let row = client
+            .query_opt(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.classid = 1145258572 AND l.objid = 0 \
+                   AND l.objsubid = 2 AND l.granted AND a.datname = current_database() \
+                   AND a.application_name LIKE 'dcb-load-p%' LIMIT 1",
                 &[],
             )
             .await?;

@@ -88,6 +88,11 @@ pub(crate) struct RunArgs {
     /// for comparison.
     #[arg(long)]
     pub(crate) turns_only: bool,
+    /// Each process writes its own appends (each transaction then carries one process's), instead
+    /// of the processes electing one appender that writes them all (`shared_appender`), for
+    /// comparison.
+    #[arg(long)]
+    pub(crate) own_appends: bool,
     /// Seed of the callers' random choices (default: random, printed in the report).
     #[arg(long)]
     pub(crate) seed: Option<u64>,

@@ -30,8 +30,12 @@ pub(crate) async fn measure(
         args.processes
     );
     anyhow::ensure!(
-        args.chaos != Some(Chaos::KillOwner) || args.processes >= 2,
-        "--chaos kill-owner kills one of --processes: give --processes 2 or more"
+        !matches!(args.chaos, Some(Chaos::KillOwner | Chaos::KillAppender)) || args.processes >= 2,
+        "--chaos kill-owner and kill-appender kill one of --processes: give --processes 2 or more"
+    );
+    anyhow::ensure!(
+        args.chaos != Some(Chaos::KillAppender) || !args.own_appends,
+        "--chaos kill-appender kills the appender the processes elect: not with --own-appends"
     );
     let own_server = args.chaos == Some(Chaos::Restart);
     let run =

@@ -47,6 +47,9 @@ pub(crate) async fn run_children(
         if args.turns_only {
             cmd.arg("--turns-only");
         }
+        if args.own_appends {
+            cmd.arg("--own-appends");
+        }
         if let Some(chaos) = args.chaos {
             let name =
                 clap::ValueEnum::to_possible_value(&chaos).expect("every chaos kind has a name");
@@ -71,18 +74,32 @@ pub(crate) async fn run_children(
     }
     eprintln!("{} process(es) running", children.len());
     let mut killed = None;
-    if args.chaos == Some(Chaos::KillOwner) {
-        let holder = chaos::turn_holder(url, args.duration / 3, args.duration).await?;
-        let index = holder.ok_or_else(|| {
-            anyhow::anyhow!(
-                "--chaos kill-owner: no process held a turn on a contended key during the run \
-                 (nothing to kill: is the scenario contended across processes?)"
-            )
-        })?;
+    let victim = match args.chaos {
+        Some(Chaos::KillOwner) => {
+            let holder = chaos::turn_holder(url, args.duration / 3, args.duration).await?;
+            Some(holder.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--chaos kill-owner: no process held a turn on a contended key during the \
+                     run (nothing to kill: is the scenario contended across processes?)"
+                )
+            })?)
+        }
+        Some(Chaos::KillAppender) => {
+            let holder = chaos::appender(url, args.duration / 3, args.duration).await?;
+            Some(holder.ok_or_else(|| {
+                anyhow::anyhow!("--chaos kill-appender: no process was elected appender")
+            })?)
+        }
+        _ => None,
+    };
+    if let Some(index) = victim {
         children[index].start_kill()?;
-        eprintln!(
-            "chaos: killed process {index} (SIGKILL) while it owned, or held a turn on, a contended key"
-        );
+        let what = if args.chaos == Some(Chaos::KillOwner) {
+            "it owned, or held a turn on, a contended key"
+        } else {
+            "it wrote every process's appends"
+        };
+        eprintln!("chaos: killed process {index} (SIGKILL) while {what}");
         killed = Some(Killed {
             process: index,
             callers: usize::try_from(split(args.concurrency as u64, args.processes, index))?,

@@ -42,6 +42,7 @@ pub(crate) struct Report {
     /// Turns on keys contended by several processes, summed over the processes.
     pub(crate) leases: Leases,
     pub(crate) forwarded: Forwarded,
+    pub(crate) shared_appender: SharedAppender,
     /// What each process did, in process order.
     pub(crate) per_process: Vec<ProcessFigures>,
     /// Failed store operations, transient ones (retried) included: `dcb_store_errors_total`.
@@ -154,6 +155,17 @@ pub(crate) struct Forwarded {
     pub(crate) no_answer: u64,
     /// Run for another process, as the owner of their key.
     pub(crate) served: u64,
+}
+
+/// `dcb_appends_sent_total` by outcome, and `dcb_append_leaderships_total`, over the run.
+#[derive(Serialize, Debug, Default, Clone, Copy)]
+pub(crate) struct SharedAppender {
+    /// Sent to the elected appender and written by it.
+    pub(crate) written: u64,
+    /// Sent, not answered: written by their own process.
+    pub(crate) failed: u64,
+    /// Times a process became the elected appender.
+    pub(crate) leaderships: u64,
 }
 
 /// One process's part of the run.
@@ -276,6 +288,11 @@ impl Report {
             no_answer: whole(m.forwarded_no_answer),
             served: whole(m.forwarded_served),
         };
+        self.shared_appender = SharedAppender {
+            written: whole(m.sent_written),
+            failed: whole(m.sent_failed),
+            leaderships: whole(m.leaderships),
+        };
         self.retries = whole(m.retries);
         self.store_errors = whole(m.store_errors);
         self.conflict_rate = m.conflict_rate();
@@ -370,6 +387,18 @@ impl fmt::Display for Report {
                 f,
                 "forwarded           {committed} committed by the key's owner, {run_here} run here \
                  after its answer, {no_answer} run here without one; {served} served as owner"
+            )?;
+        }
+        let SharedAppender {
+            written,
+            failed,
+            leaderships,
+        } = self.shared_appender;
+        if written + failed > 0 {
+            writeln!(
+                f,
+                "shared appender     {written} appends written by the elected appender, {failed} \
+                 here without its answer; {leaderships} leadership(s) taken"
             )?;
         }
         if self.per_process.len() > 1 {

@@ -1,6 +1,7 @@
 //! Running one process's share of a run: its callers, its runtime, its counts.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -38,6 +39,12 @@ pub(crate) async fn run_share(
             .pool_size(chaos::STARVED_POOL)
             .wait_timeout(chaos::STARVED_WAIT),
         _ => PostgresStore::builder(&store_url).pool_size(args.actors + 4),
+    };
+    let store = if args.own_appends {
+        store
+    } else {
+        // One transaction for the appends of every process (with one process: itself).
+        store.shared_appender(SocketAddr::from(([127, 0, 0, 1], 0)))
     }
     .connect()
     .await?;

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 
 use dcb_runtime::metrics::{
     APPEND_ATTEMPTS_TOTAL, APPEND_BATCH_SIZE, APPEND_CONFLICTS_TOTAL, APPEND_DURATION_SECONDS,
-    COMMAND_RETRIES_TOTAL, FORWARDED_COMMANDS_SERVED_TOTAL, FORWARDED_COMMANDS_TOTAL, LEASES_TOTAL,
-    READ_DURATION_SECONDS, STORE_ERRORS_TOTAL,
+    APPEND_LEADERSHIPS_TOTAL, APPENDS_SENT_TOTAL, COMMAND_RETRIES_TOTAL,
+    FORWARDED_COMMANDS_SERVED_TOTAL, FORWARDED_COMMANDS_TOTAL, LEASES_TOTAL, READ_DURATION_SECONDS,
+    STORE_ERRORS_TOTAL,
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,14 @@ pub(crate) struct Snapshot {
     pub(crate) forwarded_no_answer: f64,
     #[serde(default)]
     pub(crate) forwarded_served: f64,
+    /// Appends sent to the elected appender (`dcb_appends_sent_total`), by outcome, and the
+    /// times a process became it (`dcb_append_leaderships_total`).
+    #[serde(default)]
+    pub(crate) sent_written: f64,
+    #[serde(default)]
+    pub(crate) sent_failed: f64,
+    #[serde(default)]
+    pub(crate) leaderships: f64,
 }
 
 impl Snapshot {
@@ -106,6 +115,9 @@ impl Snapshot {
                 Some(("outcome", "no_answer")),
             ),
             forwarded_served: counter_sum(&text, FORWARDED_COMMANDS_SERVED_TOTAL, None),
+            sent_written: counter_sum(&text, APPENDS_SENT_TOTAL, Some(("outcome", "written"))),
+            sent_failed: counter_sum(&text, APPENDS_SENT_TOTAL, Some(("outcome", "failed"))),
+            leaderships: counter_sum(&text, APPEND_LEADERSHIPS_TOTAL, None),
         }
     }
 
@@ -131,6 +143,9 @@ impl Snapshot {
             forwarded_run_here: self.forwarded_run_here - earlier.forwarded_run_here,
             forwarded_no_answer: self.forwarded_no_answer - earlier.forwarded_no_answer,
             forwarded_served: self.forwarded_served - earlier.forwarded_served,
+            sent_written: self.sent_written - earlier.sent_written,
+            sent_failed: self.sent_failed - earlier.sent_failed,
+            leaderships: self.leaderships - earlier.leaderships,
         }
     }
 
@@ -156,6 +171,9 @@ impl Snapshot {
             forwarded_run_here: self.forwarded_run_here + other.forwarded_run_here,
             forwarded_no_answer: self.forwarded_no_answer + other.forwarded_no_answer,
             forwarded_served: self.forwarded_served + other.forwarded_served,
+            sent_written: self.sent_written + other.sent_written,
+            sent_failed: self.sent_failed + other.sent_failed,
+            leaderships: self.leaderships + other.leaderships,
         }
     }
 

@@ -260,6 +260,64 @@ fn killing_the_process_owning_the_hot_key_loses_nothing_and_the_others_go_on() {
 }
 
 #[test]
+fn killing_the_elected_appender_loses_nothing_and_the_others_go_on() {
+    let r = scenario(
+        "disjoint",
+        &[
+            "--processes",
+            "3",
+            "--chaos",
+            "kill-appender",
+            "--duration",
+            "4s",
+        ],
+    );
+    assert_eq!(r["chaos"], "kill-appender", "{r}");
+    let killed = r["per_process"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["killed"] == true)
+        .count();
+    assert_eq!(killed, 1, "{r}");
+    // Before the kill the survivors had the appender write their appends.
+    assert!(r["shared_appender"]["written"].as_u64().unwrap() > 0, "{r}");
+    // Its lock ended with its session: a survivor was elected (the killed one's figures are
+    // lost with it, so these are the survivors' own).
+    assert!(
+        r["shared_appender"]["leaderships"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
+    // Every acknowledged command stored, once: what the killed appender had not answered was
+    // written by its own process under the same append id.
+    assert!(r["acknowledged"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["acknowledged"], r["committed"], "{r}");
+    assert_eq!(r["acknowledged_missing"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(
+        r["events_in_store"].as_i64().unwrap(),
+        r["committed"].as_i64().unwrap() + r["killed_process_stored"].as_i64().unwrap(),
+        "{r}"
+    );
+    // No survivor waited near its deadline, and they committed every second after the kill.
+    let max_ms = r["latency_ms"]["max"].as_f64().unwrap();
+    assert!(max_ms < 2_500.0, "a survivor waited {max_ms} ms: {r}");
+    let after_kill: Vec<f64> = r["timeline"]
+        .as_array()
+        .unwrap()
+        .windows(2)
+        .filter(|w| {
+            let (before, t) = (w[0]["t_s"].as_f64().unwrap(), w[1]["t_s"].as_f64().unwrap());
+            t > 2.0 && t - before > 0.5
+        })
+        .map(|w| w[1]["committed_per_s"].as_f64().unwrap())
+        .collect();
+    assert!(!after_kill.is_empty(), "{r}");
+    assert!(after_kill.iter().all(|&c| c > 0.0), "{after_kill:?}: {r}");
+}
+
+#[test]
 fn kill_owner_needs_several_processes() {
     let output = load_tests()
         .args(["invoice", "--duration", "1s", "--chaos", "kill-owner"])

@@ -1,11 +1,13 @@
 //! The PostgreSQL store: reads by index, appends through a group committer.
 
 mod group_commit;
+mod leader;
 mod linger;
 mod read_sql;
 mod session;
 mod warm_up;
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,8 @@ struct Inner {
     config: tokio_postgres::Config,
     limits: Limits,
     committer: GroupCommitter,
+    /// This process's part in electing one appender for all processes, when it takes part.
+    _leadership: Option<leader::Leadership>,
     wakeups: std::sync::OnceLock<crate::subscription::Wakeups>,
 }
 
@@ -65,6 +69,7 @@ pub struct PostgresStoreBuilder {
     max_batch: usize,
     migrate: bool,
     warm_connections: usize,
+    shared_appender: Option<SocketAddr>,
 }
 
 /// Shows the URL without its password.
@@ -79,6 +84,7 @@ impl std::fmt::Debug for PostgresStoreBuilder {
             .field("max_batch", &self.max_batch)
             .field("migrate", &self.migrate)
             .field("warm_connections", &self.warm_connections)
+            .field("shared_appender", &self.shared_appender)
             .finish()
     }
 }
@@ -95,6 +101,7 @@ impl PostgresStore {
             max_batch: 256,
             migrate: true,
             warm_connections: 4,
+            shared_appender: None,
         }
     }
 
@@ -196,6 +203,7 @@ impl PostgresStore {
         }
         self.inner
             .committer
+            .submitter()
             .submit(events, payloads, condition, append_id, watch, urgent)
             .await
     }
@@ -247,6 +255,22 @@ impl PostgresStoreBuilder {
     /// fail `connect`.
     pub fn warm_connections(mut self, connections: usize) -> Self {
         self.warm_connections = connections;
+        self
+    }
+
+    /// Makes this store's processes write through one appender (default: each writes its own).
+    ///
+    /// The processes sharing a database elect one (a PostgreSQL session advisory lock); the
+    /// others send it their batches over TCP, to the address it listens on, `bind` here (port 0
+    /// picks a free one; the others must reach it). Its transactions then carry the appends of
+    /// every process, one disk sync for all, where each process's would queue for the store's
+    /// lock, each through a sync of its own. An append the leader did not answer (it died, its
+    /// connection failed, it answered late) is written by its own process under the same
+    /// append id, so nothing is lost or stored twice, and a dead leader is replaced within
+    /// about a quarter of a second. What connects must present a token the leader records in
+    /// the database, so only the roles that may read the store's tables can send appends.
+    pub fn shared_appender(mut self, bind: SocketAddr) -> Self {
+        self.shared_appender = Some(bind);
         self
     }
 
@@ -306,13 +330,24 @@ impl PostgresStoreBuilder {
                 tracing::debug!(error = %e, "could not ready the store's connections");
             }
         }
-        let committer = GroupCommitter::start(pool.clone(), self.max_batch).await?;
+        let (follower, news) = match self.shared_appender {
+            Some(_) => {
+                let (follower, news) = leader::news();
+                (Some(follower), Some(news))
+            }
+            None => (None, None),
+        };
+        let committer = GroupCommitter::start(pool.clone(), self.max_batch, follower).await?;
+        let leadership = self.shared_appender.zip(news).map(|(bind, news)| {
+            leader::Leadership::start(pg.clone(), bind, committer.submitter().clone(), news)
+        });
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 config: pg,
                 limits: self.limits,
                 committer,
+                _leadership: leadership,
                 wakeups: std::sync::OnceLock::new(),
             }),
         })

@@ -29,13 +29,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::{Forwarding, RELEASE_EVERY, locked, wire};
+use crate::lines::read_line_into;
 use crate::runtime::Inner;
 use crate::store::{EventStore, Session};
 
@@ -377,34 +378,6 @@ fn ready<'a>(
     running: &'a mut FuturesUnordered<BoxFuture<'static, Option<String>>>,
 ) -> impl Iterator<Item = String> + 'a {
     std::iter::from_fn(move || running.next().now_or_never().flatten()).flatten()
-}
-
-/// Reads into `line` until a newline, which it drops: `true` when a whole line is there, `false`
-/// at the end of the stream. Cancel-safe: what a cancelled call read stays in `line` for the next
-/// one. A line of more than `longest` bytes with its newline is an error (the peer is not one of
-/// ours).
-async fn read_line_into<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    line: &mut Vec<u8>,
-    longest: u64,
-) -> std::io::Result<bool> {
-    loop {
-        let room = longest.saturating_sub(line.len() as u64);
-        if room == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "a forwarding line too long",
-            ));
-        }
-        let read = (&mut *reader).take(room).read_until(b'\n', line).await?;
-        if line.last() == Some(&b'\n') {
-            line.pop();
-            return Ok(true);
-        }
-        if read == 0 {
-            return Ok(false);
-        }
-    }
 }
 
 /// Gives back, every [`RELEASE_EVERY`], the keys whose lease lapsed.

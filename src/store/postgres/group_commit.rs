@@ -26,6 +26,7 @@ use crate::event::{Event, Position};
 use crate::event_index::EventIndex;
 use crate::metrics as names;
 
+use super::leader::{Follower, LeaderWatch, Returned};
 use super::linger::{LINGER, Linger};
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
@@ -34,48 +35,72 @@ const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_
     $15, $16, $17, $18, $19) AS a";
 
 /// A request's outcome, and which of its watched turn locks another session holds.
-type Answer = (Result<Appended, AppendError>, Vec<i32>);
+pub(super) type Answer = (Result<Appended, AppendError>, Vec<i32>);
 
-struct Request {
-    events: Vec<Event>,
-    payloads: Vec<String>,
-    condition: Option<AppendCondition>,
+pub(super) struct Request {
+    pub(super) events: Vec<Event>,
+    pub(super) payloads: Vec<String>,
+    pub(super) condition: Option<AppendCondition>,
     /// See [`crate::EventStore::append_as`].
-    append_id: Option<Uuid>,
+    pub(super) append_id: Option<Uuid>,
     /// Turn locks (V6) to look at: the answer says which another session holds (V7).
-    watch: Vec<i32>,
+    pub(super) watch: Vec<i32>,
     /// Others wait for its answer: it never waits for company (see `linger.rs`).
     urgent: bool,
-    reply: oneshot::Sender<Answer>,
+    pub(super) reply: oneshot::Sender<Answer>,
     /// Held until the request is answered or dropped.
     _slot: OwnedSemaphorePermit,
 }
 
 /// The store's handle on its appender actor.
 pub(super) struct GroupCommitter {
+    submitter: Submitter,
+}
+
+/// Hands appends to the appender.
+#[derive(Clone)]
+pub(super) struct Submitter {
     appender: ActorRef<AppenderMsg>,
     slots: Arc<Semaphore>,
 }
 
 impl GroupCommitter {
     /// Starts the appender; it stops when this handle (the last clone of the store) is dropped.
-    pub(super) async fn start(pool: Pool, max_batch: usize) -> Result<Self, StoreError> {
+    /// With a `follower`'s watch, it has the elected appender of the store's processes write its batches
+    /// when there is one (`leader.rs`).
+    pub(super) async fn start(
+        pool: Pool,
+        max_batch: usize,
+        follower: Option<LeaderWatch>,
+    ) -> Result<Self, StoreError> {
         // Series from the start: "no wait yet", not "no data".
         for outcome in ["company", "alone"] {
             metrics::counter!(names::APPEND_LINGERS_TOTAL, "outcome" => outcome).increment(0);
         }
-        let (appender, _) = Actor::spawn(None, Appender { pool, max_batch }, ())
+        for outcome in ["written", "failed"] {
+            metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => outcome).increment(0);
+        }
+        metrics::counter!(names::APPEND_LEADERSHIPS_TOTAL).increment(0);
+        let (appender, _) = Actor::spawn(None, Appender { pool, max_batch }, follower)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "could not start the appender");
                 StoreError::Closed
             })?;
         Ok(Self {
-            appender,
-            slots: Arc::new(Semaphore::new(max_batch * 4)),
+            submitter: Submitter {
+                appender,
+                slots: Arc::new(Semaphore::new(max_batch * 4)),
+            },
         })
     }
 
+    pub(super) fn submitter(&self) -> &Submitter {
+        &self.submitter
+    }
+}
+
+impl Submitter {
     /// Queues one validated append and waits for its own outcome, and for which of the turn
     /// locks in `watch` another session held when it was written. Waits first for room when
     /// `max_batch * 4` appends are already queued (backpressure). `urgent`: others wait for it.
@@ -88,8 +113,29 @@ impl GroupCommitter {
         watch: Vec<i32>,
         urgent: bool,
     ) -> Answer {
+        match self
+            .enqueue(events, payloads, condition, append_id, watch, urgent)
+            .await
+        {
+            Ok(outcome) => outcome.await,
+            Err(closed) => closed,
+        }
+    }
+
+    /// [`Self::submit`] in two steps: queues the append (waiting for room), then returns what
+    /// waits for its outcome. Appends queued one after the other are taken in that order.
+    pub(super) async fn enqueue(
+        &self,
+        events: Vec<Event>,
+        payloads: Vec<String>,
+        condition: Option<AppendCondition>,
+        append_id: Option<Uuid>,
+        watch: Vec<i32>,
+        urgent: bool,
+    ) -> Result<impl Future<Output = Answer> + use<>, Answer> {
+        let closed = || (Err(StoreError::Closed.into()), Vec::new());
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
-            return (Err(StoreError::Closed.into()), Vec::new());
+            return Err(closed());
         };
         let (reply, outcome) = oneshot::channel();
         let request = Request {
@@ -107,18 +153,20 @@ impl GroupCommitter {
             .send_message(AppenderMsg::Append(request))
             .is_err()
         {
-            return (Err(StoreError::Closed.into()), Vec::new());
+            return Err(closed());
         }
         // The appender took the request and stopped before answering: committed or not, unknown.
-        outcome
-            .await
-            .unwrap_or_else(|_| (Err(StoreError::AnswerLost.into()), Vec::new()))
+        Ok(async move {
+            outcome
+                .await
+                .unwrap_or_else(|_| (Err(StoreError::AnswerLost.into()), Vec::new()))
+        })
     }
 }
 
 impl Drop for GroupCommitter {
     fn drop(&mut self) {
-        self.appender.stop(None);
+        self.submitter.appender.stop(None);
     }
 }
 
@@ -134,6 +182,8 @@ enum AppenderMsg {
     Flush,
     /// The wait of a lone request for company is over (the number tells which wait).
     LingerOver(u64),
+    /// A batch sent to the elected appender that it did not answer: written here, now.
+    Returned(Vec<Request>),
 }
 
 struct AppenderState {
@@ -148,6 +198,8 @@ struct AppenderState {
     /// The wait of a lone request for company, under way (see `linger.rs`).
     lingering: Option<u64>,
     lingered: u64,
+    /// Sends batches to the appender elected by the store's processes, when another one is.
+    follower: Option<Follower>,
 }
 
 impl AppenderState {
@@ -163,13 +215,20 @@ impl AppenderState {
 impl Actor for Appender {
     type Msg = AppenderMsg;
     type State = AppenderState;
-    type Arguments = ();
+    type Arguments = Option<LeaderWatch>;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        _args: (),
+        myself: ActorRef<Self::Msg>,
+        leader: Option<LeaderWatch>,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let follower = leader.map(|leader| {
+            let returned: Returned = Arc::new(move |batch| {
+                // Gone: the requests' callers learn the answer is lost.
+                let _ = myself.send_message(AppenderMsg::Returned(batch));
+            });
+            Follower::new(leader, returned)
+        });
         Ok(AppenderState {
             pending: VecDeque::with_capacity(self.max_batch),
             flush_scheduled: false,
@@ -177,6 +236,7 @@ impl Actor for Appender {
             linger: Linger::default(),
             lingering: None,
             lingered: 0,
+            follower,
         })
     }
 
@@ -210,6 +270,9 @@ impl Actor for Appender {
                     self.write(state).await;
                 }
             }
+            AppenderMsg::Returned(batch) => {
+                commit_and_answer(&self.pool, batch).await;
+            }
             AppenderMsg::LingerOver(wait) => {
                 if state.lingering == Some(wait) {
                     state.lingering = None;
@@ -226,7 +289,13 @@ impl Actor for Appender {
 impl Appender {
     /// Commits a batch of what is pending.
     async fn write(&self, state: &mut AppenderState) {
-        let batch = take_independent(&mut state.pending, state.limit);
+        let mut batch = take_independent(&mut state.pending, state.limit);
+        if let Some(follower) = &mut state.follower {
+            match follower.send(batch).await {
+                Ok(()) => return,
+                Err(unsent) => batch = unsent,
+            }
+        }
         match commit_and_answer(&self.pool, batch).await {
             Some(stored) => {
                 state.limit = (state.limit + 1).min(self.max_batch);

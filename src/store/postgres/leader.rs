@@ -1,0 +1,559 @@
+//! One appender for every process of a store: the processes elect one, and the others send it
+//! their batches, so that one transaction, and one disk sync, carries the appends of all of them.
+//!
+//! Why: `dcb_append` serialises every writer with one lock held until its commit is on disk
+//! (positions follow commit order). Each process's appender writes its own batches, so with four
+//! processes four transactions follow each other through that lock where one process writes one,
+//! each a quarter of the size: `disjoint` at 4 processes ran at 0.67-0.74x of one process, its
+//! writers waiting for the lock half the time, the holder in its disk sync more than half of its
+//! (sampled in `pg_stat_activity`).
+//!
+//! - **Election**: each process holds a session of its own that tries, every [`RECHECK`], the
+//!   session advisory lock `('DCBL', 0)`. Whoever holds it is the leader; the lock ends with its
+//!   session, so a leader that dies (even by SIGKILL: its socket closes, the server ends the
+//!   session) is replaced within about [`RECHECK`]. No consensus of our own: PostgreSQL's lock.
+//! - **Where**: the session records its address and token in `dcb_forward_tokens` by its pid
+//!   (V9, V10) before it tries the lock: only roles that may read the database's tables learn the
+//!   token, so only they can send appends. The session keeps the store's `application_name`.
+//! - **Sending**: a follower's appender sends a batch as one line of JSON and waits for the
+//!   answers' line; the leader submits each append to its own appender, where they join its
+//!   batches. One batch at a time per follower, so a follower's later batches see its earlier
+//!   ones committed, as when it writes them itself.
+//! - **Nothing depends on it**: whatever goes wrong (no leader, a connection lost, an answer late
+//!   by [`ANSWER_WAIT`], the leader's transaction failed), the follower writes the batch itself,
+//!   under the same append ids, which `dcb_append` recognises: an append the leader did store
+//!   answers as a re-send, with its positions. Nothing is stored twice, nothing lost.
+
+mod wire;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, join_all};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use super::group_commit::{Answer, Request, Submitter};
+use super::session::Session;
+use crate::lines::read_line_into;
+use crate::metrics as names;
+use wire::{WireAnswer, WireAppend, WireEvent};
+
+/// The key space of the leader's lock: 'DCBL'.
+const LEADER_SPACE: i32 = 0x4443_424C;
+
+/// How often a follower tries to become the leader, and looks up where the leader is.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// How long a connection has to present its token, and a follower to connect.
+const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a follower waits for a batch's answers before writing the batch itself. Longer than
+/// a busy leader's transaction; a leader that died closes its socket and is noticed at once.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a write may wait for the peer to read before the connection closes.
+const WRITE_WAIT: Duration = Duration::from_millis(500);
+
+/// The longest batch line taken (appends are validated against the store's limits before;
+/// this only bounds what one connection can make the leader hold).
+const MAX_LINE: u64 = 256 * 1024 * 1024;
+
+/// Where the leader takes appends, and the token it asks of who connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    socket: String,
+    token: String,
+}
+
+impl Target {
+    fn parse(socket: &str, token: &str) -> Option<Self> {
+        (!socket.is_empty() && !token.is_empty()).then(|| Self {
+            socket: socket.to_owned(),
+            token: token.to_owned(),
+        })
+    }
+}
+
+/// This process's part in the election; it leaves it when dropped (its session ends, and with
+/// it the leader's lock, if it held it).
+pub(super) struct Leadership {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A follower's side: where the leader is, and the connection to it.
+pub(super) struct Follower {
+    leader: watch::Receiver<Option<Target>>,
+    link: Option<Link>,
+    returned: Returned,
+}
+
+/// The election's news: the leader's address while another process leads.
+pub(super) struct LeaderNews(watch::Sender<Option<Target>>);
+
+/// What a follower learns of the election.
+pub(super) struct LeaderWatch(watch::Receiver<Option<Target>>);
+
+/// The two ends of the election's news, before anyone is elected.
+pub(super) fn news() -> (LeaderWatch, LeaderNews) {
+    let (news, leader) = watch::channel(None);
+    (LeaderWatch(leader), LeaderNews(news))
+}
+
+impl Leadership {
+    /// Takes part in the election on the database of `config`, taking appends on `bind` while
+    /// leading and writing them through `submitter`; tells the follower where the leader is.
+    pub(super) fn start(
+        config: tokio_postgres::Config,
+        bind: SocketAddr,
+        submitter: Submitter,
+        news: LeaderNews,
+    ) -> Self {
+        Self {
+            task: tokio::spawn(run(config, bind, submitter, news.0)),
+        }
+    }
+}
+
+async fn run(
+    config: tokio_postgres::Config,
+    bind: SocketAddr,
+    submitter: Submitter,
+    news: watch::Sender<Option<Target>>,
+) {
+    let listener = match TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, %bind, "cannot take appends of other processes: no listener");
+            return;
+        }
+    };
+    let Ok(socket) = listener.local_addr() else {
+        return;
+    };
+    let me = Target {
+        socket: socket.to_string(),
+        token: Uuid::new_v4().simple().to_string(),
+    };
+    // Dropped (and so aborted) with this task.
+    let mut accepting = JoinSet::new();
+    accepting.spawn(accept(listener, me.token.clone(), submitter));
+    let mut failures = 0u32;
+    loop {
+        match elect(&config, &me, &news).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(error = %e, "the appender election's session failed");
+            }
+        }
+        news.send_replace(None);
+        tokio::time::sleep(Duration::from_millis(50u64 << failures.min(5))).await;
+    }
+}
+
+/// Opens this process's election session and, on it, leads or follows until it ends.
+async fn elect(
+    config: &tokio_postgres::Config,
+    me: &Target,
+    news: &watch::Sender<Option<Target>>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = Session::config(config).connect(NoTls).await?;
+    let mut connection = std::pin::pin!(connection);
+    let work = async {
+        // Before this session can hold the lock: whoever finds it leading finds where it is.
+        client
+            .execute(
+                "WITH gone AS (DELETE FROM dcb_forward_tokens \
+                               WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)) \
+                 INSERT INTO dcb_forward_tokens (pid, token, address) \
+                 VALUES (pg_backend_pid(), $1, $2) \
+                 ON CONFLICT (pid) DO UPDATE \
+                 SET token = EXCLUDED.token, address = EXCLUDED.address, recorded_at = now()",
+                &[&me.token, &me.socket],
+            )
+            .await?;
+        let look_up = client
+            .prepare(
+                "SELECT pg_try_advisory_lock($1, 0), \
+                        (SELECT ARRAY[t.address, t.token] FROM pg_locks l \
+                           JOIN dcb_forward_tokens t ON t.pid = l.pid \
+                         WHERE l.locktype = 'advisory' AND l.objsubid = 2 \
+                           AND l.database = (SELECT oid FROM pg_database \
+                                             WHERE datname = current_database()) \
+                           AND l.classid::bigint = $1::bigint AND l.objid = 0 \
+                           AND l.granted AND l.pid <> pg_backend_pid() \
+                           AND t.address IS NOT NULL LIMIT 1)",
+            )
+            .await?;
+        loop {
+            let row = client.query_one(&look_up, &[&LEADER_SPACE]).await?;
+            if row.try_get::<_, bool>(0)? {
+                news.send_replace(None);
+                metrics::counter!(names::APPEND_LEADERSHIPS_TOTAL).increment(1);
+                tracing::debug!(address = %me.socket, "this process writes every process's appends");
+                // Leads as long as the session lasts.
+                return std::future::pending().await;
+            }
+            let holder: Option<Vec<String>> = row.try_get(1)?;
+            let leader = holder.and_then(|h| Target::parse(h.first()?, h.get(1)?));
+            news.send_if_modified(|known| {
+                let changed = *known != leader;
+                known.clone_from(&leader);
+                changed
+            });
+            tokio::time::sleep(RECHECK).await;
+        }
+    };
+    tokio::select! {
+        worked = work => worked,
+        ended = &mut connection => ended,
+    }
+}
+
+/// Takes followers' connections.
+async fn accept(listener: TcpListener, token: String, submitter: Submitter) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve(stream, token.clone(), submitter.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, say: try again shortly rather than spin.
+                    tracing::debug!(error = %e, "could not accept a follower's connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// A follower's connection: its token first, then batches, each answered on it.
+async fn serve(stream: TcpStream, token: String, submitter: Submitter) {
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    // No longer than the token: an unauthenticated peer gets no batch-sized buffer.
+    let longest = token.len() as u64 + 1;
+    let presented = tokio::time::timeout(
+        HANDSHAKE_WAIT,
+        read_line_into(&mut reader, &mut line, longest),
+    );
+    if !matches!(presented.await, Ok(Ok(true))) || line != token.as_bytes() {
+        tracing::debug!("a connection without this process's token: closed");
+        return;
+    }
+    line.clear();
+    // Batches are read, and their appends queued, in the order they come, while earlier ones
+    // are written: a follower sends its next batch without waiting for the answers.
+    let mut writing = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            read = read_line_into(&mut reader, &mut line, MAX_LINE) => {
+                if !matches!(read, Ok(true)) {
+                    return;
+                }
+                let Ok(batch) = serde_json::from_slice::<Vec<WireAppend>>(&line) else {
+                    tracing::debug!("a follower's batch that does not parse: closed");
+                    return;
+                };
+                line.clear();
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for append in batch {
+                    outcomes.push(queue_one(&submitter, append).await);
+                }
+                writing.push_back(join_all(outcomes));
+            }
+            Some(answers) = writing.next(), if !writing.is_empty() => {
+                let Ok(mut out) = serde_json::to_vec(&answers) else {
+                    return;
+                };
+                out.push(b'\n');
+                let written = tokio::time::timeout(WRITE_WAIT, write.write_all(&out)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Queues one of a follower's appends with this process's own; what answers it.
+async fn queue_one(submitter: &Submitter, append: WireAppend) -> BoxFuture<'static, WireAnswer> {
+    let mut events = Vec::with_capacity(append.events.len());
+    let mut payloads = Vec::with_capacity(append.events.len());
+    for event in append.events {
+        let Some((event, payload)) = event.into_event() else {
+            return futures::future::ready(WireAnswer::NotWritten).boxed();
+        };
+        events.push(event);
+        payloads.push(payload);
+    }
+    // Urgent: the follower waited for company already, and waits for this answer.
+    let queued = submitter
+        .enqueue(
+            events,
+            payloads,
+            append.condition.map(Into::into),
+            Some(append.append_id),
+            Vec::new(),
+            true,
+        )
+        .await;
+    match queued {
+        Ok(outcome) => outcome.map(|(answer, _)| WireAnswer::from(&answer)).boxed(),
+        Err((answer, _)) => futures::future::ready(WireAnswer::from(&answer)).boxed(),
+    }
+}
+
+/// Where a follower's batches go back when the leader did not answer them: to its appender,
+/// which writes them itself, in the order they were sent.
+pub(super) type Returned = Arc<dyn Fn(Vec<Request>) + Send + Sync>;
+
+/// A batch sent, waiting for its answers.
+struct Sent {
+    batch: Vec<Request>,
+    deadline: Instant,
+}
+
+/// A follower's connection to the leader. Batches go out as soon as they are taken, without
+/// waiting for the answers of those before (the leader's appender keeps them in order and
+/// defers one depending on another to its next transaction); one task reads the answers, in
+/// the order the batches went.
+struct Link {
+    to: Target,
+    writer: OwnedWriteHalf,
+    sent: Arc<Mutex<VecDeque<Sent>>>,
+    /// Tells the reader a batch was sent: it waits for that one's answers no longer than its
+    /// deadline, even if it started waiting before.
+    pushed: Arc<Notify>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Link {
+    async fn open(to: &Target, returned: Returned) -> Option<Self> {
+        let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
+            let mut stream = TcpStream::connect(&to.socket).await?;
+            stream.set_nodelay(true)?;
+            stream
+                .write_all(format!("{}\n", to.token).as_bytes())
+                .await?;
+            Ok::<_, std::io::Error>(stream)
+        })
+        .await;
+        let stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, to = %to.socket, "could not connect to the appender");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let (read, writer) = stream.into_split();
+        let sent = Arc::new(Mutex::new(VecDeque::new()));
+        let pushed = Arc::new(Notify::new());
+        let reader = tokio::spawn(read_answers(
+            BufReader::new(read),
+            sent.clone(),
+            pushed.clone(),
+            returned,
+        ));
+        Some(Self {
+            to: to.clone(),
+            writer,
+            sent,
+            pushed,
+            reader,
+        })
+    }
+
+    /// Whether the link still works: its reader ends when anything fails.
+    fn open_still(&self) -> bool {
+        !self.reader.is_finished()
+    }
+}
+
+/// Answers the batches sent on a link, in order, until the link fails; then gives back every
+/// batch not answered, oldest first.
+async fn read_answers(
+    mut reader: BufReader<OwnedReadHalf>,
+    sent: Arc<Mutex<VecDeque<Sent>>>,
+    pushed: Arc<Notify>,
+    returned: Returned,
+) {
+    let mut line = Vec::new();
+    loop {
+        let deadline = locked(&sent).front().map(|s| s.deadline);
+        // The oldest batch's answers come first; with none sent, only an end can come.
+        let late = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let read = tokio::select! {
+            read = read_line_into(&mut reader, &mut line, MAX_LINE) => read,
+            // Sent meanwhile: wait again, to that batch's deadline (the read keeps what it read).
+            () = pushed.notified() => continue,
+            // Late: the leader is stalled, or swamped.
+            () = late => break,
+        };
+        if !matches!(read, Ok(true)) {
+            break;
+        }
+        let answers: Option<Vec<WireAnswer>> = serde_json::from_slice(&line).ok();
+        line.clear();
+        let Some(Sent { batch, .. }) = locked(&sent).pop_front() else {
+            break; // An answer to nothing sent: not our leader.
+        };
+        let answers: Option<Vec<Answer>> =
+            answers.filter(|a| a.len() == batch.len()).and_then(|a| {
+                a.into_iter()
+                    .map(|a| a.into_result().map(|result| (result, Vec::new())))
+                    .collect()
+            });
+        let Some(answers) = answers else {
+            // Not written (or garbled): this process writes the batch itself.
+            metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "failed")
+                .increment(batch.len() as u64);
+            returned(batch);
+            continue;
+        };
+        metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "written")
+            .increment(batch.len() as u64);
+        for (request, answer) in batch.into_iter().zip(answers) {
+            // The caller may have gone away; its events are stored all the same.
+            let _ = request.reply.send(answer);
+        }
+    }
+    // What comes on this connection no longer matches what was sent: give everything back.
+    let unanswered: Vec<Sent> = locked(&sent).drain(..).collect();
+    for Sent { batch, .. } in unanswered {
+        metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "failed")
+            .increment(batch.len() as u64);
+        returned(batch);
+    }
+}
+
+/// Locks `m`. Nothing panics while it is held, so a poisoned one is still consistent.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Follower {
+    /// A follower that learns where the leader is from `leader`; what it sent and the leader did
+    /// not answer goes to `returned`.
+    pub(super) fn new(leader: LeaderWatch, returned: Returned) -> Self {
+        Self {
+            leader: leader.0,
+            link: None,
+            returned,
+        }
+    }
+
+    /// Has the leader write `batch`: `Ok` once it is sent (its requests are answered when the
+    /// leader answers, or go back through `returned` to be written here if it does not); `Err`
+    /// with the batch when this process leads, no leader is known or it cannot be reached: the
+    /// caller writes it itself. Requests without an append id get one first, so that writing
+    /// them again after the leader did is recognised as a re-send.
+    pub(super) async fn send(&mut self, mut batch: Vec<Request>) -> Result<(), Vec<Request>> {
+        let Some(leader) = self.leader.borrow().clone() else {
+            return Err(batch);
+        };
+        // Which turn locks another session holds is the writing session's view: write here.
+        if batch.is_empty() || batch.iter().any(|r| !r.watch.is_empty()) {
+            return Err(batch);
+        }
+        for request in &mut batch {
+            request.append_id.get_or_insert_with(Uuid::new_v4);
+        }
+        let wire: Vec<WireAppend> = batch
+            .iter()
+            .map(|r| WireAppend {
+                events: r
+                    .events
+                    .iter()
+                    .zip(&r.payloads)
+                    .map(|(e, p)| WireEvent::new(e, p))
+                    .collect(),
+                condition: r.condition.as_ref().map(Into::into),
+                append_id: r.append_id.unwrap_or_default(),
+            })
+            .collect();
+        let Ok(mut line) = serde_json::to_vec(&wire) else {
+            return Err(batch);
+        };
+        line.push(b'\n');
+        if self
+            .link
+            .as_ref()
+            .is_none_or(|l| l.to != leader || !l.open_still())
+        {
+            self.link = Link::open(&leader, self.returned.clone()).await;
+        }
+        let Some(link) = self.link.as_mut() else {
+            return Err(batch);
+        };
+        // Queued before it is written: the answer may come before the write returns.
+        locked(&link.sent).push_back(Sent {
+            batch,
+            deadline: Instant::now() + ANSWER_WAIT,
+        });
+        link.pushed.notify_one();
+        let written = tokio::time::timeout(WRITE_WAIT, link.writer.write_all(&line)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            // The reader gives back everything sent on this link, this batch with it.
+            link.reader.abort();
+            let unanswered: Vec<Sent> = locked(&link.sent).drain(..).collect();
+            self.link = None;
+            for Sent { batch, .. } in unanswered {
+                (self.returned)(batch);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leader_without_an_address_or_a_token_is_none() {
+        assert_eq!(
+            Target::parse("127.0.0.1:4567", "t0k"),
+            Some(Target {
+                socket: "127.0.0.1:4567".to_owned(),
+                token: "t0k".to_owned()
+            })
+        );
+        assert_eq!(Target::parse("", "t0k"), None);
+        assert_eq!(Target::parse("127.0.0.1:4567", ""), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! `PostgresStoreBuilder::shared_appender`: the processes of a store elect one appender and the
+//! others have it write their appends. Shown here with a store whose role may not write events
+//! at all: its appends succeed only through the elected appender, and fail (as its own writes)
+//! once that one is gone. Several OS processes, with the elected one killed by SIGKILL, are in
+//! `load-tests/tests/harness.rs` (`killing_the_elected_appender_loses_nothing_...`).
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use dcb_runtime::testing::TestDatabase;
+use dcb_runtime::tokio_postgres::config::Host;
+use dcb_runtime::{AppendCondition, Event, EventStore, PostgresStore, Query, QueryItem, Tag};
+
+const ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// The test database's connection settings, as `role`.
+fn as_role(url: &str, role: &str, password: &str) -> String {
+    let config = dcb_runtime::tokio_postgres::Config::from_str(url).expect("a test URL");
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let dbname = config.get_dbname().expect("a database name");
+    format!("host={host} port={port} dbname={dbname} user={role} password={password}")
+}
+
+/// Whether some session holds the elected appender's lock ('DCBL', 0).
+async fn elected(db: &TestDatabase) -> bool {
+    db.client()
+        .await
+        .expect("client")
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' \
+               AND classid = 1145258572 AND objid = 0 AND objsubid = 2 AND granted \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            &[],
+        )
+        .await
+        .expect("look")
+        .get(0)
+}
+
+async fn stored(db: &TestDatabase) -> i64 {
+    db.client()
+        .await
+        .expect("client")
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// An append's answer, which must come (a hang fails the test instead of stalling it).
+async fn bounded<T>(append: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), append)
+        .await
+        .expect("an append answered within 30 s")
+}
+
+fn on(key: &str) -> Query {
+    QueryItem::new(["Noted"], [Tag::new("key", key)]).into()
+}
+
+fn noted(key: &str) -> Event {
+    Event::new("Noted", serde_json::json!({ "key": key })).tagged("key", key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_may_not_write_appends_through_the_elected_appender() {
+    let db = TestDatabase::create().await.expect("test database");
+    let leader = PostgresStore::builder(db.url())
+        .shared_appender(ANY_PORT)
+        .connect()
+        .await
+        .expect("leader");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !elected(&db).await {
+        assert!(Instant::now() < deadline, "no appender was elected");
+        tokio::task::yield_now().await;
+    }
+
+    // A role that may read the store and record where it listens, and not write events.
+    let role = db.name().replace("test_", "appends_via_");
+    let password = "via-leader";
+    let admin = db.client().await.expect("client");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT INSERT, UPDATE, DELETE ON dcb_forward_tokens TO {role}"
+        ))
+        .await
+        .expect("role");
+    let follower = PostgresStore::builder(as_role(db.url(), &role, password))
+        .shared_appender(ANY_PORT)
+        .migrate(false)
+        .connect()
+        .await
+        .expect("follower");
+
+    // It learns where the elected appender is within about a quarter of a second; until then
+    // it writes its appends itself, which its role may not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match bounded(follower.append(vec![noted("first")])).await {
+            Ok(appended) => break appended,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "never written by the leader: {e:?}"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    assert!(first.recorded_at.is_some(), "stored now: {first:?}");
+
+    // Many at once, conditional, from many tasks: each written by the leader, each answered
+    // with its own position, conditions honoured.
+    let appends = (0..64).map(|i| {
+        let follower = follower.clone();
+        tokio::spawn(async move {
+            let key = format!("k{i}");
+            let condition = AppendCondition::new(on(&key), None);
+            bounded(follower.append_if(vec![noted(&key)], condition)).await
+        })
+    });
+    let mut positions = Vec::new();
+    for append in futures::future::join_all(appends).await {
+        let appended = append.expect("task").expect("written by the leader");
+        positions.push(appended.first);
+    }
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 64, "each at a position of its own");
+    assert_eq!(stored(&db).await, 65);
+    // A condition the store contradicts fails as it would written here.
+    let stale = AppendCondition::new(on("k1"), None);
+    let refused = bounded(follower.append_if(vec![noted("k1")], stale))
+        .await
+        .expect_err("k1 is stored after the beginning");
+    assert!(refused.is_condition_failed(), "{refused:?}");
+
+    // The leader gone, its appends are the follower's own again: refused by the server, not
+    // lost in a wait.
+    drop(leader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut written_while_closing = 0;
+    let error = loop {
+        match bounded(follower.append(vec![noted("after")])).await {
+            Err(e) => break e,
+            Ok(_) => {
+                // Taken by the leader as it was closing: try again.
+                written_while_closing += 1;
+                assert!(Instant::now() < deadline, "the leader never went away");
+            }
+        }
+    };
+    assert!(
+        format!("{error:?}").contains("permission denied"),
+        "written here, as a role that may not: {error:?}"
+    );
+    assert_eq!(stored(&db).await, 65 + written_while_closing);
+
+    drop(follower);
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .expect("drop role");
+}
