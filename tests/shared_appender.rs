@@ -1,7 +1,7 @@
 //! `PostgresStoreBuilder::shared_appender`: the processes of a store elect one appender and the
-//! others have it write their appends. Shown here with a store whose role may not write events
-//! at all: its appends succeed only through the elected appender, and fail (as its own writes)
-//! once that one is gone. Several OS processes, with the elected one killed by SIGKILL, are in
+//! others, while they write with others, have it write their appends. Shown here with a store
+//! whose role may no longer write events: its appends succeed only through the elected appender,
+//! and fail (as its own writes) once that one is gone. Several OS processes, with the elected one killed by SIGKILL, are in
 //! `load-tests/tests/harness.rs` (`killing_the_elected_appender_loses_nothing_...`).
 
 use std::net::SocketAddr;
@@ -69,8 +69,22 @@ fn noted(key: &str) -> Event {
     Event::new("Noted", serde_json::json!({ "key": key })).tagged("key", key)
 }
 
+/// `leader` and then `follower` append, `n` times: the follower's positions have gaps, as those
+/// of a process writing with others do (which is when it sends its appends to the leader).
+async fn alternating(leader: &PostgresStore, follower: &PostgresStore, n: usize, tag: &str) {
+    for i in 0..n {
+        for (who, store) in [leader, follower].into_iter().enumerate() {
+            let key = format!("{tag}-{who}-{i}");
+            let condition = AppendCondition::new(on(&key), None);
+            bounded(store.append_if(vec![noted(&key)], condition))
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_store_that_may_not_write_appends_through_the_elected_appender() {
+async fn appends_of_a_process_writing_with_others_are_written_by_the_elected_appender() {
     let db = TestDatabase::create().await.expect("test database");
     let leader = PostgresStore::builder(db.url())
         .shared_appender(ANY_PORT)
@@ -82,16 +96,15 @@ async fn a_store_that_may_not_write_appends_through_the_elected_appender() {
         assert!(Instant::now() < deadline, "no appender was elected");
         tokio::task::yield_now().await;
     }
-
-    // A role that may read the store and record where it listens, and not write events.
+    // The follower's role, which may write the store for now.
     let role = db.name().replace("test_", "appends_via_");
     let password = "via-leader";
     let admin = db.client().await.expect("client");
     admin
         .batch_execute(&format!(
             "CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
-             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; \
-             GRANT INSERT, UPDATE, DELETE ON dcb_forward_tokens TO {role}"
+             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {role}; \
+             GRANT UPDATE, DELETE ON dcb_forward_tokens TO {role}"
         ))
         .await
         .expect("role");
@@ -101,48 +114,57 @@ async fn a_store_that_may_not_write_appends_through_the_elected_appender() {
         .connect()
         .await
         .expect("follower");
-
-    // It learns where the elected appender is within about a quarter of a second; until then
-    // it writes its appends itself, which its role may not.
+    // Writing with the leader, it finds another writer about (its positions have gaps) and
+    // sends its batches to the elected appender.
+    alternating(&leader, &follower, 8, "warm").await;
+    // From now on its role may not write events: what it appends is written by the leader or
+    // not at all.
+    admin
+        .batch_execute(&format!("REVOKE INSERT ON events, event_tags FROM {role}"))
+        .await
+        .expect("revoke");
+    // It learns where the elected appender is within about a quarter of a second (until then
+    // it writes its appends itself, which its role no longer may).
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
-        match bounded(follower.append(vec![noted("first")])).await {
+        let sent = bounded(follower.append(vec![noted("first")])).await;
+        leader.append(vec![noted("between")]).await.expect("leader");
+        match sent {
             Ok(appended) => break appended,
             Err(e) => {
                 assert!(
                     Instant::now() < deadline,
                     "never written by the leader: {e:?}"
                 );
-                tokio::task::yield_now().await;
             }
         }
     };
     assert!(first.recorded_at.is_some(), "stored now: {first:?}");
+    let before = stored(&db).await;
 
-    // Many at once, conditional, from many tasks: each written by the leader, each answered
-    // with its own position, conditions honoured.
-    let appends = (0..64).map(|i| {
-        let follower = follower.clone();
-        tokio::spawn(async move {
-            let key = format!("k{i}");
-            let condition = AppendCondition::new(on(&key), None);
-            bounded(follower.append_if(vec![noted(&key)], condition)).await
-        })
-    });
-    let mut positions = Vec::new();
-    for append in futures::future::join_all(appends).await {
-        let appended = append.expect("task").expect("written by the leader");
-        positions.push(appended.first);
-    }
-    positions.sort();
-    positions.dedup();
-    assert_eq!(positions.len(), 64, "each at a position of its own");
-    assert_eq!(stored(&db).await, 65);
-    // A condition the store contradicts fails as it would written here.
-    let stale = AppendCondition::new(on("k1"), None);
-    let refused = bounded(follower.append_if(vec![noted("k1")], stale))
+    // Conditional appends: each written, each at its own position.
+    alternating(&leader, &follower, 64, "many").await;
+    assert_eq!(stored(&db).await, before + 128);
+    let positions: std::collections::BTreeSet<i64> = db
+        .client()
         .await
-        .expect_err("k1 is stored after the beginning");
+        .expect("client")
+        .query("SELECT position FROM events", &[])
+        .await
+        .expect("positions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        positions.len() as i64,
+        before + 128,
+        "each at a position of its own"
+    );
+    // A condition the store contradicts fails as it would written here.
+    let stale = AppendCondition::new(on("many-1-1"), None);
+    let refused = bounded(follower.append_if(vec![noted("many-1-1")], stale))
+        .await
+        .expect_err("many-1-1 is stored after the beginning");
     assert!(refused.is_condition_failed(), "{refused:?}");
 
     // The leader gone, its appends are the follower's own again: refused by the server, not
@@ -164,7 +186,7 @@ async fn a_store_that_may_not_write_appends_through_the_elected_appender() {
         format!("{error:?}").contains("permission denied"),
         "written here, as a role that may not: {error:?}"
     );
-    assert_eq!(stored(&db).await, 65 + written_while_closing);
+    assert_eq!(stored(&db).await, before + 128 + written_while_closing);
 
     drop(follower);
     admin

@@ -26,7 +26,7 @@ use crate::event::{Event, Position};
 use crate::event_index::EventIndex;
 use crate::metrics as names;
 
-use super::leader::{Follower, LeaderWatch, Returned};
+use super::leader::{Follower, LeaderWatch, Report, Reports};
 use super::linger::{LINGER, Linger};
 
 /// `now()` is the time of the statement's transaction: what `events.recorded_at` defaults to.
@@ -182,8 +182,8 @@ enum AppenderMsg {
     Flush,
     /// The wait of a lone request for company is over (the number tells which wait).
     LingerOver(u64),
-    /// A batch sent to the elected appender that it did not answer: written here, now.
-    Returned(Vec<Request>),
+    /// What became of a batch sent to the elected appender.
+    FromLeader(Report),
 }
 
 struct AppenderState {
@@ -223,11 +223,11 @@ impl Actor for Appender {
         leader: Option<LeaderWatch>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let follower = leader.map(|leader| {
-            let returned: Returned = Arc::new(move |batch| {
+            let reports: Reports = Arc::new(move |report| {
                 // Gone: the requests' callers learn the answer is lost.
-                let _ = myself.send_message(AppenderMsg::Returned(batch));
+                let _ = myself.send_message(AppenderMsg::FromLeader(report));
             });
-            Follower::new(leader, returned)
+            Follower::new(leader, reports)
         });
         Ok(AppenderState {
             pending: VecDeque::with_capacity(self.max_batch),
@@ -261,7 +261,9 @@ impl Actor for Appender {
                 state.flush_scheduled = false;
                 let lone_patient = state.pending.len() == 1
                     && state.pending.front().is_some_and(|request| !request.urgent);
-                if lone_patient && state.linger.now() {
+                // Sent to the elected appender, it waits for company there.
+                let sending = state.follower.as_ref().is_some_and(Follower::leader_known);
+                if lone_patient && !sending && state.linger.now() {
                     state.lingered += 1;
                     state.lingering = Some(state.lingered);
                     let wait = state.lingered;
@@ -270,9 +272,14 @@ impl Actor for Appender {
                     self.write(state).await;
                 }
             }
-            AppenderMsg::Returned(batch) => {
-                commit_and_answer(&self.pool, batch).await;
+            AppenderMsg::FromLeader(Report::Unanswered(batch)) => {
+                // Written here, now, under the same append ids: what the leader did store
+                // answers as a re-send.
+                if let Some(stored) = commit_and_answer(&self.pool, batch).await {
+                    state.linger.committed(&stored);
+                }
             }
+            AppenderMsg::FromLeader(Report::Stored(stored)) => state.linger.committed(&stored),
             AppenderMsg::LingerOver(wait) => {
                 if state.lingering == Some(wait) {
                     state.lingering = None;
@@ -290,7 +297,11 @@ impl Appender {
     /// Commits a batch of what is pending.
     async fn write(&self, state: &mut AppenderState) {
         let mut batch = take_independent(&mut state.pending, state.limit);
-        if let Some(follower) = &mut state.follower {
+        // Only while other processes write too: the hop to the leader buys a shared disk sync,
+        // which a process writing alone (the owner of a hot key, say) has already.
+        if state.linger.now()
+            && let Some(follower) = &mut state.follower
+        {
             match follower.send(batch).await {
                 Ok(()) => return,
                 Err(unsent) => batch = unsent,

@@ -101,7 +101,7 @@ impl Drop for Leadership {
 pub(super) struct Follower {
     leader: watch::Receiver<Option<Target>>,
     link: Option<Link>,
-    returned: Returned,
+    reports: Reports,
 }
 
 /// The election's news: the leader's address while another process leads.
@@ -326,9 +326,17 @@ async fn queue_one(submitter: &Submitter, append: WireAppend) -> BoxFuture<'stat
     }
 }
 
-/// Where a follower's batches go back when the leader did not answer them: to its appender,
-/// which writes them itself, in the order they were sent.
-pub(super) type Returned = Arc<dyn Fn(Vec<Request>) + Send + Sync>;
+/// What a follower tells its appender of the batches it sent.
+pub(super) enum Report {
+    /// The leader did not answer these: the appender writes them itself, in the order they come.
+    Unanswered(Vec<Request>),
+    /// The leader stored the fresh appends of a batch at these first and last positions: whether
+    /// other processes write too shows in them (`linger.rs`).
+    Stored(Vec<(i64, i64)>),
+}
+
+/// Where a follower's reports go: its appender.
+pub(super) type Reports = Arc<dyn Fn(Report) + Send + Sync>;
 
 /// A batch sent, waiting for its answers.
 struct Sent {
@@ -357,7 +365,7 @@ impl Drop for Link {
 }
 
 impl Link {
-    async fn open(to: &Target, returned: Returned) -> Option<Self> {
+    async fn open(to: &Target, reports: Reports) -> Option<Self> {
         let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
             let mut stream = TcpStream::connect(&to.socket).await?;
             stream.set_nodelay(true)?;
@@ -382,7 +390,7 @@ impl Link {
             BufReader::new(read),
             sent.clone(),
             pushed.clone(),
-            returned,
+            reports,
         ));
         Some(Self {
             to: to.clone(),
@@ -405,7 +413,7 @@ async fn read_answers(
     mut reader: BufReader<OwnedReadHalf>,
     sent: Arc<Mutex<VecDeque<Sent>>>,
     pushed: Arc<Notify>,
-    returned: Returned,
+    reports: Reports,
 ) {
     let mut line = Vec::new();
     loop {
@@ -442,9 +450,16 @@ async fn read_answers(
             // Not written (or garbled): this process writes the batch itself.
             metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "failed")
                 .increment(batch.len() as u64);
-            returned(batch);
+            reports(Report::Unanswered(batch));
             continue;
         };
+        let stored = answers
+            .iter()
+            .filter_map(|(a, _)| a.as_ref().ok())
+            .filter(|a| a.recorded_at.is_some())
+            .map(|a| (a.first.get(), a.last.get()))
+            .collect();
+        reports(Report::Stored(stored));
         metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "written")
             .increment(batch.len() as u64);
         for (request, answer) in batch.into_iter().zip(answers) {
@@ -457,7 +472,7 @@ async fn read_answers(
     for Sent { batch, .. } in unanswered {
         metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "failed")
             .increment(batch.len() as u64);
-        returned(batch);
+        reports(Report::Unanswered(batch));
     }
 }
 
@@ -467,14 +482,19 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Follower {
-    /// A follower that learns where the leader is from `leader`; what it sent and the leader did
-    /// not answer goes to `returned`.
-    pub(super) fn new(leader: LeaderWatch, returned: Returned) -> Self {
+    /// A follower that learns where the leader is from `leader`, and tells its appender about
+    /// what it sent through `reports`.
+    pub(super) fn new(leader: LeaderWatch, reports: Reports) -> Self {
         Self {
             leader: leader.0,
             link: None,
-            returned,
+            reports,
         }
+    }
+
+    /// Whether another process is the elected appender (this one sends it batches).
+    pub(super) fn leader_known(&self) -> bool {
+        self.leader.borrow().is_some()
     }
 
     /// Has the leader write `batch`: `Ok` once it is sent (its requests are answered when the
@@ -515,7 +535,7 @@ impl Follower {
             .as_ref()
             .is_none_or(|l| l.to != leader || !l.open_still())
         {
-            self.link = Link::open(&leader, self.returned.clone()).await;
+            self.link = Link::open(&leader, self.reports.clone()).await;
         }
         let Some(link) = self.link.as_mut() else {
             return Err(batch);
@@ -533,7 +553,7 @@ impl Follower {
             let unanswered: Vec<Sent> = locked(&link.sent).drain(..).collect();
             self.link = None;
             for Sent { batch, .. } in unanswered {
-                (self.returned)(batch);
+                (self.reports)(Report::Unanswered(batch));
             }
         }
         Ok(())
