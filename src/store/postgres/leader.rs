@@ -8,10 +8,13 @@
 //! writers waiting for the lock half the time, the holder in its disk sync more than half of its
 //! (sampled in `pg_stat_activity`).
 //!
-//! - **Election**: each process holds a session of its own that tries, every [`RECHECK`], the
-//!   session advisory lock `('DCBL', 0)`. Whoever holds it is the leader; the lock ends with its
-//!   session, so a leader that dies (even by SIGKILL: its socket closes, the server ends the
-//!   session) is replaced within about [`RECHECK`]. No consensus of our own: PostgreSQL's lock.
+//! - **Election**: each process holds a session of its own that tries the session advisory lock
+//!   `('DCBL', 0)`: every [`RECHECK`] while it knows of no leader, every [`RECHECK_LED`] while
+//!   it does (each try reads `pg_locks`, which is not free), and at once when its connection to
+//!   the leader fails. Whoever holds it is the leader; the lock ends with its session, so a
+//!   leader that dies (even by SIGKILL: its socket closes, the server ends the session) is
+//!   replaced within about [`RECHECK`] of another process noticing. Meanwhile every process
+//!   writes its own appends. No consensus of our own: PostgreSQL's lock.
 //! - **Where**: the session records its address and token in `dcb_forward_tokens` by its pid
 //!   (V9, V10) before it tries the lock: only roles that may read the database's tables learn the
 //!   token, so only they can send appends. The session keeps the store's `application_name`.
@@ -52,8 +55,12 @@ use wire::{WireAnswer, WireAppend, WireEvent};
 /// The key space of the leader's lock: 'DCBL'.
 const LEADER_SPACE: i32 = 0x4443_424C;
 
-/// How often a follower tries to become the leader, and looks up where the leader is.
+/// How often a process that knows of no leader tries to become it, and looks up where it is.
 const RECHECK: Duration = Duration::from_millis(250);
+
+/// The same, while another process leads (a leader that dies is noticed sooner: the follower's
+/// connection to it fails, which asks for a try at once).
+const RECHECK_LED: Duration = Duration::from_secs(2);
 
 /// How long a connection has to present its token, and a follower to connect.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
@@ -100,20 +107,39 @@ impl Drop for Leadership {
 /// A follower's side: where the leader is, and the connection to it.
 pub(super) struct Follower {
     leader: watch::Receiver<Option<Target>>,
+    /// Asks the election for a try at once (the connection to the leader failed).
+    recheck: Arc<Notify>,
     link: Option<Link>,
     reports: Reports,
 }
 
 /// The election's news: the leader's address while another process leads.
-pub(super) struct LeaderNews(watch::Sender<Option<Target>>);
+pub(super) struct LeaderNews {
+    leader: watch::Sender<Option<Target>>,
+    /// A follower's connection to the leader failed: try the lock now.
+    recheck: Arc<Notify>,
+}
 
 /// What a follower learns of the election.
-pub(super) struct LeaderWatch(watch::Receiver<Option<Target>>);
+pub(super) struct LeaderWatch {
+    leader: watch::Receiver<Option<Target>>,
+    recheck: Arc<Notify>,
+}
 
 /// The two ends of the election's news, before anyone is elected.
 pub(super) fn news() -> (LeaderWatch, LeaderNews) {
     let (news, leader) = watch::channel(None);
-    (LeaderWatch(leader), LeaderNews(news))
+    let recheck = Arc::new(Notify::new());
+    (
+        LeaderWatch {
+            leader,
+            recheck: recheck.clone(),
+        },
+        LeaderNews {
+            leader: news,
+            recheck,
+        },
+    )
 }
 
 impl Leadership {
@@ -126,7 +152,7 @@ impl Leadership {
         news: LeaderNews,
     ) -> Self {
         Self {
-            task: tokio::spawn(run(config, bind, submitter, news.0)),
+            task: tokio::spawn(run(config, bind, submitter, news)),
         }
     }
 }
@@ -135,7 +161,7 @@ async fn run(
     config: tokio_postgres::Config,
     bind: SocketAddr,
     submitter: Submitter,
-    news: watch::Sender<Option<Target>>,
+    news: LeaderNews,
 ) {
     let listener = match TcpListener::bind(bind).await {
         Ok(l) => l,
@@ -163,7 +189,7 @@ async fn run(
                 tracing::debug!(error = %e, "the appender election's session failed");
             }
         }
-        news.send_replace(None);
+        news.leader.send_replace(None);
         tokio::time::sleep(Duration::from_millis(50u64 << failures.min(5))).await;
     }
 }
@@ -172,7 +198,7 @@ async fn run(
 async fn elect(
     config: &tokio_postgres::Config,
     me: &Target,
-    news: &watch::Sender<Option<Target>>,
+    news: &LeaderNews,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, connection) = Session::config(config).connect(NoTls).await?;
     let mut connection = std::pin::pin!(connection);
@@ -205,7 +231,7 @@ async fn elect(
         loop {
             let row = client.query_one(&look_up, &[&LEADER_SPACE]).await?;
             if row.try_get::<_, bool>(0)? {
-                news.send_replace(None);
+                news.leader.send_replace(None);
                 metrics::counter!(names::APPEND_LEADERSHIPS_TOTAL).increment(1);
                 tracing::debug!(address = %me.socket, "this process writes every process's appends");
                 // Leads as long as the session lasts.
@@ -213,12 +239,20 @@ async fn elect(
             }
             let holder: Option<Vec<String>> = row.try_get(1)?;
             let leader = holder.and_then(|h| Target::parse(h.first()?, h.get(1)?));
-            news.send_if_modified(|known| {
+            let wait = if leader.is_some() {
+                RECHECK_LED
+            } else {
+                RECHECK
+            };
+            news.leader.send_if_modified(|known| {
                 let changed = *known != leader;
                 known.clone_from(&leader);
                 changed
             });
-            tokio::time::sleep(RECHECK).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = news.recheck.notified() => {}
+            }
         }
     };
     tokio::select! {
@@ -486,7 +520,8 @@ impl Follower {
     /// what it sent through `reports`.
     pub(super) fn new(leader: LeaderWatch, reports: Reports) -> Self {
         Self {
-            leader: leader.0,
+            leader: leader.leader,
+            recheck: leader.recheck,
             link: None,
             reports,
         }
@@ -535,9 +570,14 @@ impl Follower {
             .as_ref()
             .is_none_or(|l| l.to != leader || !l.open_still())
         {
+            if self.link.as_ref().is_some_and(|l| !l.open_still()) {
+                // The leader may be gone: the election looks now, not at its next try.
+                self.recheck.notify_one();
+            }
             self.link = Link::open(&leader, self.reports.clone()).await;
         }
         let Some(link) = self.link.as_mut() else {
+            self.recheck.notify_one();
             return Err(batch);
         };
         // Queued before it is written: the answer may come before the write returns.
@@ -552,6 +592,7 @@ impl Follower {
             link.reader.abort();
             let unanswered: Vec<Sent> = locked(&link.sent).drain(..).collect();
             self.link = None;
+            self.recheck.notify_one();
             for Sent { batch, .. } in unanswered {
                 (self.reports)(Report::Unanswered(batch));
             }
