@@ -261,8 +261,10 @@ impl Actor for Appender {
                 state.flush_scheduled = false;
                 let lone_patient = state.pending.len() == 1
                     && state.pending.front().is_some_and(|request| !request.urgent);
-                // Sent to the elected appender, it waits for company there.
-                let sending = state.follower.as_ref().is_some_and(Follower::leader_known);
+                // Sent to the elected appender, it waits for company there; one watching turn
+                // locks is written here (`leader.rs`), so it waits here as it would without one.
+                let sending = state.follower.as_ref().is_some_and(Follower::leader_known)
+                    && state.pending.front().is_some_and(|r| r.watch.is_empty());
                 if lone_patient && !sending && state.linger.now() {
                     state.lingered += 1;
                     state.lingering = Some(state.lingered);
