@@ -718,7 +718,9 @@ fn hostile_appends_and_reads_agree_on_both_stores() {
         reads: Cell::new(0),
     };
     let mut runner = TestRunner::new(Config {
-        cases: 48,
+        // 48 cases once drew only 9 accepted appends of 102 (the bound below asks 10): twice as
+        // many keep both sides of the limits well covered.
+        cases: 96,
         source_file: Some(file!()),
         failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
             "proptest-regressions",
