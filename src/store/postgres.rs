@@ -289,8 +289,14 @@ impl PostgresStoreBuilder {
         // Every statement the store runs is built to be index range scans, so one generic plan per
         // statement serves all parameters (planning a read can cost more than running it), and a
         // plan made while the tables were small must not freeze a full scan in place as the
-        // store grows.
-        const SESSION: &str = "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan";
+        // store grows. No JIT: `enable_seqscan=off` prices a scan it cannot avoid (a small table's
+        // own, `pg_locks`'s) at 10^10, far above `jit_above_cost`, so PostgreSQL up to 17
+        // compiled such a statement with LLVM at each run: the first statement of each session
+        // advertising where it takes forwarded commands or appends took 134-180 ms, nearly all
+        // of it JIT (`EXPLAIN ANALYZE`: inlining 48 ms, optimization 34 ms). The store's
+        // statements are short: JIT never pays for itself in them.
+        const SESSION: &str =
+            "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan -c jit=off";
         let options = match pg.get_options() {
             Some(o) => format!("{o} {SESSION}"),
             None => SESSION.to_owned(),
