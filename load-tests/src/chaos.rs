@@ -231,49 +231,53 @@ pub(crate) async fn account(
 
 /// Waits, from `from` until `until`, for a process of the run to own a key contended by several
 /// processes (a granted advisory lock in the ownership key space, `forwarding.rs`) or, if none
-/// does, to hold a turn on one (the turns' key space, V6); which one (its connections are named
-/// `dcb-load-p<index>`), if any did.
+/// does, to hold a turn on one (the turns' key space, V6); which one, if any did.
 pub(crate) async fn turn_holder(
     url: &str,
     from: Duration,
     until: Duration,
 ) -> anyhow::Result<Option<usize>> {
-    let started = tokio::time::Instant::now();
-    tokio::time::sleep_until(started + from).await;
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    let connection = tokio::spawn(connection);
-    let mut polls = tokio::time::interval(Duration::from_millis(5));
-    let found = loop {
-        polls.tick().await;
-        if started.elapsed() >= until {
-            break None;
-        }
-        let row = client
-            .query_opt(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE l.locktype = 'advisory' AND l.classid IN (1145258575, 1145258580) \
-                   AND l.objsubid = 2 AND l.granted AND a.datname = current_database() \
-                   AND a.application_name LIKE 'dcb-load-p%' \
-                 ORDER BY l.classid = 1145258575 DESC LIMIT 1",
-                &[],
-            )
-            .await?;
-        if let Some(name) = row.map(|r| r.get::<_, String>(0)) {
-            break name.strip_prefix("dcb-load-p").and_then(|i| i.parse().ok());
-        }
-    };
-    drop(client);
-    let _ = connection.await;
-    Ok(found)
+    // An owner first.
+    let (which, order) = (
+        "l.classid IN (1145258575, 1145258580)",
+        "ORDER BY l.classid = 1145258575 DESC",
+    );
+    lock_holder(url, from, until, which, order).await
 }
 
 /// Waits, from `from` until `until`, for a process of the run to be the elected appender (the
-/// holder of the leader's lock, `store/postgres/leader.rs`); which one, if any was.
+/// holder of the leader's lock `('DCBL', 0)`, `store/postgres/leader.rs`); which one, if any was.
 pub(crate) async fn appender(
     url: &str,
     from: Duration,
     until: Duration,
 ) -> anyhow::Result<Option<usize>> {
+    lock_holder(
+        url,
+        from,
+        until,
+        "l.classid = 1145258572 AND l.objid = 0",
+        "",
+    )
+    .await
+}
+
+/// Polls `pg_locks`, from `from` until `until`, for a granted two-key advisory lock matching
+/// `which` (a condition on `l`), the first in `order`, held by a process of the run; which one
+/// (its connections are named `dcb-load-p<index>`), if any held one.
+async fn lock_holder(
+    url: &str,
+    from: Duration,
+    until: Duration,
+    which: &str,
+    order: &str,
+) -> anyhow::Result<Option<usize>> {
+    let sql = format!(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE l.locktype = 'advisory' AND {which} \
+           AND l.objsubid = 2 AND l.granted AND a.datname = current_database() \
+           AND a.application_name LIKE 'dcb-load-p%' {order} LIMIT 1"
+    );
     let started = tokio::time::Instant::now();
     tokio::time::sleep_until(started + from).await;
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -284,16 +288,7 @@ pub(crate) async fn appender(
         if started.elapsed() >= until {
             break None;
         }
-        // 'DCBL', 0: the leader's lock.
-        let row = client
-            .query_opt(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
-                 WHERE l.locktype = 'advisory' AND l.classid = 1145258572 AND l.objid = 0 \
-                   AND l.objsubid = 2 AND l.granted AND a.datname = current_database() \
-                   AND a.application_name LIKE 'dcb-load-p%' LIMIT 1",
-                &[],
-            )
-            .await?;
+        let row = client.query_opt(&sql, &[]).await?;
         if let Some(name) = row.map(|r| r.get::<_, String>(0)) {
             break name.strip_prefix("dcb-load-p").and_then(|i| i.parse().ok());
         }

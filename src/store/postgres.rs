@@ -260,15 +260,17 @@ impl PostgresStoreBuilder {
 
     /// Makes this store's processes write through one appender (default: each writes its own).
     ///
-    /// The processes sharing a database elect one (a PostgreSQL session advisory lock); the
-    /// others send it their batches over TCP, to the address it listens on, `bind` here (port 0
-    /// picks a free one; the others must reach it). Its transactions then carry the appends of
-    /// every process, one disk sync for all, where each process's would queue for the store's
-    /// lock, each through a sync of its own. An append the leader did not answer (it died, its
-    /// connection failed, it answered late) is written by its own process under the same
-    /// append id, so nothing is lost or stored twice, and a dead leader is replaced within
-    /// about a quarter of a second. What connects must present a token the leader records in
-    /// the database, so only the roles that may read the store's tables can send appends.
+    /// The processes sharing a database elect one (a PostgreSQL session advisory lock); while
+    /// other processes write too, the others send it their batches over TCP, to the address it
+    /// listens on, `bind` here (port 0 picks a free one; the others must reach it). Its
+    /// transactions then carry the appends of every process, one disk sync for all, where each
+    /// process's would queue for the store's lock, each through a sync of its own. An append the
+    /// leader did not answer (it died, its connection failed, it answered late) is written by
+    /// its own process under the same append id, so nothing is lost or stored twice; meanwhile
+    /// each process writes its own, and a dead leader is replaced at once when a process sending
+    /// to it notices, else within about 2 s. What connects must present a token the leader
+    /// records in the database, so only the roles that may read the store's tables can send
+    /// appends.
     pub fn shared_appender(mut self, bind: SocketAddr) -> Self {
         self.shared_appender = Some(bind);
         self

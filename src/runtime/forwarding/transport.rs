@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::{Forwarding, RELEASE_EVERY, locked, wire};
-use crate::lines::read_line_into;
+use crate::lines::{accept_with_token, connect_with_token, read_line_into};
 use crate::runtime::Inner;
 use crate::store::{EventStore, Session};
 
@@ -45,9 +45,6 @@ const NAME_PREFIX: &str = "dcb-forward ";
 
 /// PostgreSQL keeps the first 63 bytes of an `application_name`.
 const NAME_LIMIT: usize = 63;
-
-/// How long a new connection has to present its token, and a sender to connect.
-const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest line a peer may send: one packet and its newline.
 const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
@@ -214,20 +211,10 @@ async fn take_requests<S: EventStore + 'static>(
     stream: TcpStream,
     token: String,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut presented = Vec::new();
-    // No longer than the token: an unauthenticated peer gets no packet-sized buffer.
-    let longest = token.len() as u64 + 1;
-    let read = tokio::time::timeout(
-        HANDSHAKE_WAIT,
-        read_line_into(&mut reader, &mut presented, longest),
-    );
-    if !matches!(read.await, Ok(Ok(true))) || presented != token.as_bytes() {
+    let Some((mut reader, mut write)) = accept_with_token(stream, &token).await else {
         tracing::debug!("a forwarding connection without this process's token: closed");
         return;
-    }
+    };
     // One task reads the requests, runs them and writes their answers: no task per request,
     // no writer task (each a wake-up per command). `Forwarding::flush` asks through `flushes`.
     let (flushes, mut flush_asked) = mpsc::unbounded_channel();
@@ -279,23 +266,10 @@ async fn exchange<S: EventStore + 'static>(
     connection: u64,
     mut requests: mpsc::UnboundedReceiver<Out>,
 ) {
-    let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
-        let mut stream = TcpStream::connect(&to.socket).await?;
-        stream.set_nodelay(true)?;
-        stream
-            .write_all(format!("{}\n", to.token).as_bytes())
-            .await?;
-        Ok::<_, std::io::Error>(stream)
-    })
-    .await;
-    let stream = match connected {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
+    let stream = match connect_with_token(&to.socket, &to.token).await {
+        Ok(stream) => stream,
+        Err(e) => {
             tracing::debug!(error = %e, to = %to.socket, "could not connect to a key's owner");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(to = %to.socket, "connecting to a key's owner timed out");
             return;
         }
     };

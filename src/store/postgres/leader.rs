@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use super::group_commit::{Answer, Request, Submitter};
 use super::session::Session;
-use crate::lines::read_line_into;
+use crate::lines::{accept_with_token, connect_with_token, read_line_into};
 use crate::metrics as names;
 use wire::{WireAnswer, WireAppend, WireEvent};
 
@@ -61,9 +61,6 @@ const RECHECK: Duration = Duration::from_millis(250);
 /// The same, while another process leads (a leader that dies is noticed sooner: the follower's
 /// connection to it fails, which asks for a try at once).
 const RECHECK_LED: Duration = Duration::from_secs(2);
-
-/// How long a connection has to present its token, and a follower to connect.
-const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a follower waits for a batch's answers before writing the batch itself. Longer than
 /// a busy leader's transaction; a leader that died closes its socket and is noticed at once.
@@ -283,21 +280,11 @@ async fn accept(listener: TcpListener, token: String, submitter: Submitter) {
 
 /// A follower's connection: its token first, then batches, each answered on it.
 async fn serve(stream: TcpStream, token: String, submitter: Submitter) {
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::new();
-    // No longer than the token: an unauthenticated peer gets no batch-sized buffer.
-    let longest = token.len() as u64 + 1;
-    let presented = tokio::time::timeout(
-        HANDSHAKE_WAIT,
-        read_line_into(&mut reader, &mut line, longest),
-    );
-    if !matches!(presented.await, Ok(Ok(true))) || line != token.as_bytes() {
+    let Some((mut reader, mut write)) = accept_with_token(stream, &token).await else {
         tracing::debug!("a connection without this process's token: closed");
         return;
-    }
-    line.clear();
+    };
+    let mut line = Vec::new();
     // Batches are read, and their appends queued, in the order they come, while earlier ones
     // are written: a follower sends its next batch without waiting for the answers.
     let mut writing = FuturesOrdered::new();
@@ -400,22 +387,12 @@ impl Drop for Link {
 
 impl Link {
     async fn open(to: &Target, reports: Reports) -> Option<Self> {
-        let connected = tokio::time::timeout(HANDSHAKE_WAIT, async {
-            let mut stream = TcpStream::connect(&to.socket).await?;
-            stream.set_nodelay(true)?;
-            stream
-                .write_all(format!("{}\n", to.token).as_bytes())
-                .await?;
-            Ok::<_, std::io::Error>(stream)
-        })
-        .await;
-        let stream = match connected {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+        let stream = match connect_with_token(&to.socket, &to.token).await {
+            Ok(stream) => stream,
+            Err(e) => {
                 tracing::debug!(error = %e, to = %to.socket, "could not connect to the appender");
                 return None;
             }
-            Err(_) => return None,
         };
         let (read, writer) = stream.into_split();
         let sent = Arc::new(Mutex::new(VecDeque::new()));
