@@ -24,7 +24,7 @@ use crate::limits::Limits;
 use crate::query::Query;
 use crate::query::{validate_query_with, validate_read};
 use crate::validate::validate_events;
-use group_commit::GroupCommitter;
+use group_commit::{Append, GroupCommitter};
 pub(crate) use session::Session;
 
 /// A DCB event store on PostgreSQL.
@@ -204,7 +204,14 @@ impl PostgresStore {
         self.inner
             .committer
             .submitter()
-            .submit(events, payloads, condition, append_id, watch, urgent)
+            .submit(Append {
+                events,
+                payloads,
+                condition,
+                append_id,
+                watch,
+                urgent,
+            })
             .await
     }
 }

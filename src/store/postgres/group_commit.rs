@@ -37,6 +37,20 @@ const APPEND_SQL: &str = "SELECT a.statuses, a.firsts, a.dups, now(), dcb_turns_
 /// A request's outcome, and which of its watched turn locks another session holds.
 pub(super) type Answer = (Result<Appended, AppendError>, Vec<i32>);
 
+/// One validated append, as handed to the appender.
+pub(super) struct Append {
+    pub(super) events: Vec<Event>,
+    /// The events' payloads as JSON text, in order.
+    pub(super) payloads: Vec<String>,
+    pub(super) condition: Option<AppendCondition>,
+    /// See [`crate::EventStore::append_as`].
+    pub(super) append_id: Option<Uuid>,
+    /// Turn locks (V6) to look at: the answer says which another session holds (V7).
+    pub(super) watch: Vec<i32>,
+    /// Others wait for its answer: it never waits for company (see `linger.rs`).
+    pub(super) urgent: bool,
+}
+
 pub(super) struct Request {
     pub(super) events: Vec<Event>,
     pub(super) payloads: Vec<String>,
@@ -102,21 +116,10 @@ impl GroupCommitter {
 
 impl Submitter {
     /// Queues one validated append and waits for its own outcome, and for which of the turn
-    /// locks in `watch` another session held when it was written. Waits first for room when
-    /// `max_batch * 4` appends are already queued (backpressure). `urgent`: others wait for it.
-    pub(super) async fn submit(
-        &self,
-        events: Vec<Event>,
-        payloads: Vec<String>,
-        condition: Option<AppendCondition>,
-        append_id: Option<Uuid>,
-        watch: Vec<i32>,
-        urgent: bool,
-    ) -> Answer {
-        match self
-            .enqueue(events, payloads, condition, append_id, watch, urgent)
-            .await
-        {
+    /// locks in its `watch` another session held when it was written. Waits first for room when
+    /// `max_batch * 4` appends are already queued (backpressure).
+    pub(super) async fn submit(&self, append: Append) -> Answer {
+        match self.enqueue(append).await {
             Ok(outcome) => outcome.await,
             Err(closed) => closed,
         }
@@ -126,18 +129,21 @@ impl Submitter {
     /// waits for its outcome. Appends queued one after the other are taken in that order.
     pub(super) async fn enqueue(
         &self,
-        events: Vec<Event>,
-        payloads: Vec<String>,
-        condition: Option<AppendCondition>,
-        append_id: Option<Uuid>,
-        watch: Vec<i32>,
-        urgent: bool,
+        append: Append,
     ) -> Result<impl Future<Output = Answer> + use<>, Answer> {
         let closed = || (Err(StoreError::Closed.into()), Vec::new());
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return Err(closed());
         };
         let (reply, outcome) = oneshot::channel();
+        let Append {
+            events,
+            payloads,
+            condition,
+            append_id,
+            watch,
+            urgent,
+        } = append;
         let request = Request {
             events,
             payloads,

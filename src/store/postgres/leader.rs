@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use super::group_commit::{Answer, Request, Submitter};
+use super::group_commit::{Answer, Append, Request, Submitter};
 use super::session::Session;
 use crate::lines::{accept_with_token, connect_with_token, read_line_into};
 use crate::metrics as names;
@@ -332,14 +332,14 @@ async fn queue_one(submitter: &Submitter, append: WireAppend) -> BoxFuture<'stat
     }
     // Urgent: the follower waited for company already, and waits for this answer.
     let queued = submitter
-        .enqueue(
+        .enqueue(Append {
             events,
             payloads,
-            append.condition.map(Into::into),
-            Some(append.append_id),
-            Vec::new(),
-            true,
-        )
+            condition: append.condition.map(Into::into),
+            append_id: Some(append.append_id),
+            watch: Vec::new(),
+            urgent: true,
+        })
         .await;
     match queued {
         Ok(outcome) => outcome.map(|(answer, _)| WireAnswer::from(&answer)).boxed(),
