@@ -220,7 +220,7 @@ impl<S: EventStore + 'static> Actor for CommandActor<S> {
                     held,
                     answer,
                 } = answered.settle();
-                state.in_flight.answered(&held.keys);
+                state.in_flight.answered(chain.append_id);
                 for (job, _) in &mut chain.decided {
                     // Delivered: the answer below says whether its events may be stored.
                     job.maybe_stored = false;
@@ -390,9 +390,12 @@ impl<S: EventStore + 'static> CommandActor<S> {
         };
         let next = match decided {
             Ok(Some(decided)) if !awaited => {
-                state
-                    .in_flight
-                    .sent(held.keys.clone(), decided.decided.len(), &decided.events);
+                state.in_flight.sent(
+                    decided.append_id,
+                    held.keys.clone(),
+                    decided.decided.len(),
+                    &decided.events,
+                );
                 self.send_append(myself, decided, held, turn);
                 return Ok(());
             }

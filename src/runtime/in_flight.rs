@@ -23,6 +23,8 @@
 //!   two, each paying a transaction and its turn at the store's commit order: 0.6-0.9x the
 //!   decisions, 1.5x the server CPU per decision.
 
+use uuid::Uuid;
+
 use crate::event::Event;
 use crate::event_index::EventIndex;
 use crate::query::Query;
@@ -45,6 +47,8 @@ pub(crate) struct InFlight {
 
 /// A chain whose append is out: its keys and the events it writes.
 struct Sent {
+    /// Which chain: keys need not tell (two chains on no key may be out at once).
+    append_id: Uuid,
     keys: Vec<u64>,
     commands: usize,
     events: Vec<Event>,
@@ -95,9 +99,16 @@ impl InFlight {
         self.held_back = true;
     }
 
-    /// A chain of `commands` on `keys` (sorted) sent its append of `events`.
-    pub(crate) fn sent(&mut self, keys: Vec<u64>, commands: usize, events: &[Event]) {
+    /// A chain of `commands` on `keys` (sorted) sent its append of `events` as `append_id`.
+    pub(crate) fn sent(
+        &mut self,
+        append_id: Uuid,
+        keys: Vec<u64>,
+        commands: usize,
+        events: &[Event],
+    ) {
         self.chains.push(Sent {
+            append_id,
             keys,
             commands,
             events: events.to_vec(),
@@ -108,9 +119,9 @@ impl InFlight {
         });
     }
 
-    /// The append of the chain on `keys` was answered.
-    pub(crate) fn answered(&mut self, keys: &[u64]) {
-        if let Some(i) = self.chains.iter().position(|c| c.keys == keys) {
+    /// The append `append_id` was answered.
+    pub(crate) fn answered(&mut self, append_id: Uuid) {
+        if let Some(i) = self.chains.iter().position(|c| c.append_id == append_id) {
             self.chains.swap_remove(i);
         }
         // What it held back may go now.
@@ -128,5 +139,28 @@ impl InFlight {
                 || chain.may_be_matched_by(job.command.read_query())
                 || chain.may_be_matched_by(job.command.condition_query())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_ends_its_own_chain_even_among_chains_on_no_key() {
+        let mut in_flight = InFlight::default();
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        let opened = Event::new("Opened", serde_json::json!({}));
+        let closed = Event::new("Closed", serde_json::json!({}));
+        in_flight.sent(first, Vec::new(), 1, std::slice::from_ref(&opened));
+        in_flight.sent(second, Vec::new(), 1, std::slice::from_ref(&closed));
+        in_flight.answered(second);
+        let out: Vec<Uuid> = in_flight.chains.iter().map(|c| c.append_id).collect();
+        assert_eq!(out, [first]);
+        // What is still out is what a read must wait for: the first chain's events.
+        let opened_query: Query = crate::QueryItem::of_types(["Opened"]).into();
+        let closed_query: Query = crate::QueryItem::of_types(["Closed"]).into();
+        assert!(in_flight.chains[0].may_be_matched_by(&opened_query));
+        assert!(!in_flight.chains[0].may_be_matched_by(&closed_query));
     }
 }
