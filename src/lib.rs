@@ -29,6 +29,7 @@ mod lines;
 pub mod local;
 pub mod metrics;
 mod migrate;
+mod peer;
 mod query;
 mod redact;
 mod runtime;

@@ -187,7 +187,7 @@ async fn commands_on_a_contended_key_run_at_its_owner_and_answer_as_if_run_here(
         .await
         .expect("client")
         .query_one(
-            "SELECT count(*) FILTER (WHERE a.application_name LIKE 'dcb-forward %'), \
+            "SELECT count(*) FILTER (WHERE t.address IS NOT NULL), \
                     count(*) FILTER (WHERE position(t.token IN a.application_name) > 0) \
              FROM dcb_forward_tokens t JOIN pg_stat_activity a ON a.pid = t.pid",
             &[],

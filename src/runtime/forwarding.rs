@@ -45,8 +45,9 @@ use super::leases::{Leases, lock_key, locked};
 use super::{Admission, Committed, Inner, Runtime, keyed_event_id};
 use crate::decision::Decision;
 use crate::metrics as names;
+use crate::peer::Peer;
 use crate::store::EventStore;
-use transport::{Address, Link, Out};
+use transport::{Link, Out};
 use wire::{Answer, Envelope, MAX_PAYLOAD, Request, WireCommitted};
 
 /// The advisory-lock key space of ownership ('DCBO', beside the turns' 'DCBT').
@@ -148,7 +149,7 @@ enum Owner {
         generation: u64,
     },
     Other {
-        address: Address,
+        address: Peer,
         seen: Instant,
     },
 }
@@ -164,7 +165,7 @@ pub(crate) struct Forwarding<S> {
     pending: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     /// The connection to each owner this process sends to: its number and request queue.
-    peers: Mutex<HashMap<Address, (u64, mpsc::UnboundedSender<Out>)>>,
+    peers: Mutex<HashMap<Peer, (u64, mpsc::UnboundedSender<Out>)>>,
     next_connection: AtomicU64,
     /// For [`Forwarding::flush`]: each sender connection's request queue, and each owner
     /// connection's channel for flushes.
@@ -335,7 +336,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
         self: &Arc<Self>,
         decision: &D,
         key: u64,
-    ) -> Option<(Address, Value)> {
+    ) -> Option<(Peer, Value)> {
         let codec = self.codecs.get(D::NAME)?;
         if !self.leases.is_leased(key) {
             return None;
@@ -348,7 +349,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
 
     /// The address of the process owning `key`, unless it is this one (or nobody: then this
     /// one claims it).
-    async fn owner_elsewhere(&self, key: u64) -> Option<Address> {
+    async fn owner_elsewhere(&self, key: u64) -> Option<Peer> {
         let link = self.link()?;
         let mut owners = self.owners.lock().await;
         match owners.get(&key) {
@@ -363,19 +364,18 @@ impl<S: EventStore + 'static> Forwarding<S> {
         }
         let lock = lock_key(key);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&OWNERS_SPACE, &lock];
-        // The holder's address is its session's `application_name`, its token the one its
-        // session recorded (see `transport.rs`).
+        // Where the holder takes forwarded commands: what its session advertised (`peer.rs`).
         let look_up = link.client.query_one(
             "SELECT pg_try_advisory_lock($1, $2), \
-                    (SELECT ARRAY[a.application_name, t.token] FROM pg_locks l \
-                       JOIN pg_stat_activity a ON a.pid = l.pid \
+                    (SELECT ARRAY[t.address, t.token] FROM pg_locks l \
                        JOIN dcb_forward_tokens t ON t.pid = l.pid \
                      WHERE l.locktype = 'advisory' AND l.objsubid = 2 \
                        AND l.database = (SELECT oid FROM pg_database \
                                          WHERE datname = current_database()) \
                        AND l.classid::bigint = ($1::int::bigint & 4294967295) \
                        AND l.objid::bigint = ($2::int::bigint & 4294967295) \
-                       AND l.granted AND l.pid <> pg_backend_pid() LIMIT 1)",
+                       AND l.granted AND l.pid <> pg_backend_pid() \
+                       AND t.address IS NOT NULL LIMIT 1)",
             &params,
         );
         let Ok(claimed) = tokio::time::timeout(LOOK_UP_WAIT, look_up).await else {
@@ -404,10 +404,10 @@ impl<S: EventStore + 'static> Forwarding<S> {
             }
             Ok((false, Some(advertised))) => {
                 // A holder that advertises no address (not a runtime of ours): run it here.
-                let [name, token] = advertised.as_slice() else {
+                let [socket, token] = advertised.as_slice() else {
                     return None;
                 };
-                let address = Address::parse(name, token)?;
+                let address = Peer::parse(socket, token)?;
                 owners.insert(
                     key,
                     Owner::Other {
@@ -430,7 +430,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
     /// [`FORWARD_WAIT`]; the owner decides it within [`OWNER_BUDGET`] or not at all.
     pub(crate) async fn forward(
         self: &Arc<Self>,
-        to: Address,
+        to: Peer,
         decision: &'static str,
         key: u64,
         idempotency_key: &str,
@@ -496,7 +496,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
     /// connection that fails go unanswered at once (see [`Forwarding::connection_lost`]).
     fn send(
         self: &Arc<Self>,
-        to: &Address,
+        to: &Peer,
         id: u64,
         reply: oneshot::Sender<Option<Committed>>,
         item: String,
@@ -533,7 +533,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
     /// Connection `connection` to an owner closed (or never opened): what was sent on it goes
     /// unanswered, so its senders run their commands here without waiting out
     /// [`FORWARD_WAIT`].
-    fn connection_lost(&self, to: &Address, connection: u64) {
+    fn connection_lost(&self, to: &Peer, connection: u64) {
         let mut peers = locked(&self.peers);
         if peers.get(to).is_some_and(|(c, _)| *c == connection) {
             peers.remove(to);

@@ -8,13 +8,10 @@
 //! went to signals (`kill`) and to backends reading notifications that were not theirs (profiled
 //! on `invoice --processes 4`). Now the server only holds the ownership locks.
 //!
-//! - **Where**: this process's session sets its `application_name` to `dcb-forward <address>`
-//!   and writes its token, by its backend pid, to `dcb_forward_tokens` (V9). A process that finds
-//!   another one holding a key's ownership lock reads, by the holder's pid, the address from
-//!   `pg_stat_activity` and the token from that table. `pg_stat_activity` shows
-//!   `application_name` to every role of the server, so only the address is there: only a role
-//!   that may read this database's table learns the token, and so only such a role can make this
-//!   process run a command.
+//! - **Where**: the session that holds this process's ownerships advertises its address and
+//!   token (`peer.rs`) before it takes any. A process that finds another one holding a key's
+//!   ownership lock reads both by the holder's pid: only a role that may read this database's
+//!   tables learns the token, and so only such a role can make this process run a command.
 //! - **Framing**: a connection opens with the token on a line of its own; then each line is one
 //!   packet (`wire::pack`): requests from the sender, answers back on the same connection.
 //! - **One task per connection**, on each side: the sender's writes, in one write, whatever
@@ -37,14 +34,9 @@ use tokio_postgres::NoTls;
 
 use super::{Forwarding, RELEASE_EVERY, locked, wire};
 use crate::lines::{accept_with_token, connect_with_token, read_line_into};
+use crate::peer::{ADVERTISE_SQL, Peer};
 use crate::runtime::Inner;
 use crate::store::{EventStore, Session};
-
-/// What a process's session's `application_name` starts with when it takes forwarded commands.
-const NAME_PREFIX: &str = "dcb-forward ";
-
-/// PostgreSQL keeps the first 63 bytes of an `application_name`.
-const NAME_LIMIT: usize = 63;
 
 /// The longest line a peer may send: one packet and its newline.
 const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
@@ -55,39 +47,6 @@ const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
 /// ends. Both sides write without reading meanwhile, so without it two large writes crossing
 /// would wait for each other for ever.
 const WRITE_WAIT: Duration = super::FORWARD_WAIT;
-
-/// Where a process takes forwarded commands, and the token it asks of who connects.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Address {
-    socket: String,
-    token: String,
-}
-
-impl Address {
-    /// This process's address: `socket`, with a fresh random token (122 bits from the operating
-    /// system's generator). `None` if the socket does not fit in an `application_name`.
-    fn new(socket: SocketAddr) -> Option<Self> {
-        let address = Self {
-            socket: socket.to_string(),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        (address.application_name().len() <= NAME_LIMIT).then_some(address)
-    }
-
-    fn application_name(&self) -> String {
-        format!("{NAME_PREFIX}{}", self.socket)
-    }
-
-    /// The address a session's `application_name` advertises, with the token its session
-    /// recorded, if it is one of ours.
-    pub(super) fn parse(application_name: &str, token: &str) -> Option<Self> {
-        let socket = application_name.strip_prefix(NAME_PREFIX)?;
-        (!socket.is_empty() && !socket.contains(' ') && !token.is_empty()).then(|| Self {
-            socket: socket.to_owned(),
-            token: token.to_owned(),
-        })
-    }
-}
 
 /// The session that holds this process's ownerships (they end with it).
 pub(super) struct Link {
@@ -117,12 +76,12 @@ pub(super) async fn serve<S: EventStore + 'static>(
             return;
         }
     };
-    let Some(address) = listener.local_addr().ok().and_then(Address::new) else {
-        tracing::warn!(
-            %bind,
-            "cannot take forwarded commands: the address is too long to advertise"
-        );
-        return;
+    let address = match listener.local_addr() {
+        Ok(socket) => Peer::fresh(socket),
+        Err(e) => {
+            tracing::warn!(error = %e, %bind, "cannot take forwarded commands: no address");
+            return;
+        }
     };
     let accepting = tokio::spawn(accept(
         forwarding.clone(),
@@ -150,23 +109,18 @@ pub(super) async fn serve<S: EventStore + 'static>(
 /// Opens the session that advertises `address` and holds ownerships, until it ends.
 async fn hold<S: EventStore + 'static>(
     forwarding: &Forwarding<S>,
-    address: &Address,
+    address: &Peer,
     generation: u64,
 ) -> Result<(), tokio_postgres::Error> {
-    let mut config = Session::config(forwarding.leases.config());
-    config.application_name(address.application_name());
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = Session::config(forwarding.leases.config())
+        .connect(NoTls)
+        .await?;
     let mut connection = std::pin::pin!(connection);
     // Before any ownership is taken on this session: a sender finding it holding one finds
-    // its token. Rows of sessions that ended go at the same time.
-    let token: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&address.token];
-    let record = client.execute(
-        "WITH gone AS (DELETE FROM dcb_forward_tokens \
-                       WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)) \
-         INSERT INTO dcb_forward_tokens (pid, token) VALUES (pg_backend_pid(), $1) \
-         ON CONFLICT (pid) DO UPDATE SET token = EXCLUDED.token, recorded_at = now()",
-        &token,
-    );
+    // where it is.
+    let advertised: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&address.token, &address.socket];
+    let record = client.execute(ADVERTISE_SQL, &advertised);
     tokio::select! {
         recorded = record => {
             recorded?;
@@ -252,7 +206,7 @@ async fn take_requests<S: EventStore + 'static>(
 /// When the connection ends (or cannot be opened), its requests go unanswered at once.
 pub(super) async fn send_requests<S: EventStore + 'static>(
     forwarding: Arc<Forwarding<S>>,
-    to: Address,
+    to: Peer,
     connection: u64,
     requests: mpsc::UnboundedReceiver<Out>,
 ) {
@@ -262,7 +216,7 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
 
 async fn exchange<S: EventStore + 'static>(
     forwarding: &Forwarding<S>,
-    to: &Address,
+    to: &Peer,
     connection: u64,
     mut requests: mpsc::UnboundedReceiver<Out>,
 ) {
@@ -366,30 +320,6 @@ pub(super) async fn release<S: EventStore + 'static>(forwarding: Arc<Forwarding<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_address_round_trips_through_an_application_name_and_others_do_not_parse() {
-        let address = Address::new("127.0.0.1:45678".parse().unwrap()).unwrap();
-        let name = address.application_name();
-        assert!(name.len() <= NAME_LIMIT, "{name}");
-        assert!(
-            !name.contains(&address.token),
-            "the token is not advertised: {name}"
-        );
-        assert_eq!(Address::parse(&name, &address.token), Some(address.clone()));
-        assert_eq!(Address::parse("psql", &address.token), None);
-        assert_eq!(
-            Address::parse(&name, ""),
-            None,
-            "a session with no token is not ours"
-        );
-        let long = "[2001:db8:1234:5678:9abc:def0:1234:5678]:65535"
-            .parse()
-            .unwrap();
-        assert!(Address::new(long).is_some(), "without the token it fits");
-        let other = Address::new("127.0.0.1:45678".parse().unwrap()).unwrap();
-        assert_ne!(other.token, address.token, "a fresh token each time");
-    }
 
     #[tokio::test]
     async fn a_write_the_peer_does_not_read_ends_instead_of_waiting_for_ever() {

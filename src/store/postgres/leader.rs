@@ -15,9 +15,9 @@
 //!   leader that dies (even by SIGKILL: its socket closes, the server ends the session) is
 //!   replaced within about [`RECHECK`] of another process noticing. Meanwhile every process
 //!   writes its own appends. No consensus of our own: PostgreSQL's lock.
-//! - **Where**: the session records its address and token in `dcb_forward_tokens` by its pid
-//!   (V9, V10) before it tries the lock: only roles that may read the database's tables learn the
-//!   token, so only they can send appends. The session keeps the store's `application_name`.
+//! - **Where**: the session advertises its address and token (`peer.rs`) before it tries the
+//!   lock: only roles that may read the database's tables learn the token, so only they can send
+//!   appends.
 //! - **Sending**: a follower's appender sends a batch as one line of JSON and waits for the
 //!   answers' line; the leader submits each append to its own appender, where they join its
 //!   batches. One batch at a time per follower, so a follower's later batches see its earlier
@@ -50,6 +50,7 @@ use super::group_commit::{Answer, Append, Request, Submitter};
 use super::session::Session;
 use crate::lines::{accept_with_token, connect_with_token, read_line_into};
 use crate::metrics as names;
+use crate::peer::{ADVERTISE_SQL, Peer};
 use wire::{WireAnswer, WireAppend, WireEvent};
 
 /// The key space of the leader's lock: 'DCBL'.
@@ -73,22 +74,6 @@ const WRITE_WAIT: Duration = Duration::from_millis(500);
 /// this only bounds what one connection can make the leader hold).
 const MAX_LINE: u64 = 256 * 1024 * 1024;
 
-/// Where the leader takes appends, and the token it asks of who connects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    socket: String,
-    token: String,
-}
-
-impl Target {
-    fn parse(socket: &str, token: &str) -> Option<Self> {
-        (!socket.is_empty() && !token.is_empty()).then(|| Self {
-            socket: socket.to_owned(),
-            token: token.to_owned(),
-        })
-    }
-}
-
 /// This process's part in the election; it leaves it when dropped (its session ends, and with
 /// it the leader's lock, if it held it).
 pub(super) struct Leadership {
@@ -103,7 +88,7 @@ impl Drop for Leadership {
 
 /// A follower's side: where the leader is, and the connection to it.
 pub(super) struct Follower {
-    leader: watch::Receiver<Option<Target>>,
+    leader: watch::Receiver<Option<Peer>>,
     /// Asks the election for a try at once (the connection to the leader failed).
     recheck: Arc<Notify>,
     link: Option<Link>,
@@ -112,14 +97,14 @@ pub(super) struct Follower {
 
 /// The election's news: the leader's address while another process leads.
 pub(super) struct LeaderNews {
-    leader: watch::Sender<Option<Target>>,
+    leader: watch::Sender<Option<Peer>>,
     /// A follower's connection to the leader failed: try the lock now.
     recheck: Arc<Notify>,
 }
 
 /// What a follower learns of the election.
 pub(super) struct LeaderWatch {
-    leader: watch::Receiver<Option<Target>>,
+    leader: watch::Receiver<Option<Peer>>,
     recheck: Arc<Notify>,
 }
 
@@ -170,10 +155,7 @@ async fn run(
     let Ok(socket) = listener.local_addr() else {
         return;
     };
-    let me = Target {
-        socket: socket.to_string(),
-        token: Uuid::new_v4().simple().to_string(),
-    };
+    let me = Peer::fresh(socket);
     // Dropped (and so aborted) with this task.
     let mut accepting = JoinSet::new();
     accepting.spawn(accept(listener, me.token.clone(), submitter));
@@ -194,7 +176,7 @@ async fn run(
 /// Opens this process's election session and, on it, leads or follows until it ends.
 async fn elect(
     config: &tokio_postgres::Config,
-    me: &Target,
+    me: &Peer,
     news: &LeaderNews,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, connection) = Session::config(config).connect(NoTls).await?;
@@ -202,15 +184,7 @@ async fn elect(
     let work = async {
         // Before this session can hold the lock: whoever finds it leading finds where it is.
         client
-            .execute(
-                "WITH gone AS (DELETE FROM dcb_forward_tokens \
-                               WHERE pid NOT IN (SELECT pid FROM pg_stat_activity)) \
-                 INSERT INTO dcb_forward_tokens (pid, token, address) \
-                 VALUES (pg_backend_pid(), $1, $2) \
-                 ON CONFLICT (pid) DO UPDATE \
-                 SET token = EXCLUDED.token, address = EXCLUDED.address, recorded_at = now()",
-                &[&me.token, &me.socket],
-            )
+            .execute(ADVERTISE_SQL, &[&me.token, &me.socket])
             .await?;
         let look_up = client
             .prepare(
@@ -235,7 +209,7 @@ async fn elect(
                 return std::future::pending().await;
             }
             let holder: Option<Vec<String>> = row.try_get(1)?;
-            let leader = holder.and_then(|h| Target::parse(h.first()?, h.get(1)?));
+            let leader = holder.and_then(|h| Peer::parse(h.first()?, h.get(1)?));
             let wait = if leader.is_some() {
                 RECHECK_LED
             } else {
@@ -370,7 +344,7 @@ struct Sent {
 /// defers one depending on another to its next transaction); one task reads the answers, in
 /// the order the batches went.
 struct Link {
-    to: Target,
+    to: Peer,
     writer: OwnedWriteHalf,
     sent: Arc<Mutex<VecDeque<Sent>>>,
     /// Tells the reader a batch was sent: it waits for that one's answers no longer than its
@@ -386,7 +360,7 @@ impl Drop for Link {
 }
 
 impl Link {
-    async fn open(to: &Target, reports: Reports) -> Option<Self> {
+    async fn open(to: &Peer, reports: Reports) -> Option<Self> {
         let stream = match connect_with_token(&to.socket, &to.token).await {
             Ok(stream) => stream,
             Err(e) => {
@@ -575,23 +549,5 @@ impl Follower {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_leader_without_an_address_or_a_token_is_none() {
-        assert_eq!(
-            Target::parse("127.0.0.1:4567", "t0k"),
-            Some(Target {
-                socket: "127.0.0.1:4567".to_owned(),
-                token: "t0k".to_owned()
-            })
-        );
-        assert_eq!(Target::parse("", "t0k"), None);
-        assert_eq!(Target::parse("127.0.0.1:4567", ""), None);
     }
 }
