@@ -39,7 +39,8 @@ async fn the_runtime_builder_refuses_zero_counts_and_a_cap_below_the_base() {
 }
 
 #[tokio::test]
-async fn the_store_builder_refuses_zero_counts_before_connecting() {
+async fn the_store_builder_refuses_zero_counts_and_an_unspecified_appender_address_before_connecting()
+ {
     // No server answers here: the settings are refused before any connection is tried.
     let url = "postgres://nobody@127.0.0.1:1/none";
     assert_refused(
@@ -50,8 +51,19 @@ async fn the_store_builder_refuses_zero_counts_before_connecting() {
         PostgresStore::builder(url).max_batch(0).connect().await,
         "max_batch",
     );
+    for unspecified in ["0.0.0.0:0", "[::]:7000"] {
+        let refused = PostgresStore::builder(url)
+            .shared_appender(unspecified.parse().expect("an address"))
+            .connect()
+            .await;
+        assert_refused(refused, "shared_appender");
+    }
     assert!(
-        PostgresStore::builder(url).connect().await.is_err(),
+        PostgresStore::builder(url)
+            .shared_appender("127.0.0.1:0".parse().expect("an address"))
+            .connect()
+            .await
+            .is_err_and(|e| !matches!(e, StoreError::Setting { .. })),
         "and with valid settings the unreachable server is the error"
     );
 }

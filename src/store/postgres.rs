@@ -287,11 +287,21 @@ impl PostgresStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Setting`] for a pool size or batch of 0; a bad URL, an unreachable server or
-    /// a failed migration.
+    /// [`StoreError::Setting`] for a pool size or batch of 0, or a shared appender bound to an
+    /// unspecified address (0.0.0.0 or ::, which the others cannot be told to connect to); a bad
+    /// URL, an unreachable server or a failed migration.
     pub async fn connect(self) -> Result<PostgresStore, StoreError> {
         StoreError::at_least_one("pool_size", self.pool_size)?;
         StoreError::at_least_one("max_batch", self.max_batch)?;
+        if let Some(bind) = self.shared_appender
+            && bind.ip().is_unspecified()
+        {
+            return Err(StoreError::Setting {
+                name: "shared_appender",
+                value: bind.to_string(),
+                requirement: "an address other processes can connect to (not 0.0.0.0 or ::)",
+            });
+        }
         let mut pg = tokio_postgres::Config::from_str(&self.url)
             .map_err(|e| StoreError::Config(Arc::new(e)))?;
         pg.connect_timeout(self.connect_timeout);

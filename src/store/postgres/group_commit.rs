@@ -66,6 +66,29 @@ pub(super) struct Request {
     _slot: OwnedSemaphorePermit,
 }
 
+#[cfg(test)]
+impl Request {
+    /// A request appending `event`, conditioned on `condition`, and what receives its answer.
+    pub(super) fn for_test(
+        event: Event,
+        condition: Option<crate::Query>,
+    ) -> (Self, oneshot::Receiver<Answer>) {
+        let slots = Arc::new(Semaphore::new(1));
+        let (reply, answer) = oneshot::channel();
+        let request = Self {
+            events: vec![event],
+            payloads: vec!["{}".to_owned()],
+            condition: condition.map(|q| AppendCondition::new(q, None)),
+            append_id: None,
+            watch: Vec::new(),
+            urgent: false,
+            reply,
+            _slot: slots.try_acquire_owned().expect("a free slot"),
+        };
+        (request, answer)
+    }
+}
+
 /// The store's handle on its appender actor.
 pub(super) struct GroupCommitter {
     submitter: Submitter,
@@ -646,30 +669,16 @@ impl TryFrom<i16> for Status {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::Semaphore;
-
     use super::*;
     use crate::event::P;
     use crate::query::{Query, QueryItem};
 
     /// A request appending one `T` event tagged `k:<tag>`, conditioned on `condition`.
     fn request(id: u128, tag: &str, condition: Option<Query>) -> Request {
-        let slots = Arc::new(Semaphore::new(1));
-        let (reply, _) = oneshot::channel();
-        Request {
-            events: vec![
-                Event::new("T", serde_json::json!({}))
-                    .tagged("k", tag)
-                    .with_id(Uuid::from_u128(id)),
-            ],
-            payloads: vec!["{}".to_owned()],
-            condition: condition.map(|q| AppendCondition::new(q, None)),
-            append_id: None,
-            watch: Vec::new(),
-            urgent: false,
-            reply,
-            _slot: slots.try_acquire_owned().expect("a free slot"),
-        }
+        let event = Event::new("T", serde_json::json!({}))
+            .tagged("k", tag)
+            .with_id(Uuid::from_u128(id));
+        Request::for_test(event, condition).0
     }
 
     fn on(tag: &str) -> Option<Query> {

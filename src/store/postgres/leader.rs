@@ -18,14 +18,19 @@
 //! - **Where**: the session advertises its address and token (`peer.rs`) before it tries the
 //!   lock: only roles that may read the database's tables learn the token, so only they can send
 //!   appends.
-//! - **Sending**: a follower's appender sends a batch as one line of JSON and waits for the
-//!   answers' line; the leader submits each append to its own appender, where they join its
-//!   batches. One batch at a time per follower, so a follower's later batches see its earlier
-//!   ones committed, as when it writes them itself.
+//! - **Sending**: a follower's appender sends each batch as one line of JSON as soon as it is
+//!   taken, without waiting for the answers to those before; one task reads the answers' lines,
+//!   in order. The leader submits each append to its own appender in the order they arrive,
+//!   where they join its batches; its appender defers an append that depends on an earlier one
+//!   to its next transaction, so a follower's later batches see its earlier ones committed, as
+//!   when it writes them itself.
 //! - **Nothing depends on it**: whatever goes wrong (no leader, a connection lost, an answer late
 //!   by [`ANSWER_WAIT`], the leader's transaction failed), the follower writes the batch itself,
 //!   under the same append ids, which `dcb_append` recognises: an append the leader did store
-//!   answers as a re-send, with its positions. Nothing is stored twice, nothing lost.
+//!   answers as a re-send, with its positions. Nothing is stored twice, nothing lost. A link
+//!   that ends or is replaced (the leader changed) gives back at once what it had out, and a
+//!   leader that cannot be reached is not tried again for [`RECHECK_LED`] (each try holds up
+//!   the process's appender for up to a second).
 
 mod wire;
 
@@ -92,6 +97,8 @@ pub(super) struct Follower {
     /// Asks the election for a try at once (the connection to the leader failed).
     recheck: Arc<Notify>,
     link: Option<Link>,
+    /// A leader this process could not connect to, and when.
+    unreachable: Option<(Peer, Instant)>,
     reports: Reports,
 }
 
@@ -209,7 +216,12 @@ async fn elect(
                 return std::future::pending().await;
             }
             let holder: Option<Vec<String>> = row.try_get(1)?;
-            let leader = holder.and_then(|h| Peer::parse(h.first()?, h.get(1)?));
+            // Not this process: an earlier session of its own, lost by this side but not yet
+            // ended by the server, may still hold the lock (sending to itself, its appends
+            // would go round until the slots ran out).
+            let leader = holder
+                .and_then(|h| Peer::parse(h.first()?, h.get(1)?))
+                .filter(|leader| leader.token != me.token);
             let wait = if leader.is_some() {
                 RECHECK_LED
             } else {
@@ -346,16 +358,42 @@ struct Sent {
 struct Link {
     to: Peer,
     writer: OwnedWriteHalf,
-    sent: Arc<Mutex<VecDeque<Sent>>>,
+    sent: Arc<Mutex<Outstanding>>,
     /// Tells the reader a batch was sent: it waits for that one's answers no longer than its
     /// deadline, even if it started waiting before.
     pushed: Arc<Notify>,
     reader: JoinHandle<()>,
+    reports: Reports,
 }
 
+/// The batches sent on a link and not answered yet, oldest first. Closed when the link ends,
+/// under the same lock as the batches are given back, so that none is queued on a link nobody
+/// reads any more.
+#[derive(Default)]
+struct Outstanding {
+    batches: VecDeque<Sent>,
+    closed: bool,
+}
+
+/// Ends a link's queue: every batch not answered goes back to be written here.
+fn give_back(sent: &Mutex<Outstanding>, reports: &Reports) {
+    let unanswered: Vec<Sent> = {
+        let mut outstanding = locked(sent);
+        outstanding.closed = true;
+        outstanding.batches.drain(..).collect()
+    };
+    for Sent { batch, .. } in unanswered {
+        metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "failed")
+            .increment(batch.len() as u64);
+        reports(Report::Unanswered(batch));
+    }
+}
+
+/// A link replaced (the leader changed) or failed: what it had out is written here, at once.
 impl Drop for Link {
     fn drop(&mut self) {
         self.reader.abort();
+        give_back(&self.sent, &self.reports);
     }
 }
 
@@ -369,13 +407,13 @@ impl Link {
             }
         };
         let (read, writer) = stream.into_split();
-        let sent = Arc::new(Mutex::new(VecDeque::new()));
+        let sent = Arc::new(Mutex::new(Outstanding::default()));
         let pushed = Arc::new(Notify::new());
         let reader = tokio::spawn(read_answers(
             BufReader::new(read),
             sent.clone(),
             pushed.clone(),
-            reports,
+            reports.clone(),
         ));
         Some(Self {
             to: to.clone(),
@@ -383,12 +421,13 @@ impl Link {
             sent,
             pushed,
             reader,
+            reports,
         })
     }
 
-    /// Whether the link still works: its reader ends when anything fails.
+    /// Whether the link still works: its reader closes it when anything fails.
     fn open_still(&self) -> bool {
-        !self.reader.is_finished()
+        !locked(&self.sent).closed
     }
 }
 
@@ -396,13 +435,13 @@ impl Link {
 /// batch not answered, oldest first.
 async fn read_answers(
     mut reader: BufReader<OwnedReadHalf>,
-    sent: Arc<Mutex<VecDeque<Sent>>>,
+    sent: Arc<Mutex<Outstanding>>,
     pushed: Arc<Notify>,
     reports: Reports,
 ) {
     let mut line = Vec::new();
     loop {
-        let deadline = locked(&sent).front().map(|s| s.deadline);
+        let deadline = locked(&sent).batches.front().map(|s| s.deadline);
         // The oldest batch's answers come first; with none sent, only an end can come.
         let late = async {
             match deadline {
@@ -422,7 +461,7 @@ async fn read_answers(
         }
         let answers: Option<Vec<WireAnswer>> = serde_json::from_slice(&line).ok();
         line.clear();
-        let Some(Sent { batch, .. }) = locked(&sent).pop_front() else {
+        let Some(Sent { batch, .. }) = locked(&sent).batches.pop_front() else {
             break; // An answer to nothing sent: not our leader.
         };
         let answers: Option<Vec<Answer>> =
@@ -453,12 +492,7 @@ async fn read_answers(
         }
     }
     // What comes on this connection no longer matches what was sent: give everything back.
-    let unanswered: Vec<Sent> = locked(&sent).drain(..).collect();
-    for Sent { batch, .. } in unanswered {
-        metrics::counter!(names::APPENDS_SENT_TOTAL, "outcome" => "failed")
-            .increment(batch.len() as u64);
-        reports(Report::Unanswered(batch));
-    }
+    give_back(&sent, &reports);
 }
 
 /// Locks `m`. Nothing panics while it is held, so a poisoned one is still consistent.
@@ -474,6 +508,7 @@ impl Follower {
             leader: leader.leader,
             recheck: leader.recheck,
             link: None,
+            unreachable: None,
             reports,
         }
     }
@@ -492,6 +527,13 @@ impl Follower {
         let Some(leader) = self.leader.borrow().clone() else {
             return Err(batch);
         };
+        if self
+            .unreachable
+            .as_ref()
+            .is_some_and(|(peer, when)| *peer == leader && when.elapsed() < RECHECK_LED)
+        {
+            return Err(batch);
+        }
         // Which turn locks another session holds is the writing session's view: write here.
         if batch.is_empty() || batch.iter().any(|r| !r.watch.is_empty()) {
             return Err(batch);
@@ -526,28 +568,145 @@ impl Follower {
                 self.recheck.notify_one();
             }
             self.link = Link::open(&leader, self.reports.clone()).await;
+            self.unreachable = self.link.is_none().then(|| (leader, Instant::now()));
         }
         let Some(link) = self.link.as_mut() else {
             self.recheck.notify_one();
             return Err(batch);
         };
         // Queued before it is written: the answer may come before the write returns.
-        locked(&link.sent).push_back(Sent {
-            batch,
-            deadline: Instant::now() + ANSWER_WAIT,
-        });
+        {
+            let mut outstanding = locked(&link.sent);
+            if outstanding.closed {
+                // The reader ended since the look above: nobody would answer it.
+                drop(outstanding);
+                self.link = None;
+                self.recheck.notify_one();
+                return Err(batch);
+            }
+            outstanding.batches.push_back(Sent {
+                batch,
+                deadline: Instant::now() + ANSWER_WAIT,
+            });
+        }
         link.pushed.notify_one();
         let written = tokio::time::timeout(WRITE_WAIT, link.writer.write_all(&line)).await;
         if !matches!(written, Ok(Ok(()))) {
-            // The reader gives back everything sent on this link, this batch with it.
-            link.reader.abort();
-            let unanswered: Vec<Sent> = locked(&link.sent).drain(..).collect();
+            // Dropped, the link gives back everything sent on it, this batch with it.
             self.link = None;
             self.recheck.notify_one();
-            for Sent { batch, .. } in unanswered {
-                (self.reports)(Report::Unanswered(batch));
-            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::event::Event;
+
+    /// A leader at a free port that takes connections and answers nothing; `close_after`: it
+    /// closes each connection after reading that many lines (the token's among them).
+    async fn leader_answering_nothing(close_after: Option<usize>) -> Peer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let peer = Peer::fresh(listener.local_addr().expect("bound"));
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let Some(lines) = close_after else {
+                    kept.push(stream);
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut reader = BufReader::new(stream);
+                    let mut line = Vec::new();
+                    for _ in 0..lines {
+                        line.clear();
+                        if !matches!(
+                            read_line_into(&mut reader, &mut line, MAX_LINE).await,
+                            Ok(true)
+                        ) {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        peer
+    }
+
+    /// A follower of `leader`, and the requests it gives back to be written here.
+    fn follower_of(leader: Peer) -> (Follower, LeaderNews, Arc<Mutex<Vec<Request>>>) {
+        let (watch, news) = news();
+        news.leader.send_replace(Some(leader));
+        let given_back: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let kept = given_back.clone();
+        let reports: Reports = Arc::new(move |report| {
+            if let Report::Unanswered(batch) = report {
+                locked(&kept).extend(batch);
+            }
+        });
+        (Follower::new(watch, reports), news, given_back)
+    }
+
+    fn one_request() -> (Request, oneshot::Receiver<Answer>) {
+        Request::for_test(Event::new("T", serde_json::json!({})), None)
+    }
+
+    #[tokio::test]
+    async fn a_link_replaced_gives_back_what_it_had_out_at_once() {
+        let first = leader_answering_nothing(None).await;
+        let second = leader_answering_nothing(None).await;
+        let (mut follower, news, given_back) = follower_of(first);
+        let (request, _answer) = one_request();
+        let append_id = {
+            let sent = follower.send(vec![request]).await;
+            assert!(sent.is_ok(), "sent to the first leader");
+            let out = locked(&follower.link.as_ref().expect("a link").sent)
+                .batches
+                .len();
+            assert_eq!(out, 1);
+            locked(&follower.link.as_ref().expect("a link").sent).batches[0].batch[0].append_id
+        };
+        assert!(locked(&given_back).is_empty());
+        news.leader.send_replace(Some(second));
+        let (request, _answer) = one_request();
+        assert!(
+            follower.send(vec![request]).await.is_ok(),
+            "sent to the second"
+        );
+        // Not after the first leader's deadline: when the link to it was replaced, under the
+        // append id it was sent with.
+        let back: Vec<Option<Uuid>> = locked(&given_back).iter().map(|r| r.append_id).collect();
+        assert_eq!(back, [append_id]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_batch_is_left_on_a_link_nobody_reads() {
+        // Each connection ends after the token and one batch: the reader ends while batches
+        // are being sent.
+        let leader = leader_answering_nothing(Some(2)).await;
+        let (mut follower, _news, given_back) = follower_of(leader);
+        let mut answers = Vec::new();
+        let mut refused = Vec::new();
+        for _ in 0..2_000 {
+            let (request, answer) = one_request();
+            answers.push(answer);
+            if let Err(batch) = follower.send(vec![request]).await {
+                refused.extend(batch);
+            }
+        }
+        drop(follower);
+        // Every request is somewhere: given back to be written here, or refused (written here
+        // at once). One dropped would be a caller waiting for an answer nobody gives.
+        let dropped = answers
+            .iter_mut()
+            .map(oneshot::Receiver::try_recv)
+            .filter(|a| matches!(a, Err(oneshot::error::TryRecvError::Closed)))
+            .count();
+        assert_eq!(dropped, 0);
+        assert_eq!(locked(&given_back).len() + refused.len(), 2_000);
     }
 }
