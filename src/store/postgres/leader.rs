@@ -79,6 +79,12 @@ const WRITE_WAIT: Duration = Duration::from_millis(500);
 /// this only bounds what one connection can make the leader hold).
 const MAX_LINE: u64 = 256 * 1024 * 1024;
 
+/// How long the leader keeps a follower's connection with nothing coming and nothing to answer.
+/// A follower whose host vanished sends no end: without this its task and the part of a line
+/// it sent would be kept for ever. A follower that was only quiet opens a new one when it sends
+/// again.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
 /// This process's part in the election; it leaves it when dropped (its session ends, and with
 /// it the leader's lock, if it held it).
 pub(super) struct Leadership {
@@ -290,6 +296,10 @@ async fn serve(stream: TcpStream, token: String, submitter: Submitter) {
                     outcomes.push(queue_one(&submitter, append).await);
                 }
                 writing.push_back(join_all(outcomes));
+            }
+            () = tokio::time::sleep(IDLE_WAIT), if writing.is_empty() => {
+                tracing::debug!("a follower's connection idle for {IDLE_WAIT:?}: closed");
+                return;
             }
             Some(answers) = writing.next(), if !writing.is_empty() => {
                 let Ok(mut out) = serde_json::to_vec(&answers) else {
