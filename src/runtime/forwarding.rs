@@ -178,7 +178,15 @@ pub(crate) struct Forwarding<S> {
     last_request: Mutex<Option<Instant>>,
     /// Set as the runtime shuts down: it claims no key any more.
     resigned: std::sync::atomic::AtomicBool,
+    /// The token this process advertises (an earlier session of its own holding a key is no
+    /// other owner).
+    me: Mutex<Option<String>>,
+    /// Owners this process could not connect to, and when.
+    unreachable: Mutex<HashMap<Peer, Instant>>,
 }
+
+/// How long an owner this process could not connect to is not tried again.
+const RECHECK_UNREACHABLE: Duration = Duration::from_secs(2);
 
 impl<S> std::fmt::Debug for Codec<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,6 +230,8 @@ impl<S: EventStore + 'static> Forwarding<S> {
             tasks: Mutex::new(Vec::new()),
             last_request: Mutex::new(None),
             resigned: std::sync::atomic::AtomicBool::new(false),
+            me: Mutex::new(None),
+            unreachable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -408,6 +418,10 @@ impl<S: EventStore + 'static> Forwarding<S> {
                     return None;
                 };
                 let address = Peer::parse(socket, token)?;
+                // An earlier session of this process, not yet ended by the server: run it here.
+                if locked(&self.me).as_deref() == Some(address.token.as_str()) {
+                    return None;
+                }
                 owners.insert(
                     key,
                     Owner::Other {
@@ -438,6 +452,12 @@ impl<S: EventStore + 'static> Forwarding<S> {
         deadline: Instant,
     ) -> Forwarded {
         let now = Instant::now();
+        if locked(&self.unreachable)
+            .get(&to)
+            .is_some_and(|when| when.elapsed() < RECHECK_UNREACHABLE)
+        {
+            return Forwarded::NotCommitted;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let budget = OWNER_BUDGET.min(deadline.saturating_duration_since(now));
         let request = Request {
@@ -663,5 +683,88 @@ impl<S: EventStore + 'static> Forwarding<S> {
             .count();
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!(names::OWNED_KEYS).set(owned as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::ADVERTISE_SQL;
+    use crate::store::PostgresStore;
+    use crate::testing::TestDatabase;
+
+    pub(super) async fn forwarding() -> (TestDatabase, Arc<Forwarding<PostgresStore>>) {
+        let db = TestDatabase::create().await.expect("a test database");
+        let leases = Arc::new(Leases::new(db.store().await.expect("a store")));
+        let bind = "127.0.0.1:0".parse().expect("an address");
+        (db, Arc::new(Forwarding::new(HashMap::new(), leases, bind)))
+    }
+
+    #[tokio::test]
+    async fn an_owner_that_cannot_be_reached_is_not_tried_again_at_once() {
+        let (_db, f) = forwarding().await;
+        // A port nothing listens on any more: connecting is refused.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let to = Peer::fresh(gone.local_addr().expect("bound"));
+        drop(gone);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = f
+            .forward(to.clone(), "d", 7, "k1", Value::Null, deadline)
+            .await;
+        assert!(matches!(first, Forwarded::NoAnswer));
+        assert_eq!(f.next_connection.load(Ordering::Relaxed), 1);
+        let second = f
+            .forward(to.clone(), "d", 7, "k2", Value::Null, deadline)
+            .await;
+        assert_eq!(
+            f.next_connection.load(Ordering::Relaxed),
+            1,
+            "connected again to an owner found unreachable just before"
+        );
+        assert!(matches!(second, Forwarded::NotCommitted));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_does_not_forward_to_itself() {
+        let (db, f) = forwarding().await;
+        let serving = tokio::spawn(transport::serve(f.clone(), Weak::new(), f.bind));
+        // Polled: the session is this process's own business (no event says it is up).
+        let link = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(link) = f.link() {
+                    break link;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the forwarding session within 10 s");
+        let row = link
+            .client
+            .query_one(
+                "SELECT token, address FROM dcb_forward_tokens WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("this session advertised");
+        let (token, address): (String, String) = (row.get(0), row.get(1));
+        // An earlier session of this process, lost on this side but not yet ended by the
+        // server: it advertised the same token and address, and still holds the key.
+        let earlier = db.client().await.expect("a session");
+        earlier
+            .execute(ADVERTISE_SQL, &[&token, &address])
+            .await
+            .expect("advertised");
+        let key = 42u64;
+        earlier
+            .execute(
+                "SELECT pg_advisory_lock($1, $2)",
+                &[&OWNERS_SPACE, &lock_key(key)],
+            )
+            .await
+            .expect("locked");
+        let owner = f.owner_elsewhere(key).await;
+        serving.abort();
+        assert_eq!(owner, None, "this process would forward to itself");
     }
 }

@@ -48,6 +48,9 @@ const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
 /// would wait for each other for ever.
 const WRITE_WAIT: Duration = super::FORWARD_WAIT;
 
+/// How long the owner keeps a connection on which nothing comes and nothing is to be answered.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
 /// The session that holds this process's ownerships (they end with it).
 pub(super) struct Link {
     pub(super) client: tokio_postgres::Client,
@@ -83,6 +86,7 @@ pub(super) async fn serve<S: EventStore + 'static>(
             return;
         }
     };
+    *super::locked(&forwarding.me) = Some(address.token.clone());
     let accepting = tokio::spawn(accept(
         forwarding.clone(),
         runtime,
@@ -188,6 +192,10 @@ async fn take_requests<S: EventStore + 'static>(
                     return;
                 }
             }
+            () = tokio::time::sleep(IDLE_WAIT), if running.is_empty() => {
+                tracing::debug!("a sender's connection idle for {IDLE_WAIT:?}: closed");
+                return;
+            }
             Some(asked) = flush_asked.recv() => {
                 // Every answer ready by now is written before the flush is answered.
                 let answers: Vec<String> = ready(&mut running).collect();
@@ -210,7 +218,9 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
     connection: u64,
     requests: mpsc::UnboundedReceiver<Out>,
 ) {
-    exchange(&forwarding, &to, connection, requests).await;
+    if !exchange(&forwarding, &to, connection, requests).await {
+        super::locked(&forwarding.unreachable).insert(to.clone(), std::time::Instant::now());
+    }
     forwarding.connection_lost(&to, connection);
 }
 
@@ -219,12 +229,12 @@ async fn exchange<S: EventStore + 'static>(
     to: &Peer,
     connection: u64,
     mut requests: mpsc::UnboundedReceiver<Out>,
-) {
+) -> bool {
     let stream = match connect_with_token(&to.socket, &to.token).await {
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!(error = %e, to = %to.socket, "could not connect to a key's owner");
-            return;
+            return false;
         }
     };
     // One task writes the requests, packed, and reads the answers.
@@ -236,10 +246,10 @@ async fn exchange<S: EventStore + 'static>(
             packet = next_packet(&mut reader, &mut line) => match packet {
                 Some(packet) => forwarding.answered(&packet, connection),
                 // The owner is gone (its requests go unanswered at once: `connection_lost`).
-                None => return,
+                None => return true,
             },
             queued = requests.recv() => {
-                let Some(first) = queued else { return };
+                let Some(first) = queued else { return true };
                 let (mut items, mut markers) = (Vec::new(), Vec::new());
                 let mut take = |out| match out {
                     Out::Item(item) => items.push(item),
@@ -255,7 +265,7 @@ async fn exchange<S: EventStore + 'static>(
                 }
                 if let Err(e) = write_packet_lines(&mut write, "Requests", &items).await {
                     tracing::debug!(error = %e, "a forwarding connection closed");
-                    return;
+                    return true;
                 }
                 for sent in markers {
                     let _ = sent.send(());
@@ -320,6 +330,36 @@ pub(super) async fn release<S: EventStore + 'static>(forwarding: Arc<Forwarding<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_owner_closes_a_connection_on_which_nothing_comes() {
+        let (_db, f) = super::super::tests::forwarding().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let at = listener.local_addr().expect("bound");
+        let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
+        let (mut client, (stream, _)) = (client.expect("connected"), accepted.expect("accepted"));
+        // The token, then half a packet; then the sender's host vanishes (nothing more, no FIN).
+        client
+            .write_all(b"t0k\n{\"Requests\":[")
+            .await
+            .expect("written");
+        // The clock stands still but for timers: the owner's wait for the rest of the line
+        // can only end by its idle timer, whose time shows, or by a refusal, at once.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let owner = tokio::spawn(take_requests(f, Weak::new(), stream, "t0k".to_owned()));
+        let ended = tokio::time::timeout(Duration::from_secs(3_600), owner).await;
+        assert!(
+            ended.is_ok(),
+            "an hour later the owner still keeps the connection"
+        );
+        assert!(
+            started.elapsed() >= IDLE_WAIT,
+            "closed after {:?}: the token was refused, not the idle connection closed",
+            started.elapsed()
+        );
+        drop(client);
+    }
 
     #[tokio::test]
     async fn a_write_the_peer_does_not_read_ends_instead_of_waiting_for_ever() {

@@ -665,6 +665,49 @@ mod tests {
         Request::for_test(Event::new("T", serde_json::json!({})), None)
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_leader_closes_a_connection_on_which_nothing_comes() {
+        // An appender whose pool never connects: nothing reaches it.
+        let config: tokio_postgres::Config = "host=127.0.0.1 port=1".parse().expect("a config");
+        let manager = deadpool_postgres::Manager::new(config, NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(1)
+            .build()
+            .expect("a pool");
+        let committer = super::super::group_commit::GroupCommitter::start(pool, 1, None)
+            .await
+            .expect("an appender");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let at = listener.local_addr().expect("bound");
+        let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
+        let (mut client, (stream, _)) = (client.expect("connected"), accepted.expect("accepted"));
+        // The token, then half a batch; then the follower's host vanishes (no more, no FIN).
+        client
+            .write_all(b"t0k\n[{\"events\":[")
+            .await
+            .expect("written");
+        // The clock stands still but for timers: the leader's wait for the rest of the line
+        // can only end by its idle timer, whose time shows, or by a refusal, at once.
+        tokio::time::pause();
+        let started = Instant::now();
+        let leader = tokio::spawn(serve(
+            stream,
+            "t0k".to_owned(),
+            committer.submitter().clone(),
+        ));
+        let ended = tokio::time::timeout(Duration::from_secs(3_600), leader).await;
+        assert!(
+            ended.is_ok(),
+            "an hour later the leader still keeps the connection"
+        );
+        assert!(
+            started.elapsed() >= IDLE_WAIT,
+            "closed after {:?}: the token was refused, not the idle connection closed",
+            started.elapsed()
+        );
+        drop(client);
+    }
+
     #[tokio::test]
     async fn a_link_replaced_gives_back_what_it_had_out_at_once() {
         let first = leader_answering_nothing(None).await;
