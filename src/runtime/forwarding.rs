@@ -181,11 +181,13 @@ pub(crate) struct Forwarding<S> {
     /// The token this process advertises (an earlier session of its own holding a key is no
     /// other owner).
     me: Mutex<Option<String>>,
-    /// Owners this process could not connect to, and when.
+    /// Owners this process could not connect to, or that left a command unanswered for
+    /// [`FORWARD_WAIT`], and when.
     unreachable: Mutex<HashMap<Peer, Instant>>,
 }
 
-/// How long an owner this process could not connect to is not tried again.
+/// How long an owner this process could not connect to, or that did not answer, is not tried
+/// again.
 const RECHECK_UNREACHABLE: Duration = Duration::from_secs(2);
 
 impl<S> std::fmt::Debug for Codec<S> {
@@ -480,10 +482,17 @@ impl<S: EventStore + 'static> Forwarding<S> {
         // Removed however this ends, the caller's future dropped included.
         let _pending = self.send(&to, id, reply, item);
         let wait = (now + FORWARD_WAIT).min(deadline);
-        let answered = tokio::time::timeout_at(wait.into(), answer)
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let answered = match tokio::time::timeout_at(wait.into(), answer).await {
+            Ok(answered) => answered.ok(),
+            Err(_) => {
+                // Connected but silent (stalled, or its host gone while its session lasts): the
+                // next commands on its keys run here for a while instead of each waiting too.
+                if Instant::now() < deadline {
+                    locked(&self.unreachable).insert(to.clone(), Instant::now());
+                }
+                None
+            }
+        };
         let outcome = match answered {
             // Only an answer bearing the ids this key gives its events is believed: anything
             // else is no answer.
@@ -722,6 +731,40 @@ mod tests {
             "connected again to an owner found unreachable just before"
         );
         assert!(matches!(second, Forwarded::NotCommitted));
+    }
+
+    #[tokio::test]
+    async fn an_owner_that_leaves_a_command_unanswered_is_not_waited_on_again_at_once() {
+        let (_db, f) = forwarding().await;
+        // Takes connections, reads nothing, answers nothing.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let to = Peer::fresh(listener.local_addr().expect("bound"));
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                kept.push(stream);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = f
+            .forward(to.clone(), "d", 7, "k1", Value::Null, deadline)
+            .await;
+        assert!(matches!(first, Forwarded::NoAnswer));
+        let asked = f.next_id.load(Ordering::Relaxed);
+        let second = f
+            .forward(to.clone(), "d", 7, "k2", Value::Null, deadline)
+            .await;
+        assert!(
+            matches!(second, Forwarded::NotCommitted),
+            "run here at once"
+        );
+        assert_eq!(
+            f.next_id.load(Ordering::Relaxed),
+            asked,
+            "sent to an owner that just left one unanswered"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
