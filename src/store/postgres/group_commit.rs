@@ -89,6 +89,19 @@ impl Request {
     }
 }
 
+#[cfg(test)]
+impl GroupCommitter {
+    /// An appender of batches of at most `max_batch` whose pool never connects (port 1).
+    pub(super) async fn unconnected(max_batch: usize) -> Self {
+        let config: tokio_postgres::Config = "host=127.0.0.1 port=1".parse().expect("a config");
+        let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager).max_size(1).build().expect("a pool");
+        Self::start(pool, max_batch, None)
+            .await
+            .expect("an appender")
+    }
+}
+
 /// The store's handle on its appender actor.
 pub(super) struct GroupCommitter {
     submitter: Submitter,
@@ -154,10 +167,28 @@ impl Submitter {
         &self,
         append: Append,
     ) -> Result<impl Future<Output = Answer> + use<>, Answer> {
-        let closed = || (Err(StoreError::Closed.into()), Vec::new());
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
-            return Err(closed());
+            return Err((Err(StoreError::Closed.into()), Vec::new()));
         };
+        self.queue(slot, append)
+    }
+
+    /// [`Self::enqueue`] without waiting for room: `None` when `max_batch * 4` appends are
+    /// queued already.
+    pub(super) fn try_enqueue(
+        &self,
+        append: Append,
+    ) -> Option<Result<impl Future<Output = Answer> + use<>, Answer>> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        Some(self.queue(slot, append))
+    }
+
+    fn queue(
+        &self,
+        slot: OwnedSemaphorePermit,
+        append: Append,
+    ) -> Result<impl Future<Output = Answer> + use<>, Answer> {
+        let closed = || (Err(StoreError::Closed.into()), Vec::new());
         let (reply, outcome) = oneshot::channel();
         let Append {
             events,
@@ -755,5 +786,29 @@ mod tests {
             (1..=5).map(|i| request(i, &i.to_string(), None)).collect();
         assert_eq!(ids(&take_independent(&mut pending, 2)), [1, 2]);
         assert_eq!(ids(pending.make_contiguous()), [3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn try_enqueue_refuses_when_the_appender_is_full_instead_of_waiting() {
+        let committer = GroupCommitter::unconnected(1).await;
+        let submitter = committer.submitter();
+        let append = || Append {
+            events: vec![Event::new("T", serde_json::json!({}))],
+            payloads: vec!["{}".to_owned()],
+            condition: None,
+            append_id: None,
+            watch: Vec::new(),
+            urgent: false,
+        };
+        // Every slot taken (`max_batch * 4`), as by appends waiting for their answers.
+        let held = submitter
+            .slots
+            .clone()
+            .acquire_many_owned(4)
+            .await
+            .expect("the slots");
+        assert!(submitter.try_enqueue(append()).is_none());
+        drop(held);
+        assert!(submitter.try_enqueue(append()).is_some(), "room again");
     }
 }

@@ -291,10 +291,10 @@ async fn serve(stream: TcpStream, token: String, submitter: Submitter) {
                     return;
                 };
                 line.clear();
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for append in batch {
-                    outcomes.push(queue_one(&submitter, append).await);
-                }
+                let outcomes: Vec<_> = batch
+                    .into_iter()
+                    .map(|append| queue_one(&submitter, append))
+                    .collect();
                 writing.push_back(join_all(outcomes));
             }
             () = tokio::time::sleep(IDLE_WAIT), if writing.is_empty() => {
@@ -315,8 +315,10 @@ async fn serve(stream: TcpStream, token: String, submitter: Submitter) {
     }
 }
 
-/// Queues one of a follower's appends with this process's own; what answers it.
-async fn queue_one(submitter: &Submitter, append: WireAppend) -> BoxFuture<'static, WireAnswer> {
+/// Queues one of a follower's appends with this process's own; what answers it. Not written
+/// when this process's appender is full: waiting for room here would hold up the answers
+/// ready for the batches before (and every batch after), and the follower writes it itself.
+fn queue_one(submitter: &Submitter, append: WireAppend) -> BoxFuture<'static, WireAnswer> {
     let mut events = Vec::with_capacity(append.events.len());
     let mut payloads = Vec::with_capacity(append.events.len());
     for event in append.events {
@@ -327,19 +329,18 @@ async fn queue_one(submitter: &Submitter, append: WireAppend) -> BoxFuture<'stat
         payloads.push(payload);
     }
     // Urgent: the follower waited for company already, and waits for this answer.
-    let queued = submitter
-        .enqueue(Append {
-            events,
-            payloads,
-            condition: append.condition.map(Into::into),
-            append_id: Some(append.append_id),
-            watch: Vec::new(),
-            urgent: true,
-        })
-        .await;
+    let queued = submitter.try_enqueue(Append {
+        events,
+        payloads,
+        condition: append.condition.map(Into::into),
+        append_id: Some(append.append_id),
+        watch: Vec::new(),
+        urgent: true,
+    });
     match queued {
-        Ok(outcome) => outcome.map(|(answer, _)| WireAnswer::from(&answer)).boxed(),
-        Err((answer, _)) => futures::future::ready(WireAnswer::from(&answer)).boxed(),
+        Some(Ok(outcome)) => outcome.map(|(answer, _)| WireAnswer::from(&answer)).boxed(),
+        Some(Err((answer, _))) => futures::future::ready(WireAnswer::from(&answer)).boxed(),
+        None => futures::future::ready(WireAnswer::NotWritten).boxed(),
     }
 }
 
@@ -667,16 +668,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn the_leader_closes_a_connection_on_which_nothing_comes() {
-        // An appender whose pool never connects: nothing reaches it.
-        let config: tokio_postgres::Config = "host=127.0.0.1 port=1".parse().expect("a config");
-        let manager = deadpool_postgres::Manager::new(config, NoTls);
-        let pool = deadpool_postgres::Pool::builder(manager)
-            .max_size(1)
-            .build()
-            .expect("a pool");
-        let committer = super::super::group_commit::GroupCommitter::start(pool, 1, None)
-            .await
-            .expect("an appender");
+        // Nothing reaches the appender.
+        let committer = super::super::group_commit::GroupCommitter::unconnected(1).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let at = listener.local_addr().expect("bound");
         let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
