@@ -85,6 +85,22 @@ async fn alternating(leader: &PostgresStore, follower: &PostgresStore, n: usize,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_of_a_process_writing_with_others_are_written_by_the_elected_appender() {
+    written_by_the_elected_appender(ANY_PORT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_that_cannot_listen_still_has_the_elected_appender_write_its_appends() {
+    // TEST-NET-1 (RFC 5737): no interface of this host has it, so binding it fails.
+    let unbindable = SocketAddr::from(([192, 0, 2, 1], 0));
+    assert!(
+        std::net::TcpListener::bind(unbindable).is_err(),
+        "this host has {unbindable}"
+    );
+    written_by_the_elected_appender(unbindable).await;
+}
+
+/// A follower taking appends on `follower_bind` (or unable to) writes through the leader.
+async fn written_by_the_elected_appender(follower_bind: SocketAddr) {
     let db = TestDatabase::create().await.expect("test database");
     let leader = PostgresStore::builder(db.url())
         .shared_appender(ANY_PORT)
@@ -109,7 +125,7 @@ async fn appends_of_a_process_writing_with_others_are_written_by_the_elected_app
         .await
         .expect("role");
     let follower = PostgresStore::builder(as_role(db.url(), &role, password))
-        .shared_appender(ANY_PORT)
+        .shared_appender(follower_bind)
         .migrate(false)
         .connect()
         .await

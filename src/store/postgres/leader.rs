@@ -158,23 +158,26 @@ async fn run(
     submitter: Submitter,
     news: LeaderNews,
 ) {
-    let listener = match TcpListener::bind(bind).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, %bind, "cannot take appends of other processes: no listener");
-            return;
-        }
-    };
-    let Ok(socket) = listener.local_addr() else {
-        return;
-    };
-    let me = Peer::fresh(socket);
+    // Without a listener this process cannot lead, but it still follows: sending needs none.
+    let listening = TcpListener::bind(bind)
+        .await
+        .and_then(|listener| Ok((listener.local_addr()?, listener)));
     // Dropped (and so aborted) with this task.
     let mut accepting = JoinSet::new();
-    accepting.spawn(accept(listener, me.token.clone(), submitter));
+    let me = match listening {
+        Ok((socket, listener)) => {
+            let me = Peer::fresh(socket);
+            accepting.spawn(accept(listener, me.token.clone(), submitter));
+            Some(me)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, %bind, "cannot take appends of other processes: no listener");
+            None
+        }
+    };
     let mut failures = 0u32;
     loop {
-        match elect(&config, &me, &news).await {
+        match elect(&config, me.as_ref(), &news).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -186,22 +189,25 @@ async fn run(
     }
 }
 
-/// Opens this process's election session and, on it, leads or follows until it ends.
+/// Opens this process's election session and, on it, leads or follows until it ends; only
+/// follows without `me` (where it would take appends).
 async fn elect(
     config: &tokio_postgres::Config,
-    me: &Peer,
+    me: Option<&Peer>,
     news: &LeaderNews,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, connection) = Session::config(config).connect(NoTls).await?;
     let mut connection = std::pin::pin!(connection);
     let work = async {
         // Before this session can hold the lock: whoever finds it leading finds where it is.
-        client
-            .execute(ADVERTISE_SQL, &[&me.token, &me.socket])
-            .await?;
+        if let Some(me) = me {
+            client
+                .execute(ADVERTISE_SQL, &[&me.token, &me.socket])
+                .await?;
+        }
         let look_up = client
             .prepare(
-                "SELECT pg_try_advisory_lock($1, 0), \
+                "SELECT CASE WHEN $2 THEN pg_try_advisory_lock($1, 0) ELSE false END, \
                         (SELECT ARRAY[t.address, t.token] FROM pg_locks l \
                            JOIN dcb_forward_tokens t ON t.pid = l.pid \
                          WHERE l.locktype = 'advisory' AND l.objsubid = 2 \
@@ -213,8 +219,12 @@ async fn elect(
             )
             .await?;
         loop {
-            let row = client.query_one(&look_up, &[&LEADER_SPACE]).await?;
-            if row.try_get::<_, bool>(0)? {
+            let row = client
+                .query_one(&look_up, &[&LEADER_SPACE, &me.is_some()])
+                .await?;
+            if let Some(me) = me
+                && row.try_get::<_, bool>(0)?
+            {
                 news.leader.send_replace(None);
                 metrics::counter!(names::APPEND_LEADERSHIPS_TOTAL).increment(1);
                 tracing::debug!(address = %me.socket, "this process writes every process's appends");
@@ -227,7 +237,7 @@ async fn elect(
             // would go round until the slots ran out).
             let leader = holder
                 .and_then(|h| Peer::parse(h.first()?, h.get(1)?))
-                .filter(|leader| leader.token != me.token);
+                .filter(|leader| me.is_none_or(|me| leader.token != me.token));
             let wait = if leader.is_some() {
                 RECHECK_LED
             } else {
