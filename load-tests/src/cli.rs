@@ -93,6 +93,12 @@ pub(crate) struct RunArgs {
     /// comparison.
     #[arg(long)]
     pub(crate) own_appends: bool,
+    /// No coordination across processes at all, for comparison: no turns, no ownership, no
+    /// forwarding, and each process writes its own appends; only the append condition keeps
+    /// decisions consistent (a conflict is retried). What the mechanism costs keys no other
+    /// process contends for is the difference to a run without this.
+    #[arg(long)]
+    pub(crate) uncoordinated: bool,
     /// Seed of the callers' random choices (default: random, printed in the report).
     #[arg(long)]
     pub(crate) seed: Option<u64>,

@@ -34,8 +34,13 @@ pub(crate) async fn measure(
         "--chaos kill-owner and kill-appender kill one of --processes: give --processes 2 or more"
     );
     anyhow::ensure!(
-        args.chaos != Some(Chaos::KillAppender) || !args.own_appends,
-        "--chaos kill-appender kills the appender the processes elect: not with --own-appends"
+        args.chaos != Some(Chaos::KillAppender) || !(args.own_appends || args.uncoordinated),
+        "--chaos kill-appender kills the appender the processes elect: not with --own-appends \
+         or --uncoordinated"
+    );
+    anyhow::ensure!(
+        args.chaos != Some(Chaos::KillOwner) || !args.uncoordinated,
+        "--chaos kill-owner kills the process owning a key: not with --uncoordinated"
     );
     let own_server = args.chaos == Some(Chaos::Restart);
     let run =

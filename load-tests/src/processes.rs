@@ -65,6 +65,9 @@ pub(crate) async fn run_children(
         if args.own_appends {
             cmd.arg("--own-appends");
         }
+        if args.uncoordinated {
+            cmd.arg("--uncoordinated");
+        }
         if let Some(chaos) = args.chaos {
             let name =
                 clap::ValueEnum::to_possible_value(&chaos).expect("every chaos kind has a name");

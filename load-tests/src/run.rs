@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use dcb_runtime::{PostgresStore, Runtime};
+use dcb_runtime::{PostgresStore, Runtime, RuntimeBuilder};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::chaos::{self, Chaos};
@@ -40,7 +40,7 @@ pub(crate) async fn run_share(
             .wait_timeout(chaos::STARVED_WAIT),
         _ => PostgresStore::builder(&store_url).pool_size(args.actors + 4),
     };
-    let store = if args.own_appends {
+    let store = if args.own_appends || args.uncoordinated {
         store
     } else {
         // One transaction for the appends of every process (with one process: itself).
@@ -48,10 +48,14 @@ pub(crate) async fn run_share(
     }
     .connect()
     .await?;
-    let mut builder = Runtime::builder(store)
-        .actors(args.actors)
-        .queue_capacity(share.callers.max(1024));
-    if !args.turns_only {
+    let mut builder = if args.uncoordinated {
+        RuntimeBuilder::new(store)
+    } else {
+        Runtime::builder(store)
+    }
+    .actors(args.actors)
+    .queue_capacity(share.callers.max(1024));
+    if !args.turns_only && !args.uncoordinated {
         // The one scenario whose decisions hold one key that several processes contend for.
         builder = builder.forward::<dcb_scenarios::invoice::NextInvoice>();
     }

@@ -179,6 +179,22 @@ fn one_hot_boundary_from_three_processes_is_decided_by_its_owner_and_fails_no_co
 }
 
 #[test]
+fn uncoordinated_processes_take_no_turns_forward_nothing_and_write_their_own_appends() {
+    let r = scenario("disjoint", &["--processes", "2", "--uncoordinated"]);
+    assert_eq!(r["events_in_store"], r["committed"], "{r}");
+    assert_eq!(r["forwarded"]["committed"], 0, "{r}");
+    for counter in ["taken", "handed_over", "lost", "seen"] {
+        assert_eq!(r["leases"][counter], 0, "{counter}: {r}");
+    }
+    for counter in ["written", "failed", "leaderships"] {
+        assert_eq!(r["shared_appender"][counter], 0, "{counter}: {r}");
+    }
+    for p in r["per_process"].as_array().unwrap() {
+        assert!(p["committed"].as_u64().unwrap() > 0, "{r}");
+    }
+}
+
+#[test]
 fn one_hot_boundary_from_three_processes_takes_turns_and_fails_no_command() {
     let r = scenario("invoice", &["--processes", "3", "--turns-only"]);
     assert_eq!(r["forwarded"]["committed"], 0, "{r}");
@@ -602,6 +618,7 @@ fn bad_options_are_refused_with_a_message() {
         &["sweep", "disjoint", "--open-loop-at", "1.5"],
         &["store-size", "--rounds", "0"],
         &["store-size", "--small", "1000", "--large", "100"],
+        &["disjoint", "--processes", "2", "--uncoordinated", "--chaos", "kill-owner"],
     ] {
         let output = load_tests().args(args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
