@@ -618,7 +618,14 @@ fn bad_options_are_refused_with_a_message() {
         &["sweep", "disjoint", "--open-loop-at", "1.5"],
         &["store-size", "--rounds", "0"],
         &["store-size", "--small", "1000", "--large", "100"],
-        &["disjoint", "--processes", "2", "--uncoordinated", "--chaos", "kill-owner"],
+        &[
+            "disjoint",
+            "--processes",
+            "2",
+            "--uncoordinated",
+            "--chaos",
+            "kill-owner",
+        ],
     ] {
         let output = load_tests().args(args).output().expect("runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
