@@ -51,16 +51,9 @@ pub(super) struct Append {
     pub(super) urgent: bool,
 }
 
+/// An append queued with the appender: where its answer goes.
 pub(super) struct Request {
-    pub(super) events: Vec<Event>,
-    pub(super) payloads: Vec<String>,
-    pub(super) condition: Option<AppendCondition>,
-    /// See [`crate::EventStore::append_as`].
-    pub(super) append_id: Option<Uuid>,
-    /// Turn locks (V6) to look at: the answer says which another session holds (V7).
-    pub(super) watch: Vec<i32>,
-    /// Others wait for its answer: it never waits for company (see `linger.rs`).
-    urgent: bool,
+    pub(super) append: Append,
     pub(super) reply: oneshot::Sender<Answer>,
     /// Held until the request is answered or dropped.
     _slot: OwnedSemaphorePermit,
@@ -76,12 +69,14 @@ impl Request {
         let slots = Arc::new(Semaphore::new(1));
         let (reply, answer) = oneshot::channel();
         let request = Self {
-            events: vec![event],
-            payloads: vec!["{}".to_owned()],
-            condition: condition.map(|q| AppendCondition::new(q, None)),
-            append_id: None,
-            watch: Vec::new(),
-            urgent: false,
+            append: Append {
+                events: vec![event],
+                payloads: vec!["{}".to_owned()],
+                condition: condition.map(|q| AppendCondition::new(q, None)),
+                append_id: None,
+                watch: Vec::new(),
+                urgent: false,
+            },
             reply,
             _slot: slots.try_acquire_owned().expect("a free slot"),
         };
@@ -190,21 +185,8 @@ impl Submitter {
     ) -> Result<impl Future<Output = Answer> + use<>, Answer> {
         let closed = || (Err(StoreError::Closed.into()), Vec::new());
         let (reply, outcome) = oneshot::channel();
-        let Append {
-            events,
-            payloads,
-            condition,
-            append_id,
-            watch,
-            urgent,
-        } = append;
         let request = Request {
-            events,
-            payloads,
-            condition,
-            append_id,
-            watch,
-            urgent,
+            append,
             reply,
             _slot: slot,
         };
@@ -320,11 +302,17 @@ impl Actor for Appender {
             AppenderMsg::Flush => {
                 state.flush_scheduled = false;
                 let lone_patient = state.pending.len() == 1
-                    && state.pending.front().is_some_and(|request| !request.urgent);
+                    && state
+                        .pending
+                        .front()
+                        .is_some_and(|request| !request.append.urgent);
                 // Sent to the elected appender, it waits for company there; one watching turn
                 // locks is written here (`leader.rs`), so it waits here as it would without one.
                 let sending = state.follower.as_ref().is_some_and(Follower::leader_known)
-                    && state.pending.front().is_some_and(|r| r.watch.is_empty());
+                    && state
+                        .pending
+                        .front()
+                        .is_some_and(|r| r.append.watch.is_empty());
                 if lone_patient && !sending && state.linger.now() {
                     state.lingered += 1;
                     state.lingering = Some(state.lingered);
@@ -397,6 +385,7 @@ async fn commit_and_answer(pool: &Pool, batch: Vec<Request>) -> Option<Vec<(i64,
                 .collect();
             for (request, outcome) in batch.into_iter().zip(outcomes) {
                 let held_here = request
+                    .append
                     .watch
                     .iter()
                     .copied()
@@ -455,17 +444,22 @@ struct BatchIndex {
 
 impl BatchIndex {
     fn add(&mut self, request: &Request) {
-        for e in &request.events {
+        for e in &request.append.events {
             self.ids.insert(e.id());
             self.events.add(e);
         }
     }
 
     fn conflicts_with(&self, request: &Request, taken: &[Request]) -> bool {
-        if request.events.iter().any(|e| self.ids.contains(&e.id())) {
+        if request
+            .append
+            .events
+            .iter()
+            .any(|e| self.ids.contains(&e.id()))
+        {
             return true;
         }
-        let Some(condition) = &request.condition else {
+        let Some(condition) = &request.append.condition else {
             return false;
         };
         let query = &condition.fail_if_events_match;
@@ -475,7 +469,7 @@ impl BatchIndex {
         self.events.may_match(query)
             && taken
                 .iter()
-                .flat_map(|t| &t.events)
+                .flat_map(|t| &t.append.events)
                 .any(|e| query.matches(e))
     }
 }
@@ -515,10 +509,14 @@ impl<'a> Encoded<'a> {
         let mut enc = Encoded::default();
         for (r, request) in batch.iter().enumerate() {
             let r = int(r + 1);
-            enc.req_event_counts.push(int(request.events.len()));
-            enc.req_append_ids.push(request.append_id);
-            for (offset, (event, payload)) in
-                request.events.iter().zip(&request.payloads).enumerate()
+            enc.req_event_counts.push(int(request.append.events.len()));
+            enc.req_append_ids.push(request.append.append_id);
+            for (offset, (event, payload)) in request
+                .append
+                .events
+                .iter()
+                .zip(&request.append.payloads)
+                .enumerate()
             {
                 enc.ev_req.push(r);
                 enc.ev_offset.push(int(offset));
@@ -530,7 +528,7 @@ impl<'a> Encoded<'a> {
                     .extend(event.tags().iter().map(ToString::to_string));
                 enc.ev_payloads.push(payload);
             }
-            let Some(condition) = &request.condition else {
+            let Some(condition) = &request.append.condition else {
                 enc.req_conditional.push(false);
                 enc.req_after.push(None);
                 continue;
@@ -584,7 +582,10 @@ async fn commit_on(
     batch: &[Request],
 ) -> Result<(Vec<Result<Appended, AppendError>>, Vec<i32>), StoreError> {
     let enc = Encoded::new(batch);
-    let mut watch: Vec<i32> = batch.iter().flat_map(|r| r.watch.iter().copied()).collect();
+    let mut watch: Vec<i32> = batch
+        .iter()
+        .flat_map(|r| r.append.watch.iter().copied())
+        .collect();
     watch.sort_unstable();
     watch.dedup();
     let statement = client.prepare_cached(APPEND_SQL).await?;
@@ -634,7 +635,7 @@ async fn commit_on(
     for (((status, first), dup), request) in statuses.into_iter().zip(firsts).zip(dups).zip(batch) {
         let status = Status::try_from(status)?;
         let at = |first: i64, replayed: bool, stored_now: bool| {
-            let n = i64::try_from(request.events.len()).unwrap_or(i64::MAX);
+            let n = i64::try_from(request.append.events.len()).unwrap_or(i64::MAX);
             Appended {
                 first: Position::new(first),
                 last: Position::new(first + n - 1),
@@ -645,13 +646,13 @@ async fn commit_on(
         outcomes.push(match (status, first, dup) {
             (Status::Appended, Some(first), _) => {
                 metrics::counter!(names::EVENTS_APPENDED_TOTAL)
-                    .increment(request.events.len() as u64);
+                    .increment(request.append.events.len() as u64);
                 Ok(at(first, false, true))
             }
             (Status::Replayed, Some(first), _) => Ok(at(first, true, false)),
             (Status::Resent, Some(first), _) => Ok(at(first, false, false)),
             (Status::ConditionFailed, _, _) => Err(AppendError::ConditionFailed {
-                after: request.condition.as_ref().and_then(|c| c.after),
+                after: request.append.condition.as_ref().and_then(|c| c.after),
             }),
             (Status::DuplicateId, _, Some(id)) => Err(AppendError::DuplicateEventId(id)),
             (status, first, dup) => {
@@ -719,7 +720,7 @@ mod tests {
     fn ids(requests: &[Request]) -> Vec<u128> {
         requests
             .iter()
-            .map(|r| r.events[0].id().as_u128())
+            .map(|r| r.append.events[0].id().as_u128())
             .collect()
     }
 

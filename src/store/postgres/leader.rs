@@ -556,23 +556,24 @@ impl Follower {
             return Err(batch);
         }
         // Which turn locks another session holds is the writing session's view: write here.
-        if batch.is_empty() || batch.iter().any(|r| !r.watch.is_empty()) {
+        if batch.is_empty() || batch.iter().any(|r| !r.append.watch.is_empty()) {
             return Err(batch);
         }
         for request in &mut batch {
-            request.append_id.get_or_insert_with(Uuid::new_v4);
+            request.append.append_id.get_or_insert_with(Uuid::new_v4);
         }
         let wire: Vec<WireAppend> = batch
             .iter()
             .map(|r| WireAppend {
                 events: r
+                    .append
                     .events
                     .iter()
-                    .zip(&r.payloads)
+                    .zip(&r.append.payloads)
                     .map(|(e, p)| WireEvent::new(e, p))
                     .collect(),
-                condition: r.condition.as_ref().map(Into::into),
-                append_id: r.append_id.unwrap_or_default(),
+                condition: r.append.condition.as_ref().map(Into::into),
+                append_id: r.append.append_id.unwrap_or_default(),
             })
             .collect();
         let Ok(mut line) = serde_json::to_vec(&wire) else {
@@ -724,7 +725,9 @@ mod tests {
                 .batches
                 .len();
             assert_eq!(out, 1);
-            locked(&follower.link.as_ref().expect("a link").sent).batches[0].batch[0].append_id
+            locked(&follower.link.as_ref().expect("a link").sent).batches[0].batch[0]
+                .append
+                .append_id
         };
         assert!(locked(&given_back).is_empty());
         news.leader.send_replace(Some(second));
@@ -735,7 +738,10 @@ mod tests {
         );
         // Not after the first leader's deadline: when the link to it was replaced, under the
         // append id it was sent with.
-        let back: Vec<Option<Uuid>> = locked(&given_back).iter().map(|r| r.append_id).collect();
+        let back: Vec<Option<Uuid>> = locked(&given_back)
+            .iter()
+            .map(|r| r.append.append_id)
+            .collect();
         assert_eq!(back, [append_id]);
     }
 
