@@ -11,6 +11,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 /// How long a connection has to present its token, and a connecting side to connect.
 pub(crate) const HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long the side that takes connections keeps one on which nothing comes and nothing is to
+/// be answered. A peer whose host vanished sends no end: without this, its task and the part of
+/// a line it sent would be kept for ever. A peer that was only quiet connects again when it
+/// sends again.
+pub(crate) const IDLE_WAIT: Duration = Duration::from_secs(60);
+
 /// Connects to `socket` and presents `token` on a line of its own.
 pub(crate) async fn connect_with_token(socket: &str, token: &str) -> std::io::Result<TcpStream> {
     let connect = async {
@@ -73,6 +79,47 @@ pub(crate) async fn read_line_into<R: AsyncRead + Unpin>(
         if read == 0 {
             return Ok(false);
         }
+    }
+}
+
+/// For the tests of both transports: whether the side serving a connection closes it once it
+/// has been idle for [`IDLE_WAIT`].
+#[cfg(test)]
+pub(crate) mod idle {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::IDLE_WAIT;
+
+    /// Connects to a listener, sends `sent` (a token and part of a line) and then nothing more,
+    /// as a peer whose host vanished; runs `serve` on the accepted end with the clock paused,
+    /// and checks that it ends by its idle timer: not within an hour is kept for ever, at once
+    /// is a refusal (of the token).
+    pub(crate) async fn served_until_idle<F>(sent: &[u8], serve: impl FnOnce(TcpStream) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let at = listener.local_addr().expect("bound");
+        let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
+        let (mut client, (stream, _)) = (client.expect("connected"), accepted.expect("accepted"));
+        client.write_all(sent).await.expect("written");
+        // The clock stands still but for timers: the wait for the rest of the line can only
+        // end by the idle timer, whose time shows, or by a refusal, at once.
+        tokio::time::pause();
+        let started = tokio::time::Instant::now();
+        let served = tokio::spawn(serve(stream));
+        let ended = tokio::time::timeout(Duration::from_secs(3_600), served).await;
+        assert!(ended.is_ok(), "an hour later the connection is still kept");
+        assert!(
+            started.elapsed() >= IDLE_WAIT,
+            "closed after {:?}: the token was refused, not the idle connection closed",
+            started.elapsed()
+        );
+        drop(client);
     }
 }
 

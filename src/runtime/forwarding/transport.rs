@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use super::{Forwarding, RELEASE_EVERY, locked, wire};
-use crate::lines::{accept_with_token, connect_with_token, read_line_into};
+use crate::lines::{IDLE_WAIT, accept_with_token, connect_with_token, read_line_into};
 use crate::peer::{ADVERTISE_SQL, Peer};
 use crate::runtime::Inner;
 use crate::store::{EventStore, Session};
@@ -47,9 +47,6 @@ const MAX_LINE: u64 = wire::MAX_PAYLOAD as u64 + 1;
 /// ends. Both sides write without reading meanwhile, so without it two large writes crossing
 /// would wait for each other for ever.
 const WRITE_WAIT: Duration = super::FORWARD_WAIT;
-
-/// How long the owner keeps a connection on which nothing comes and nothing is to be answered.
-const IDLE_WAIT: Duration = Duration::from_secs(60);
 
 /// The session that holds this process's ownerships (they end with it).
 pub(super) struct Link {
@@ -334,31 +331,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_owner_closes_a_connection_on_which_nothing_comes() {
         let (_db, f) = super::super::tests::forwarding().await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
-        let at = listener.local_addr().expect("bound");
-        let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
-        let (mut client, (stream, _)) = (client.expect("connected"), accepted.expect("accepted"));
-        // The token, then half a packet; then the sender's host vanishes (nothing more, no FIN).
-        client
-            .write_all(b"t0k\n{\"Requests\":[")
-            .await
-            .expect("written");
-        // The clock stands still but for timers: the owner's wait for the rest of the line
-        // can only end by its idle timer, whose time shows, or by a refusal, at once.
-        tokio::time::pause();
-        let started = tokio::time::Instant::now();
-        let owner = tokio::spawn(take_requests(f, Weak::new(), stream, "t0k".to_owned()));
-        let ended = tokio::time::timeout(Duration::from_secs(3_600), owner).await;
-        assert!(
-            ended.is_ok(),
-            "an hour later the owner still keeps the connection"
-        );
-        assert!(
-            started.elapsed() >= IDLE_WAIT,
-            "closed after {:?}: the token was refused, not the idle connection closed",
-            started.elapsed()
-        );
-        drop(client);
+        // The token, then half a packet.
+        crate::lines::idle::served_until_idle(b"t0k\n{\"Requests\":[", |stream| {
+            take_requests(f, Weak::new(), stream, "t0k".to_owned())
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -53,7 +53,7 @@ use uuid::Uuid;
 
 use super::group_commit::{Answer, Append, Request, Submitter};
 use super::session::Session;
-use crate::lines::{accept_with_token, connect_with_token, read_line_into};
+use crate::lines::{IDLE_WAIT, accept_with_token, connect_with_token, read_line_into};
 use crate::metrics as names;
 use crate::peer::{ADVERTISE_SQL, Peer};
 use wire::{WireAnswer, WireAppend, WireEvent};
@@ -78,12 +78,6 @@ const WRITE_WAIT: Duration = Duration::from_millis(500);
 /// The longest batch line taken (appends are validated against the store's limits before;
 /// this only bounds what one connection can make the leader hold).
 const MAX_LINE: u64 = 256 * 1024 * 1024;
-
-/// How long the leader keeps a follower's connection with nothing coming and nothing to answer.
-/// A follower whose host vanished sends no end: without this its task and the part of a line
-/// it sent would be kept for ever. A follower that was only quiet opens a new one when it sends
-/// again.
-const IDLE_WAIT: Duration = Duration::from_secs(60);
 
 /// This process's part in the election; it leaves it when dropped (its session ends, and with
 /// it the leader's lock, if it held it).
@@ -681,35 +675,12 @@ mod tests {
     async fn the_leader_closes_a_connection_on_which_nothing_comes() {
         // Nothing reaches the appender.
         let committer = super::super::group_commit::GroupCommitter::unconnected(1).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
-        let at = listener.local_addr().expect("bound");
-        let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
-        let (mut client, (stream, _)) = (client.expect("connected"), accepted.expect("accepted"));
-        // The token, then half a batch; then the follower's host vanishes (no more, no FIN).
-        client
-            .write_all(b"t0k\n[{\"events\":[")
-            .await
-            .expect("written");
-        // The clock stands still but for timers: the leader's wait for the rest of the line
-        // can only end by its idle timer, whose time shows, or by a refusal, at once.
-        tokio::time::pause();
-        let started = Instant::now();
-        let leader = tokio::spawn(serve(
-            stream,
-            "t0k".to_owned(),
-            committer.submitter().clone(),
-        ));
-        let ended = tokio::time::timeout(Duration::from_secs(3_600), leader).await;
-        assert!(
-            ended.is_ok(),
-            "an hour later the leader still keeps the connection"
-        );
-        assert!(
-            started.elapsed() >= IDLE_WAIT,
-            "closed after {:?}: the token was refused, not the idle connection closed",
-            started.elapsed()
-        );
-        drop(client);
+        let submitter = committer.submitter().clone();
+        // The token, then half a batch.
+        crate::lines::idle::served_until_idle(b"t0k\n[{\"events\":[", |stream| {
+            serve(stream, "t0k".to_owned(), submitter)
+        })
+        .await;
     }
 
     #[tokio::test]
