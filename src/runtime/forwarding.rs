@@ -488,7 +488,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 // Connected but silent (stalled, or its host gone while its session lasts): the
                 // next commands on its keys run here for a while instead of each waiting too.
                 if Instant::now() < deadline {
-                    locked(&self.unreachable).insert(to.clone(), Instant::now());
+                    self.found_unreachable(&to);
                 }
                 None
             }
@@ -518,6 +518,15 @@ impl<S: EventStore + 'static> Forwarding<S> {
         metrics::counter!(names::FORWARDED_COMMANDS_TOTAL, "decision" => decision, "outcome" => label)
             .increment(1);
         outcome
+    }
+
+    /// `to` could not be connected to, or left a command unanswered: not tried again for
+    /// [`RECHECK_UNREACHABLE`]. Entries older than that go at the same time, so the table holds
+    /// only the owners found so lately.
+    pub(super) fn found_unreachable(&self, to: &Peer) {
+        let mut unreachable = locked(&self.unreachable);
+        unreachable.retain(|_, when| when.elapsed() < RECHECK_UNREACHABLE);
+        unreachable.insert(to.clone(), Instant::now());
     }
 
     /// Queues request `id` (`item`) on the connection to `to`, opening one if there is none,

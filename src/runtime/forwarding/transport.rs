@@ -216,7 +216,7 @@ pub(super) async fn send_requests<S: EventStore + 'static>(
     requests: mpsc::UnboundedReceiver<Out>,
 ) {
     if !exchange(&forwarding, &to, connection, requests).await {
-        super::locked(&forwarding.unreachable).insert(to.clone(), std::time::Instant::now());
+        forwarding.found_unreachable(&to);
     }
     forwarding.connection_lost(&to, connection);
 }
