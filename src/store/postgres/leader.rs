@@ -683,6 +683,30 @@ mod tests {
         .await;
     }
 
+    /// A peer at a port nothing listens on any more: connecting to it is refused.
+    fn gone() -> Peer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        Peer::fresh(listener.local_addr().expect("bound"))
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_be_reached_is_not_tried_again_at_once() {
+        let (mut follower, news, _given_back) = follower_of(gone());
+        // Each failed try asks the election to look again.
+        let tried = |news: &LeaderNews| news.recheck.notified().now_or_never().is_some();
+        let (request, _answer) = one_request();
+        assert!(follower.send(vec![request]).await.is_err());
+        assert!(tried(&news), "the first send tried to connect");
+        let (request, _answer) = one_request();
+        assert!(follower.send(vec![request]).await.is_err());
+        assert!(!tried(&news), "tried again at once");
+        // Another leader is tried at once.
+        news.leader.send_replace(Some(gone()));
+        let (request, _answer) = one_request();
+        assert!(follower.send(vec![request]).await.is_err());
+        assert!(tried(&news), "the new leader was not tried");
+    }
+
     #[tokio::test]
     async fn a_link_replaced_gives_back_what_it_had_out_at_once() {
         let first = leader_answering_nothing(None).await;
