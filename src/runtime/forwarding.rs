@@ -180,7 +180,7 @@ pub(crate) struct Forwarding<S> {
     resigned: std::sync::atomic::AtomicBool,
     /// The token this process advertises (an earlier session of its own holding a key is no
     /// other owner).
-    me: Mutex<Option<String>>,
+    me: std::sync::OnceLock<String>,
     /// Owners this process could not connect to, or that left a command unanswered for
     /// [`FORWARD_WAIT`], and when.
     unreachable: Mutex<HashMap<Peer, Instant>>,
@@ -232,7 +232,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
             tasks: Mutex::new(Vec::new()),
             last_request: Mutex::new(None),
             resigned: std::sync::atomic::AtomicBool::new(false),
-            me: Mutex::new(None),
+            me: std::sync::OnceLock::new(),
             unreachable: Mutex::new(HashMap::new()),
         }
     }
@@ -421,7 +421,7 @@ impl<S: EventStore + 'static> Forwarding<S> {
                 };
                 let address = Peer::parse(socket, token)?;
                 // An earlier session of this process, not yet ended by the server: run it here.
-                if locked(&self.me).as_deref() == Some(address.token.as_str()) {
+                if self.me.get() == Some(&address.token) {
                     return None;
                 }
                 owners.insert(

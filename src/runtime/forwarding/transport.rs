@@ -83,7 +83,7 @@ pub(super) async fn serve<S: EventStore + 'static>(
             return;
         }
     };
-    *super::locked(&forwarding.me) = Some(address.token.clone());
+    let _ = forwarding.me.set(address.token.clone());
     let accepting = tokio::spawn(accept(
         forwarding.clone(),
         runtime,
